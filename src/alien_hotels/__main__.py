@@ -1,0 +1,3 @@
+from alien_hotels.cli import app
+
+app()

@@ -1,0 +1,87 @@
+"""Small pieces every stage shares: the strict config base class and atomic output writers.
+
+Outputs are written to a temporary file next to the target and renamed into place, so a stage
+that fails half-way leaves no partial output behind (DVC would otherwise cache or compare it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from pydantic import BaseModel, ConfigDict
+
+
+class Section(BaseModel):
+    """Base of every params section: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class StageError(RuntimeError):
+    """A stage cannot run on the given inputs; the message says which input and why."""
+
+
+@contextmanager
+def atomic_path(target: str | Path) -> Iterator[Path]:
+    """Yield a temporary path that replaces `target` only if the block succeeds."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        tmp_path.replace(target)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_atomic(target: str | Path, writer: Callable[[Path], Any]) -> None:
+    with atomic_path(target) as tmp:
+        writer(tmp)
+
+
+def write_csv(df: pd.DataFrame, target: str | Path) -> None:
+    write_atomic(target, lambda tmp: df.to_csv(tmp, index=False))
+
+
+def write_json(obj: Any, target: str | Path) -> None:
+    text = json.dumps(obj, indent=2, ensure_ascii=False, default=_json_default) + "\n"
+    write_atomic(target, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def write_text(text: str, target: str | Path) -> None:
+    write_atomic(target, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def read_csv(path: str | Path, required: list[str], what: str) -> pd.DataFrame:
+    """Read a CSV and fail with a clear message if it is missing, empty or lacks columns."""
+    path = Path(path)
+    if not path.is_file():
+        raise StageError(f"{what} not found: {path}")
+    try:
+        df = pd.read_csv(path, keep_default_na=True)
+    except pd.errors.EmptyDataError:
+        raise StageError(f"{what} is empty: {path}") from None
+    missing = [col for col in required if col not in df.columns]
+    if missing:
+        raise StageError(
+            f"{what} {path} lacks column(s) {', '.join(missing)}; "
+            f"it has: {', '.join(map(str, df.columns))}"
+        )
+    return df
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -1,0 +1,109 @@
+"""Stage 4, `features`: TF-IDF over the lemmatized texts, then TruncatedSVD (LSA).
+
+The study used `TfidfVectorizer()` defaults and `TruncatedSVD(n_components=50)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from pydantic import Field, model_validator
+from sklearn.decomposition import TruncatedSVD
+from sklearn.feature_extraction.text import TfidfVectorizer
+
+from alien_hotels.common import Section, StageError
+
+
+class TfidfConfig(Section):
+    """`features.tfidf.*`: the `TfidfVectorizer` parameters users tune most."""
+
+    min_df: int | float = Field(1, ge=0)
+    max_df: int | float = Field(1.0, gt=0)
+    max_features: int | None = Field(None, ge=1)
+    ngram_max: int = Field(1, ge=1, le=3)
+    sublinear_tf: bool = False
+    use_idf: bool = True
+    smooth_idf: bool = True
+    norm: Literal["l2", "l1", "none"] = "l2"
+    token_pattern: str = r"(?u)\b\w\w+\b"
+
+
+class FeaturesConfig(Section):
+    """`features.*`: TF-IDF settings and the SVD that reduces them."""
+
+    tfidf: TfidfConfig = TfidfConfig()
+    n_components: int = Field(50, ge=1)
+    algorithm: Literal["randomized", "arpack"] = "randomized"
+    n_iter: int = Field(5, ge=1)
+    random_state: int = 42
+
+    @model_validator(mode="after")
+    def _check(self) -> FeaturesConfig:
+        if isinstance(self.tfidf.min_df, float) and self.tfidf.min_df > 1:
+            raise ValueError("features.tfidf.min_df as a fraction must be in [0, 1]")
+        return self
+
+
+@dataclass
+class TextFeatures:
+    """The fitted vectorizer and SVD, and the reduced document vectors."""
+
+    vectorizer: TfidfVectorizer
+    svd: TruncatedSVD
+    embedding: np.ndarray  # (n_docs, n_components), float32
+
+    @property
+    def n_terms(self) -> int:
+        return len(self.vectorizer.vocabulary_)
+
+    @property
+    def explained_variance(self) -> float:
+        return float(self.svd.explained_variance_ratio_.sum())
+
+
+def make_vectorizer(cfg: TfidfConfig) -> TfidfVectorizer:
+    return TfidfVectorizer(
+        min_df=cfg.min_df,
+        max_df=cfg.max_df,
+        max_features=cfg.max_features,
+        ngram_range=(1, cfg.ngram_max),
+        sublinear_tf=cfg.sublinear_tf,
+        use_idf=cfg.use_idf,
+        smooth_idf=cfg.smooth_idf,
+        norm=None if cfg.norm == "none" else cfg.norm,
+        token_pattern=cfg.token_pattern,
+        dtype=np.float32,
+    )
+
+
+def fit_features(texts: Sequence[str], cfg: FeaturesConfig) -> TextFeatures:
+    """TF-IDF then SVD; errors name the parameter that does not fit the data."""
+    if len(texts) == 0:
+        raise StageError("features: no documents to vectorize (the preprocessed table is empty)")
+    vectorizer = make_vectorizer(cfg.tfidf)
+    try:
+        tfidf = vectorizer.fit_transform(texts)
+    except ValueError as exc:  # e.g. empty vocabulary, min_df > max_df
+        raise StageError(f"features.tfidf: {exc}") from None
+    n_terms = tfidf.shape[1]
+    if cfg.n_components >= n_terms:
+        raise StageError(
+            f"features.n_components={cfg.n_components} must be below the number of TF-IDF terms "
+            f"({n_terms}); lower features.n_components or relax features.tfidf"
+        )
+    if cfg.n_components >= len(texts) and cfg.algorithm == "arpack":
+        raise StageError(
+            f"features.n_components={cfg.n_components} must be below the number of documents "
+            f"({len(texts)}) with features.algorithm=arpack"
+        )
+    svd = TruncatedSVD(
+        n_components=cfg.n_components,
+        algorithm=cfg.algorithm,
+        n_iter=cfg.n_iter,
+        random_state=cfg.random_state,
+    )
+    embedding = svd.fit_transform(tfidf).astype(np.float32)
+    return TextFeatures(vectorizer=vectorizer, svd=svd, embedding=embedding)

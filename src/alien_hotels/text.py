@@ -1,0 +1,148 @@
+"""Stage 3, `preprocess`: captions -> short lemmatized texts, plus a room type per caption.
+
+The study removed commas, split on spaces, kept the first 14 words and lemmatized each word.
+Caption vocabularies are small (a few thousand distinct words even at Hotels-50K scale), so each
+distinct word is lemmatized once and looked up afterwards.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from alien_hotels.common import Section, StageError
+
+LEMMATIZERS = ("simplemma", "pymorphy3", "wordnet", "none")
+
+
+class TextConfig(Section):
+    """`text.*`: truncation, lemmatization and stopwords."""
+
+    max_words: int = Field(14, ge=1)
+    lemmatizer: Literal["simplemma", "pymorphy3", "wordnet", "none"] = "simplemma"
+    language: str = Field("en", min_length=2, max_length=3)
+    lowercase: bool = True
+    # Characters deleted before splitting on spaces; the study deleted commas only.
+    punctuation: str = ","
+    stopwords: Literal["none", "english"] = "none"
+    extra_stopwords: list[str] = []
+
+
+class RoomTypesConfig(Section):
+    """`room_types.*`: keyword rules that give each caption a room type.
+
+    The earliest keyword in the caption's first clause (the BLIP sentence, before the flavor
+    phrases) decides; a tie at the same position goes to the longer keyword, then to the rule
+    listed first. Keywords match whole words, with an optional plural `s`.
+    """
+
+    default: str = "other"
+    scope: Literal["first_clause", "caption"] = "first_clause"
+    rules: dict[str, list[str]] = {}
+
+    @field_validator("rules")
+    @classmethod
+    def _non_empty_keywords(cls, rules: dict[str, list[str]]) -> dict[str, list[str]]:
+        for name, keywords in rules.items():
+            if not keywords or any(not str(k).strip() for k in keywords):
+                raise ValueError(f"room_types.rules.{name} needs a list of non-empty keywords")
+        return rules
+
+
+def make_lemmatizer(name: str, language: str = "en") -> Callable[[str], str]:
+    """Return a word -> lemma function; fail early with a clear message if data is missing."""
+    if name == "none":
+        return lambda word: word
+    if name == "simplemma":
+        import simplemma
+
+        return lambda word: simplemma.lemmatize(word, lang=language)
+    if name == "pymorphy3":
+        import pymorphy3
+
+        analyzer = pymorphy3.MorphAnalyzer(lang=language)
+        return lambda word: analyzer.parse(word)[0].normal_form
+    if name == "wordnet":
+        from nltk.stem import WordNetLemmatizer
+
+        lemmatizer = WordNetLemmatizer()
+        try:
+            lemmatizer.lemmatize("rooms")
+        except LookupError:
+            raise StageError(
+                "text.lemmatizer=wordnet needs NLTK's WordNet data, which is not installed: "
+                "run `python -m nltk.downloader wordnet omw-1.4` on a machine with internet, "
+                "or choose text.lemmatizer=simplemma"
+            ) from None
+        return lemmatizer.lemmatize
+    raise StageError(f"text.lemmatizer={name!r} is unknown; allowed: {', '.join(LEMMATIZERS)}")
+
+
+def stopword_set(cfg: TextConfig) -> frozenset[str]:
+    words: set[str] = {w.lower() for w in cfg.extra_stopwords}
+    if cfg.stopwords == "english":
+        from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+        words |= set(ENGLISH_STOP_WORDS)
+    return frozenset(words)
+
+
+class CaptionPreprocessor:
+    """Caption -> first `max_words` words, lemmatized, stopwords removed (after truncation)."""
+
+    def __init__(self, cfg: TextConfig) -> None:
+        self.cfg = cfg
+        self._lemmatize = make_lemmatizer(cfg.lemmatizer, cfg.language)
+        self._stopwords = stopword_set(cfg)
+        self._strip = str.maketrans("", "", cfg.punctuation) if cfg.punctuation else None
+        self._lemmas: dict[str, str] = {}
+
+    def lemma(self, word: str) -> str:
+        lemma = self._lemmas.get(word)
+        if lemma is None:
+            lemma = self._lemmas[word] = self._lemmatize(word)
+        return lemma
+
+    def __call__(self, caption: str) -> str:
+        if self.cfg.lowercase:
+            caption = caption.lower()
+        if self._strip is not None:
+            caption = caption.translate(self._strip)
+        # The study split on single spaces; empty strings from double spaces are not words.
+        words = [w for w in caption.split(" ") if w][: self.cfg.max_words]
+        lemmas = (self.lemma(w) for w in words)
+        return " ".join(w for w in lemmas if w not in self._stopwords)
+
+    def transform(self, captions: Iterable[str]) -> list[str]:
+        return [self(c) for c in captions]
+
+
+class RoomTypeClassifier:
+    """Assign a room type to a caption from `RoomTypesConfig` keyword rules."""
+
+    def __init__(self, cfg: RoomTypesConfig) -> None:
+        self.cfg = cfg
+        # One alternation per rule; longest keywords first so "front desk" beats "desk".
+        self._patterns = []
+        for order, (name, keywords) in enumerate(cfg.rules.items()):
+            alternatives = sorted({k.strip().lower() for k in keywords}, key=len, reverse=True)
+            body = "|".join(re.escape(k).replace(r"\ ", r"\s+") for k in alternatives)
+            self._patterns.append((order, name, re.compile(rf"\b(?:{body})(?:e?s)?\b")))
+
+    def __call__(self, caption: str) -> str:
+        text = caption.lower()
+        if self.cfg.scope == "first_clause":
+            text = text.split(",", 1)[0]
+        best: tuple[int, int, int] | None = None
+        best_name = self.cfg.default
+        for order, name, pattern in self._patterns:
+            match = pattern.search(text)
+            if match is None:
+                continue
+            key = (match.start(), -len(match.group(0)), order)
+            if best is None or key < best:
+                best, best_name = key, name
+        return best_name
