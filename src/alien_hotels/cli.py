@@ -76,6 +76,29 @@ def map_(params: ParamsOption = Path("params.yaml")) -> None:
 
 
 @app.command()
+def edit(
+    recipe: Annotated[
+        str | None, typer.Argument(help="Recipe name (a key of edit.recipes); default: all.")
+    ] = None,
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Diffusion-edit the images for alien guests with one recipe (edit.recipes.<name>)."""
+    _run(lambda p: stages.run_edit(p, recipe), params)
+
+
+@app.command(name="edit-sweep")
+def edit_sweep(params: ParamsOption = Path("params.yaml")) -> None:
+    """Content preservation against edit success over a grid (edit.sweep.*)."""
+    _run(stages.run_edit_sweep, params)
+
+
+@app.command(name="edit-report")
+def edit_report(params: ParamsOption = Path("params.yaml")) -> None:
+    """Per-recipe means (metrics/editing.json) and the hotel ranking for alien guests."""
+    _run(stages.run_edit_report, params)
+
+
+@app.command()
 def compose(
     overrides: Annotated[
         list[str] | None, typer.Argument(help="Hydra overrides, e.g. text.max_words=20")

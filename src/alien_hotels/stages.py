@@ -44,6 +44,17 @@ class StagePaths:
     clusters_report: Path = Path("reports/clusters.md")
     map_html: Path = Path("reports/cluster_map.html")
     map_png: Path = Path("reports/cluster_map.png")
+    images_manifest: Path = Path("data/interim/images.csv")
+    edited_dir: Path = Path("data/edited")
+    edit_tables: Path = Path("data/processed/edits")
+    edit_sheets: Path = Path("reports/edits")
+    edit_recipe_metrics: Path = Path("metrics/edits")
+    edit_metrics: Path = Path("metrics/editing.json")
+    alien_ranking: Path = Path("reports/alien_ranking.md")
+    alien_hotels_plot: Path = Path("plots/alien_hotels.csv")
+    sweep_table: Path = Path("plots/edit_tradeoff.csv")
+    sweep_plot: Path = Path("reports/edit_tradeoff.png")
+    sweep_metrics: Path = Path("metrics/edit_sweep.json")
 
 
 def run_sample(params: Params, paths: StagePaths = StagePaths()) -> sampling.SampleStats:
@@ -104,9 +115,8 @@ def run_preprocess(params: Params, paths: StagePaths = StagePaths()) -> pd.DataF
 def run_features(params: Params, paths: StagePaths = StagePaths()) -> features.TextFeatures:
     texts = read_csv(paths.texts, ["image_id", "text"], what="preprocessed texts")
     fitted = features.fit_features(texts["text"].fillna("").astype(str).tolist(), params.features)
-    with atomic_path(paths.features) as tmp:
-        with tmp.open("wb") as fh:
-            np.savez_compressed(fh, embedding=fitted.embedding, image_id=texts["image_id"])
+    with atomic_path(paths.features) as tmp, tmp.open("wb") as fh:
+        np.savez_compressed(fh, embedding=fitted.embedding, image_id=texts["image_id"])
     write_json(
         {
             "n_docs": len(texts),
@@ -152,8 +162,13 @@ def run_cluster(params: Params, paths: StagePaths = StagePaths()) -> dict:
     write_csv(elbow, paths.elbow_plot)
     write_text(report, paths.clusters_report)
     write_json(metrics, paths.cluster_metrics)
-    log.info("k=%d (%s), nmi room type %.3f vs hotel %.3f", k, metrics["k_source"],
-             scores["nmi_room_type"], scores["nmi_hotel"])
+    log.info(
+        "k=%d (%s), nmi room type %.3f vs hotel %.3f",
+        k,
+        metrics["k_source"],
+        scores["nmi_room_type"],
+        scores["nmi_hotel"],
+    )
     return metrics
 
 
@@ -164,12 +179,113 @@ def run_map(params: Params, paths: StagePaths = StagePaths()) -> pd.DataFrame:
     coords = mapping.embed_2d(embedding, params.map)
     table = (
         pd.DataFrame({"image_id": image_ids, "x": coords[:, 0], "y": coords[:, 1]})
-        .merge(labels[["image_id", "hotel_id", "room_type", "cluster", "cluster_label"]],
-               on="image_id")
+        .merge(
+            labels[["image_id", "hotel_id", "room_type", "cluster", "cluster_label"]], on="image_id"
+        )
         .merge(texts[["image_id", "caption", "text", "hotel_name"]], on="image_id")
     )
     mapping.write_html_map(table, paths.map_html, params.map)
     mapping.write_png_map(table, paths.map_png)
     columns = ["image_id", "hotel_id", "room_type", "cluster", "x", "y", "caption", "text"]
     write_csv(table[columns + ["cluster_label", "hotel_name"]], paths.clusters)
+    return table
+
+
+def _images_manifest(paths: StagePaths) -> pd.DataFrame:
+    from alien_hotels.editing.runner import MANIFEST_COLUMNS
+
+    return read_csv(paths.images_manifest, MANIFEST_COLUMNS, what="images manifest")
+
+
+def run_edit(
+    params: Params, recipe: str | None = None, paths: StagePaths = StagePaths()
+) -> dict[str, dict]:
+    """Stage `edit@<recipe>` (all recipes when `recipe` is None)."""
+    from alien_hotels.editing import imaging, report, runner
+
+    cfg = params.edit
+    names = list(cfg.recipes) if recipe is None else [recipe]
+    unknown = [n for n in names if n not in cfg.recipes]
+    if unknown:
+        raise StageError(
+            f"edit: unknown recipe {unknown[0]!r}; edit.recipes has: "
+            f"{', '.join(cfg.recipes) or '(none)'}"
+        )
+    manifest = _images_manifest(paths)
+    for name in names:  # every model is checked before any image is edited
+        if not runner.select_images(manifest, cfg.max_images).empty:
+            runner.check_weights(name, cfg.recipes[name], cfg)
+    out: dict[str, dict] = {}
+    for name in names:
+        result = runner.edit_recipe(name, cfg, manifest, paths.edited_dir / name)
+        metrics = report.clean({"recipe": name, **runner.recipe_metrics(result.table)})
+        sheet = imaging.contact_sheet(result.sheet, title=f"recipe {name}")
+        with atomic_path(paths.edit_sheets / f"{name}.jpg") as tmp:
+            sheet.save(tmp, format="JPEG", quality=88)
+        write_csv(result.table, paths.edit_tables / f"{name}.csv")
+        write_json(metrics, paths.edit_recipe_metrics / f"{name}.json")
+        log.info(
+            "edit %s: %d edited, %d unchanged, %d failed",
+            name,
+            metrics["n_edited"],
+            metrics["n_unchanged"],
+            metrics["n_failed"],
+        )
+        out[name] = metrics
+    return out
+
+
+def run_edit_report(params: Params, paths: StagePaths = StagePaths()) -> dict:
+    """Stage `edit_report`: per-recipe means and the hotel ranking for alien guests."""
+    from alien_hotels.editing import report, runner
+
+    sample = read_csv(paths.sample, ["image_id", "hotel_id"], what="sample table")
+    tables: dict[str, pd.DataFrame] = {}
+    per_recipe: dict[str, dict] = {}
+    for name in params.edit.recipes:
+        path = paths.edit_tables / f"{name}.csv"
+        if not path.is_file():
+            raise StageError(f"edit_report: {path} not found: run `dvc repro edit@{name}` first")
+        table = pd.read_csv(path).reindex(columns=runner.TABLE_COLUMNS)
+        tables[name] = table
+        per_recipe[name] = runner.recipe_metrics(table)
+    ranking = report.hotel_ranking(tables, sample)
+    best = None if ranking.empty else ranking.iloc[0]
+    metrics = report.clean(
+        {
+            "recipes": per_recipe,
+            "n_hotels_ranked": len(ranking),
+            "best_hotel": None if best is None else str(best["hotel_id"]),
+            "best_hotel_alien_score": None if best is None else float(best["alien_score"]),
+        }
+    )
+    write_csv(ranking, paths.alien_hotels_plot)
+    write_text(report.ranking_markdown(ranking, metrics["recipes"]), paths.alien_ranking)
+    write_json(metrics, paths.edit_metrics)
+    return metrics
+
+
+def run_edit_sweep(params: Params, paths: StagePaths = StagePaths()) -> pd.DataFrame:
+    """Stage `edit_sweep`: preservation against edit success over a grid of one recipe."""
+    from alien_hotels.editing import report, runner
+
+    cfg = params.edit
+    table = runner.sweep(cfg, _images_manifest(paths))
+    best = None
+    if not table.empty:
+        ranked = table.assign(success=pd.to_numeric(table["success"], errors="coerce"))
+        best = ranked.sort_values("success", ascending=False).iloc[0].to_dict()
+    write_csv(table, paths.sweep_table)
+    report.tradeoff_plot(table, paths.sweep_plot, cfg.sweep.recipe)
+    write_json(
+        report.clean(
+            {
+                "recipe": cfg.sweep.recipe,
+                "points": len(table),
+                "n_images": int(table["n_images"].max()) if len(table) else 0,
+                "most_successful": best,
+            }
+        ),
+        paths.sweep_metrics,
+    )
     return table

@@ -1,0 +1,179 @@
+"""`edit.*`: diffusion edit recipes, the scores that judge them and the trade-off sweep.
+
+Each recipe is one file `conf/edit/recipes/<name>.yaml` composed under `edit.recipes.<name>` by
+the defaults list of `conf/edit/default.yaml`; `dvc.yaml` runs one `edit@<name>` stage per key.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from alien_hotels.common import Section
+
+Pipeline = Literal["img2img", "inpaint", "instruct_pix2pix"]
+Scheduler = Literal["default", "ddim", "dpm", "euler", "euler_a", "pndm", "lms", "unipc"]
+Goal = Literal["neon", "green", "no_towels", "alien"]
+RECIPE_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+class MaskConfig(Section):
+    """Where the edited region comes from; outside it the source pixels are kept exactly."""
+
+    source: Literal["none", "text", "files"] = "none"
+    # source=text: CLIPSeg probability of `prompt` above `threshold`, grown by `dilate` pixels.
+    prompt: str | None = None
+    threshold: float = Field(0.4, ge=0.0, le=1.0)
+    dilate: int = Field(0, ge=0, le=512)
+    model_id: str = "CIDAS/clipseg-rd64-refined"
+    # source=files: `<files_dir>/<image_id>.png`, non-zero pixels are edited (also dilated).
+    files_dir: str | None = None
+
+    @model_validator(mode="after")
+    def _needs(self) -> MaskConfig:
+        if self.source == "text" and not (self.prompt or "").strip():
+            raise ValueError("mask.source=text needs mask.prompt (what to segment, e.g. 'towel')")
+        if self.source == "files" and not self.files_dir:
+            raise ValueError("mask.source=files needs mask.files_dir (a folder of <image_id>.png)")
+        return self
+
+
+class RecipeConfig(Section):
+    """One edit: a diffusers pipeline, its prompts and knobs, and the mask it edits under."""
+
+    description: str = ""
+    pipeline: Pipeline = "img2img"
+    model_id: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    prompt: str
+    negative_prompt: str = ""
+    # img2img/inpaint: how much noise is added (0 keeps the source, 1 ignores it).
+    strength: float = Field(0.5, gt=0.0, le=1.0)
+    # Classifier-free guidance towards the prompt (lower keeps more of the source content).
+    guidance_scale: float = Field(7.5, ge=0.0, le=50.0)
+    # instruct_pix2pix only: pull towards the source image.
+    image_guidance_scale: float = Field(1.5, ge=0.0, le=50.0)
+    steps: int = Field(30, ge=1, le=500)
+    scheduler: Scheduler = "default"
+    seed: int = Field(0, ge=0)
+    # The longer side the model sees (rounded down to a multiple of 8); results are resized
+    # back to the source size.
+    resolution: int = Field(512, ge=64, le=2048)
+    # Which score the edit is meant to raise: the sweep's "edit success".
+    goal: Goal = "alien"
+    mask: MaskConfig = MaskConfig()
+
+    @model_validator(mode="after")
+    def _inpaint_needs_mask(self) -> RecipeConfig:
+        if self.pipeline == "inpaint" and self.mask.source == "none":
+            raise ValueError("pipeline=inpaint needs a mask: set mask.source to text or files")
+        if self.pipeline != "instruct_pix2pix" and int(self.steps * self.strength) < 1:
+            raise ValueError(
+                f"steps * strength = {self.steps} * {self.strength} leaves no denoising step; "
+                "raise steps or strength"
+            )
+        return self
+
+
+class CombineWeights(Section):
+    """Weights of the alien-friendliness components (a weighted mean over those available)."""
+
+    green: float = Field(1.0, ge=0.0)
+    neon: float = Field(1.0, ge=0.0)
+    towels: float = Field(1.0, ge=0.0)
+    clip: float = Field(1.0, ge=0.0)
+
+
+class ScoresConfig(Section):
+    """How images are judged. Colour scores need no weights; towels and CLIP need models."""
+
+    # A pixel is "green" when its hue lies in [green_hue_min, green_hue_max] degrees and it is
+    # saturated and bright enough.
+    green_hue_min: float = Field(75.0, ge=0.0, le=360.0)
+    green_hue_max: float = Field(165.0, ge=0.0, le=360.0)
+    green_min_saturation: float = Field(0.35, ge=0.0, le=1.0)
+    green_min_value: float = Field(0.2, ge=0.0, le=1.0)
+    # A pixel "glows neon" when it is both very saturated and very bright (any hue).
+    neon_min_saturation: float = Field(0.6, ge=0.0, le=1.0)
+    neon_min_value: float = Field(0.85, ge=0.0, le=1.0)
+    # Shares that earn the full green / neon component (the component is share / target, <= 1).
+    green_target: float = Field(0.25, gt=0.0, le=1.0)
+    neon_target: float = Field(0.10, gt=0.0, le=1.0)
+    # Towel area (CLIPSeg probability of towel_prompt above towel_threshold); the towel
+    # component is 1 - area / towel_tolerance, floored at 0.
+    towel_prompt: str = "towel"
+    towel_threshold: float = Field(0.5, ge=0.0, le=1.0)
+    towel_tolerance: float = Field(0.1, gt=0.0, le=1.0)
+    clipseg_model_id: str | None = "CIDAS/clipseg-rd64-refined"
+    # CLIP: zero-shot probability of the preference prompts against the aversion prompts, and
+    # image-image similarity (content preservation).
+    clip_model_id: str | None = "openai/clip-vit-base-patch32"
+    preference_prompts: list[str] = [
+        "a calm, safe room glowing with neon light",
+        "a room in green colours with plants",
+    ]
+    aversion_prompts: list[str] = ["a room with towels", "a dark, dangerous, messy room"]
+    combine: CombineWeights = CombineWeights()
+    # Missing score weights: skip those scores (null in the tables) or fail before any work.
+    on_missing_weights: Literal["skip", "error"] = "skip"
+
+    @model_validator(mode="after")
+    def _ranges(self) -> ScoresConfig:
+        if self.green_hue_min > self.green_hue_max:
+            raise ValueError("green_hue_min must not exceed green_hue_max")
+        if not self.preference_prompts or not self.aversion_prompts:
+            raise ValueError("preference_prompts and aversion_prompts must not be empty")
+        return self
+
+
+class SweepConfig(Section):
+    """Content preservation against edit success over a grid of one recipe's knobs."""
+
+    recipe: str = "neon"
+    # Recipe field -> values; every combination is run on the first `max_images` images.
+    grid: dict[str, list[float]] = {
+        "strength": [0.3, 0.5, 0.75],
+        "guidance_scale": [3.0, 7.5, 12.0],
+    }
+    max_images: int = Field(4, ge=1)
+
+    @field_validator("grid")
+    @classmethod
+    def _known_fields(cls, grid: dict[str, list[float]]) -> dict[str, list[float]]:
+        allowed = {"strength", "guidance_scale", "image_guidance_scale", "steps"}
+        bad = sorted(set(grid) - allowed)
+        if bad:
+            raise ValueError(f"unknown sweep field(s) {bad}; allowed: {sorted(allowed)}")
+        if not grid or any(not values for values in grid.values()):
+            raise ValueError("the sweep grid needs at least one value per field")
+        return grid
+
+
+class EditConfig(Section):
+    """`edit.*`: the recipes that run, where they run and how results are judged."""
+
+    recipes: dict[str, RecipeConfig] = {}
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    # auto: float16 on CUDA, float32 elsewhere.
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    # auto: on for CUDA (lower peak memory), off elsewhere.
+    attention_slicing: Literal["auto", "on", "off"] = "auto"
+    # Edit at most this many images per recipe (manifest order); null: all.
+    max_images: int | None = Field(None, ge=0)
+    # Rows of each contact sheet (original | mask | edited).
+    sheet_rows: int = Field(12, ge=1, le=200)
+    scores: ScoresConfig = ScoresConfig()
+    sweep: SweepConfig = SweepConfig()
+
+    @model_validator(mode="after")
+    def _names(self) -> EditConfig:
+        bad = [name for name in self.recipes if not RECIPE_NAME.match(name)]
+        if bad:
+            raise ValueError(f"recipe names must match {RECIPE_NAME.pattern}: {bad}")
+        if self.recipes and self.sweep.recipe not in self.recipes:
+            raise ValueError(
+                f"sweep.recipe={self.sweep.recipe!r} is not a recipe; "
+                f"recipes: {', '.join(sorted(self.recipes))}"
+            )
+        return self

@@ -1,0 +1,295 @@
+"""Running a recipe over the images manifest: masks, resumable edits, scores, the sweep.
+
+Per image: load (any size or mode -> RGB), mask at the source size, edit at the recipe's
+resolution (multiple of 8), resize back, paste the source back outside the mask, save
+`<out_dir>/<image_id>.png` with a resume key (recipe config + source content) in its metadata,
+and score the source and the result. An image whose output already carries the same key is not
+edited again. Nothing loads a model when there is nothing to edit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
+
+from alien_hotels.editing import imaging, models
+from alien_hotels.editing.config import EditConfig, RecipeConfig
+from alien_hotels.editing.scores import Scorer, success
+
+log = logging.getLogger(__name__)
+
+MANIFEST_COLUMNS = ["image_id", "path", "status"]
+SCORE_KEYS = [
+    "green_share",
+    "neon_share",
+    "towel_fraction",
+    "towel_free",
+    "clip_preference",
+    "alien_score",
+]
+TABLE_COLUMNS = [
+    "image_id",
+    "status",
+    "reason",
+    "resumed",
+    "mask_fraction",
+    "seconds",
+    *[f"{k}_{when}" for k in SCORE_KEYS for when in ("before", "after")],
+    "ssim",
+    "clip_similarity",
+    "success",
+    "key",
+]
+KEY_VERSION = "edit-v1"
+
+
+def select_images(manifest: pd.DataFrame, limit: int | None) -> pd.DataFrame:
+    """Manifest rows with status ok and a path, in manifest order, at most `limit`."""
+    paths = manifest["path"].astype("string").fillna("").str.strip()
+    ok = (manifest["status"].astype("string") == "ok") & (paths != "")
+    rows = manifest.loc[ok].assign(path=paths[ok]).drop_duplicates("image_id")
+    rows = rows.assign(image_id=rows["image_id"].astype(str))
+    return (rows if limit is None else rows.head(limit)).reset_index(drop=True)
+
+
+@dataclass
+class Models:
+    pipe: Any
+    segmenter: Any
+    scorer: Scorer
+    dtype: str
+
+
+def _score_model(model_id: str | None, key: str, cfg: EditConfig) -> str | None:
+    if model_id is None:
+        return None
+    found, why = models.weights_available(model_id, "config.json")
+    if found:
+        return model_id
+    if cfg.scores.on_missing_weights == "error":
+        models.require_weights(model_id, key, "config.json")
+    log.warning("%s: %r unavailable (%s); those scores are left empty", key, model_id, why)
+    return None
+
+
+def check_weights(name: str, recipe: RecipeConfig, cfg: EditConfig) -> tuple[str | None, ...]:
+    """Fail before any work when a needed model is missing; return the usable score models."""
+    key = f"edit.recipes.{name}"
+    models.require_weights(recipe.model_id, f"{key}.model_id", "model_index.json")
+    if recipe.mask.source == "text":
+        models.require_weights(recipe.mask.model_id, f"{key}.mask.model_id", "config.json")
+    scores = cfg.scores
+    return (
+        _score_model(scores.clipseg_model_id, "edit.scores.clipseg_model_id", cfg),
+        _score_model(scores.clip_model_id, "edit.scores.clip_model_id", cfg),
+    )
+
+
+def load_models(name: str, recipe: RecipeConfig, cfg: EditConfig) -> Models:
+    clipseg_id, clip_id = check_weights(name, recipe, cfg)
+    device, dtype = models.resolve_device(cfg)
+    pipe = models.load_pipeline(recipe, f"edit.recipes.{name}", cfg)
+    segmenters: dict[str, Any] = {}
+
+    def segmenter(model_id: str) -> Any:
+        if model_id not in segmenters:
+            segmenters[model_id] = models.Segmenter(model_id, device)
+        return segmenters[model_id]
+
+    mask_seg = segmenter(recipe.mask.model_id) if recipe.mask.source == "text" else None
+    scorer = Scorer(
+        cfg.scores,
+        segmenter=segmenter(clipseg_id) if clipseg_id else None,
+        clip=models.ClipScorer(clip_id, device) if clip_id else None,
+    )
+    return Models(pipe, mask_seg, scorer, str(dtype).removeprefix("torch."))
+
+
+def recipe_hash(recipe: RecipeConfig, dtype: str) -> str:
+    text = f"{KEY_VERSION}|{dtype}|{recipe.model_dump_json()}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def compute_mask(
+    recipe: RecipeConfig, image_id: str, source: Image.Image, segmenter: Any
+) -> tuple[np.ndarray | None, str]:
+    """(mask at the source size or None for a whole-image edit, note)."""
+    spec = recipe.mask
+    if spec.source == "none":
+        return None, ""
+    if spec.source == "text":
+        probs = segmenter.probs(source, spec.prompt or "")
+        return imaging.mask_from_probs(probs, source.size, spec.threshold, spec.dilate), ""
+    path = Path(spec.files_dir or "") / f"{image_id}.png"
+    if not path.is_file():
+        return np.zeros((source.height, source.width), dtype=bool), f"no mask file {path}"
+    return imaging.mask_from_file(path, source.size, spec.dilate), ""
+
+
+def edit_image(
+    pipe: Any, recipe: RecipeConfig, source: Image.Image, mask: np.ndarray | None
+) -> Image.Image:
+    """Edit at the model's size, back to the source size, source kept outside the mask."""
+    prepared = imaging.prepare(source, recipe.resolution)
+    mask_img = None
+    if mask is not None:
+        mask_img = imaging.mask_image(mask).resize(prepared.size, Image.Resampling.NEAREST)
+    edited = models.run_pipeline(pipe, recipe, prepared, mask_img)
+    edited = imaging.restore(edited, source.size)
+    return imaging.composite(source, edited, mask) if mask is not None else edited
+
+
+@dataclass
+class RecipeResult:
+    table: pd.DataFrame
+    sheet: list[tuple[str, Image.Image, Image.Image | None, Image.Image]] = field(
+        default_factory=list
+    )
+
+
+def _failed(image_id: str, reason: str) -> dict[str, Any]:
+    return {"image_id": image_id, "status": "failed", "reason": reason, "resumed": False}
+
+
+def edit_recipe(
+    name: str,
+    cfg: EditConfig,
+    manifest: pd.DataFrame,
+    out_dir: Path,
+    root: Path = Path("."),
+    loaded: Models | None = None,
+) -> RecipeResult:
+    """Edit every selected image with recipe `name`; see the module docstring."""
+    recipe = cfg.recipes[name]
+    images = select_images(manifest, cfg.max_images)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = RecipeResult(pd.DataFrame(columns=TABLE_COLUMNS))
+    if images.empty:
+        _remove_stale(out_dir, set())
+        log.info("edit %s: no images to edit (manifest has no status=ok rows)", name)
+        return result
+    loaded = loaded or load_models(name, recipe, cfg)
+    base_key = recipe_hash(recipe, loaded.dtype)
+    rows: list[dict[str, Any]] = []
+    bar = tqdm(images.itertuples(index=False), total=len(images), desc=f"edit {name}", unit="img")
+    for item in bar:
+        image_id = str(item.image_id)
+        src_path = root / str(item.path)
+        try:
+            source = imaging.load_rgb(src_path)
+            digest = imaging.file_md5(src_path)
+        except (OSError, UnidentifiedImageError, ValueError) as exc:
+            rows.append(_failed(image_id, f"cannot read {item.path}: {exc}"))
+            continue
+        start = time.perf_counter()
+        mask, note = compute_mask(recipe, image_id, source, loaded.segmenter)
+        if recipe.mask.source == "files" and not note:
+            digest += imaging.file_md5(Path(recipe.mask.files_dir or "") / f"{image_id}.png")
+        key = hashlib.sha256(f"{base_key}|{digest}".encode()).hexdigest()[:20]
+        target = out_dir / f"{image_id}.png"
+        empty = mask is not None and not mask.any()
+        resumed = target.is_file() and imaging.saved_key(target) == key
+        if resumed:
+            edited = imaging.load_rgb(target)
+        else:
+            edited = source.copy() if empty else edit_image(loaded.pipe, recipe, source, mask)
+            imaging.save_png(edited, target, key)
+        row: dict[str, Any] = {
+            "image_id": image_id,
+            "status": "unchanged" if empty else "edited",
+            "reason": note or ("empty mask: copied unchanged" if empty else ""),
+            "resumed": resumed,
+            "mask_fraction": 1.0 if mask is None else float(mask.mean()),
+            "seconds": round(time.perf_counter() - start, 3),
+            "key": key,
+        }
+        row.update(loaded.scorer.compare(source, edited))
+        row["success"] = success(row, recipe.goal)
+        rows.append(row)
+        if len(result.sheet) < cfg.sheet_rows:
+            mask_img = imaging.mask_image(mask) if mask is not None else None
+            result.sheet.append((image_id, source, mask_img, edited))
+    keep = {r["image_id"] for r in rows if r["status"] != "failed"}
+    _remove_stale(out_dir, keep)
+    result.table = pd.DataFrame(rows).reindex(columns=TABLE_COLUMNS)
+    return result
+
+
+def _remove_stale(out_dir: Path, keep: set[str]) -> None:
+    """Outputs of images no longer selected (or failed) would mislead: remove them."""
+    for path in out_dir.glob("*.png"):
+        if path.stem not in keep:
+            path.unlink()
+
+
+def recipe_metrics(table: pd.DataFrame) -> dict[str, Any]:
+    """Counts and the means of every score column (null where no value exists)."""
+    status = table["status"].value_counts() if not table.empty else pd.Series(dtype=int)
+    out: dict[str, Any] = {
+        "n_images": len(table),
+        "n_edited": int(status.get("edited", 0)),
+        "n_unchanged": int(status.get("unchanged", 0)),
+        "n_failed": int(status.get("failed", 0)),
+        "n_resumed": int(table["resumed"].fillna(False).astype(bool).sum()) if len(table) else 0,
+    }
+    numeric = [c for c in TABLE_COLUMNS if c.endswith(("_before", "_after"))]
+    numeric += ["ssim", "clip_similarity", "success", "mask_fraction", "seconds"]
+    for col in numeric:
+        values = pd.to_numeric(table[col], errors="coerce") if len(table) else pd.Series([])
+        out[col] = None if values.isna().all() else round(float(values.mean()), 6)
+    return out
+
+
+SWEEP_METRICS = ["ssim", "clip_similarity", "success", "alien_score_after", "mask_fraction"]
+
+
+def sweep(
+    cfg: EditConfig, manifest: pd.DataFrame, root: Path = Path("."), loaded: Models | None = None
+) -> pd.DataFrame:
+    """One row per grid point: mean preservation (SSIM, CLIP) and edit success."""
+    name = cfg.sweep.recipe
+    fields = list(cfg.sweep.grid)
+    columns = [*fields, "n_images", *SWEEP_METRICS]
+    images = select_images(manifest, cfg.sweep.max_images)
+    if images.empty or not cfg.recipes:
+        return pd.DataFrame(columns=columns)
+    recipe = cfg.recipes[name]
+    loaded = loaded or load_models(name, recipe, cfg)
+    prepared = []
+    for item in images.itertuples(index=False):
+        try:
+            source = imaging.load_rgb(root / str(item.path))
+        except (OSError, UnidentifiedImageError, ValueError) as exc:
+            log.warning("sweep: skipping %s: %s", item.image_id, exc)
+            continue
+        mask, _ = compute_mask(recipe, str(item.image_id), source, loaded.segmenter)
+        prepared.append((source, mask))
+    points = list(itertools.product(*cfg.sweep.grid.values()))
+    out = []
+    bar = tqdm(total=len(points) * len(prepared), desc=f"sweep {name}", unit="img")
+    for values in points:
+        update = dict(zip(fields, values, strict=True))
+        point = RecipeConfig.model_validate({**recipe.model_dump(), **update})
+        rows = []
+        for source, mask in prepared:
+            empty = mask is not None and not mask.any()
+            edited = source.copy() if empty else edit_image(loaded.pipe, point, source, mask)
+            row = loaded.scorer.compare(source, edited)
+            row["success"] = success(row, point.goal)
+            row["mask_fraction"] = 1.0 if mask is None else float(mask.mean())
+            rows.append(row)
+            bar.update()
+        frame = pd.DataFrame(rows).reindex(columns=SWEEP_METRICS).apply(pd.to_numeric)
+        out.append({**update, "n_images": len(rows), **frame.mean().to_dict()})
+    bar.close()
+    return pd.DataFrame(out, columns=columns)
