@@ -117,7 +117,9 @@ def score_clusters(
     """Silhouette, and agreement (ARI, NMI) of clusters with hotels and with room types."""
     n_clusters = len(np.unique(labels))
     silhouette = (
-        float(silhouette_score(embedding, labels)) if 2 <= n_clusters <= len(labels) - 1 else None
+        float(silhouette_score(embedding, labels))
+        if 2 <= n_clusters <= len(labels) - 1
+        else None
     )
     return {
         "silhouette": silhouette,

@@ -109,11 +109,15 @@ class ScoresConfig(Section):
     # CLIP: zero-shot probability of the preference prompts against the aversion prompts, and
     # image-image similarity (content preservation).
     clip_model_id: str | None = "openai/clip-vit-base-patch32"
-    preference_prompts: list[str] = [
-        "a calm, safe room glowing with neon light",
-        "a room in green colours with plants",
-    ]
-    aversion_prompts: list[str] = ["a room with towels", "a dark, dangerous, messy room"]
+    preference_prompts: list[str] = Field(
+        default_factory=lambda: [
+            "a calm, safe room glowing with neon light",
+            "a room in green colours with plants",
+        ]
+    )
+    aversion_prompts: list[str] = Field(
+        default_factory=lambda: ["a room with towels", "a dark, dangerous, messy room"]
+    )
     combine: CombineWeights = CombineWeights()
     # Missing score weights: skip those scores (null in the tables) or fail before any work.
     on_missing_weights: Literal["skip", "error"] = "skip"
@@ -153,7 +157,7 @@ class SweepConfig(Section):
 class EditConfig(Section):
     """`edit.*`: the recipes that run, where they run and how results are judged."""
 
-    recipes: dict[str, RecipeConfig] = {}
+    recipes: dict[str, RecipeConfig] = Field(default_factory=dict)
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     # auto: float16 on CUDA, float32 elsewhere.
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"

@@ -33,7 +33,7 @@ def model_size(size: tuple[int, int], resolution: int) -> tuple[int, int]:
     """Scale (w, h) so the longer side is `resolution`, both sides multiples of 8 (>= 8)."""
     w, h = size
     scale = resolution / max(w, h)
-    return (max(8, int(round(w * scale)) // 8 * 8), max(8, int(round(h * scale)) // 8 * 8))
+    return (max(8, round(w * scale) // 8 * 8), max(8, round(h * scale) // 8 * 8))
 
 
 def prepare(img: Image.Image, resolution: int) -> Image.Image:

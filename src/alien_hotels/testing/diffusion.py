@@ -28,7 +28,8 @@ def _bpe_vocab() -> tuple[tuple[tuple[str, int], ...], tuple[str, ...]]:
     from open_clip.tokenizer import bytes_to_unicode
 
     path = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
-    lines = gzip.open(path).read().decode("utf-8").split("\n")
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        lines = fh.read().split("\n")
     merges = [m for m in lines[1 : N_MERGES + 1] if m.strip()]
     tokens = list(bytes_to_unicode().values())
     tokens = tokens + [t + "</w>" for t in tokens]
