@@ -136,10 +136,9 @@ class SweepConfig(Section):
 
     recipe: str = "neon"
     # Recipe field -> values; every combination is run on the first `max_images` images.
-    grid: dict[str, list[float]] = {
-        "strength": [0.3, 0.5, 0.75],
-        "guidance_scale": [3.0, 7.5, 12.0],
-    }
+    grid: dict[str, list[float]] = Field(
+        default_factory=lambda: {"strength": [0.3, 0.5, 0.75], "guidance_scale": [3.0, 7.5, 12.0]}
+    )
     max_images: int = Field(4, ge=1)
 
     @field_validator("grid")
