@@ -196,6 +196,7 @@ class ClipScorer:
         import torch
 
         text = self.text_embeddings((*positive, *negative))
-        scale = self.model.logit_scale.exp().float()
-        probs = torch.softmax(scale * text @ image_emb, dim=0)
+        with torch.inference_mode():
+            scale = self.model.logit_scale.exp().float()
+            probs = torch.softmax(scale * text @ image_emb, dim=0)
         return float(probs[: len(positive)].sum())
