@@ -126,6 +126,7 @@ def test_edits_are_deterministic_and_seeded(workdir, tiny_models):
     first = runner.edit_recipe("neon", params.edit, manifest(), Path("a"))
     second = runner.edit_recipe("neon", params.edit, manifest(), Path("b"))
     assert (first.table["status"] == "edited").all()
+    assert first.table["ssim"].tolist() == second.table["ssim"].tolist()
     for image_id in ("wide", "tall", "grey"):
         assert np.array_equal(pixels(Path(f"a/{image_id}.png")), pixels(Path(f"b/{image_id}.png")))
     reseeded = compose(*tiny_overrides(tiny_models), "edit.recipes.neon.seed=7")
