@@ -38,6 +38,7 @@ def write_manifest(repo: Path, ok_ids: list[str]) -> list[str]:
             rows.append((image_id, rel, "ok", ""))
         else:
             rows.append((image_id, "", "missing", "no local image"))
+    (repo / "data/images").mkdir(parents=True, exist_ok=True)  # the images stage's output
     frame = pd.DataFrame(rows, columns=["image_id", "path", "status", "reason"])
     frame.to_csv(repo / "data/interim/images.csv", index=False)
     return ok_ids
