@@ -7,6 +7,7 @@ is scored against the two explanations the study weighed: hotel identity and roo
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -84,10 +85,25 @@ def choose_k(inertia: dict[int, float], cfg: ClusterConfig) -> int:
     """The given `cluster.k`, or the knee of the inertia curve (Kneedle)."""
     if cfg.k is not None:
         return cfg.k
+    ks = sorted(inertia)
+    if inertia[ks[0]] - inertia[ks[-1]] <= 1e-12 * max(abs(inertia[ks[0]]), 1.0):
+        raise StageError("the inertia curve is flat, so it has no elbow; set cluster.k explicitly")
+    # A degree-7 fit over few points is poorly conditioned by design; the fit is only a smoother.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", np.exceptions.RankWarning)
+        locator = _knee_locator(ks, inertia, cfg)
+    if locator.knee is None:
+        raise StageError(
+            "no elbow found in the inertia curve; set cluster.k explicitly "
+            "or widen cluster.k_min..k_max"
+        )
+    return int(locator.knee)
+
+
+def _knee_locator(ks: list[int], inertia: dict[int, float], cfg: ClusterConfig):
     from kneed import KneeLocator
 
-    ks = sorted(inertia)
-    locator = KneeLocator(
+    return KneeLocator(
         ks,
         [inertia[k] for k in ks],
         S=cfg.elbow.sensitivity,
@@ -97,12 +113,6 @@ def choose_k(inertia: dict[int, float], cfg: ClusterConfig) -> int:
         polynomial_degree=cfg.elbow.polynomial_degree,
         online=cfg.elbow.online,
     )
-    if locator.knee is None:
-        raise StageError(
-            "no elbow found in the inertia curve; set cluster.k explicitly "
-            "or widen cluster.k_min..k_max"
-        )
-    return int(locator.knee)
 
 
 def final_labels(embedding: np.ndarray, sweep: SweepResult, k: int, cfg: ClusterConfig):
@@ -117,9 +127,7 @@ def score_clusters(
     """Silhouette, and agreement (ARI, NMI) of clusters with hotels and with room types."""
     n_clusters = len(np.unique(labels))
     silhouette = (
-        float(silhouette_score(embedding, labels))
-        if 2 <= n_clusters <= len(labels) - 1
-        else None
+        float(silhouette_score(embedding, labels)) if 2 <= n_clusters <= len(labels) - 1 else None
     )
     return {
         "silhouette": silhouette,

@@ -108,7 +108,10 @@ def write_html_map(table: pd.DataFrame, target: str | Path, cfg: MapConfig) -> N
         {
             "label": f"colour: {COLOR_BY[view]}",
             "method": "update",
-            "args": [{"visible": visibility[view]}, {"legend": {"title": {"text": COLOR_BY[view]}}}],
+            "args": [
+                {"visible": visibility[view]},
+                {"legend": {"title": {"text": COLOR_BY[view]}}},
+            ],
         }
         for view in columns
     ]
