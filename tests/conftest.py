@@ -1,4 +1,4 @@
-"""Shared fixtures: composed configs (as lightning-hydra-template does) and throwaway repo copies."""
+"""Shared fixtures: composed configs (as lightning-hydra-template does) and repo copies."""
 
 from __future__ import annotations
 

@@ -176,5 +176,5 @@ def run_map(params: Params, paths: StagePaths = StagePaths()) -> pd.DataFrame:
     mapping.write_html_map(table, paths.map_html, params.map)
     mapping.write_png_map(table, paths.map_png)
     columns = ["image_id", "hotel_id", "room_type", "cluster", "x", "y", "caption", "text"]
-    write_csv(table[columns + ["cluster_label", "hotel_name"]], paths.clusters)
+    write_csv(table[[*columns, "cluster_label", "hotel_name"]], paths.clusters)
     return table
