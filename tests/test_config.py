@@ -2,9 +2,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, compose, run
 
 from alien_hotels.config import ConfigError, Params, load_params, validate_params
+from conftest import ROOT, compose, run
 
 
 def test_committed_params_yaml_is_the_composed_default():

@@ -1,9 +1,9 @@
 import pandas as pd
 import pytest
-from conftest import ROOT
 
 from alien_hotels.common import StageError
 from alien_hotels.sampling import DataConfig, load_dataset, sample_hotels
+from conftest import ROOT
 
 BUNDLED = str(ROOT / "data/bundled/hotels_sample.csv")
 

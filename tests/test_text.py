@@ -1,9 +1,9 @@
 import pytest
-from conftest import compose
 
 from alien_hotels import text
 from alien_hotels.common import StageError
 from alien_hotels.text import CaptionPreprocessor, RoomTypeClassifier, TextConfig
+from conftest import compose
 
 CAPTION = (
     "there is a bathroom with a sink, mirror, and shower, photo taken in 2018, brightly lit room, "
