@@ -125,7 +125,8 @@ def write_html_map(table: pd.DataFrame, target: str | Path, cfg: MapConfig) -> N
         height=750,
     )
     with atomic_path(target) as tmp:
-        fig.write_html(tmp, include_plotlyjs=True, full_html=True)
+        # A fixed div id keeps the file byte-identical across runs (DVC compares hashes).
+        fig.write_html(tmp, include_plotlyjs=True, full_html=True, div_id="cluster-map")
 
 
 def write_png_map(table: pd.DataFrame, target: str | Path) -> None:
