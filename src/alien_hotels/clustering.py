@@ -44,6 +44,8 @@ class ClusterConfig(Section):
     elbow: ElbowConfig = ElbowConfig()
     top_terms: int = Field(8, ge=1)
     label_terms: int = Field(3, ge=1)
+    # Words left out of cluster terms and labels, on top of English stopwords: BLIP artefacts.
+    label_stopwords: list[str] = ["arafed", "araffe", "arafe"]
 
     @model_validator(mode="after")
     def _check_range(self) -> ClusterConfig:
@@ -138,14 +140,19 @@ def score_clusters(
     }
 
 
-def class_tfidf_terms(texts: Sequence[str], labels: np.ndarray, top_n: int) -> dict[int, list[str]]:
+def class_tfidf_terms(
+    texts: Sequence[str], labels: np.ndarray, top_n: int, extra_stopwords: Sequence[str] = ()
+) -> dict[int, list[str]]:
     """Top terms per cluster by class-based TF-IDF (BERTopic's c-TF-IDF).
 
     All documents of a cluster form one class document; a term's weight is its in-class
     frequency (L1-normalised) times log(1 + A / f_t), A the mean words per class and f_t the
     term's frequency over all classes.
     """
-    vectorizer = CountVectorizer(stop_words="english")
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    stopwords = sorted(ENGLISH_STOP_WORDS | {w.lower() for w in extra_stopwords})
+    vectorizer = CountVectorizer(stop_words=stopwords)
     frame = pd.DataFrame({"text": list(texts), "cluster": labels})
     joined = frame.groupby("cluster")["text"].apply(" ".join)
     try:

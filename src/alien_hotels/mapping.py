@@ -141,9 +141,12 @@ def write_png_map(table: pd.DataFrame, target: str | Path) -> None:
         (axes[0], "cluster_label", "by cluster"),
         (axes[1], "hotel_name", "by hotel"),
     ):
-        cmap = plt.get_cmap("tab20")
-        for i, (value, group) in enumerate(table.groupby(column, sort=True)):
-            ax.scatter(group["x"], group["y"], s=14, color=cmap(i % 20), label=str(value)[:48])
+        groups = list(table.groupby(column, sort=True))
+        # tab10's hues are distinct; tab20 pairs similar hues, so only use it when needed.
+        cmap = plt.get_cmap("tab10" if len(groups) <= 10 else "tab20")
+        for i, (value, group) in enumerate(groups):
+            color = cmap(i % cmap.N)
+            ax.scatter(group["x"], group["y"], s=14, color=color, label=str(value)[:48])
         ax.set_title(f"t-SNE of caption features, {title}")
         ax.set_xticks([])
         ax.set_yticks([])

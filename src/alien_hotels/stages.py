@@ -134,7 +134,9 @@ def run_cluster(params: Params, paths: StagePaths = StagePaths()) -> dict:
     k = clustering.choose_k(sweep.inertia, cfg)
     labels = clustering.final_labels(embedding, sweep, k, cfg)
     scores = clustering.score_clusters(embedding, labels, texts["hotel_id"], texts["room_type"])
-    top_terms = clustering.class_tfidf_terms(texts["text"].fillna(""), labels, cfg.top_terms)
+    top_terms = clustering.class_tfidf_terms(
+        texts["text"].fillna(""), labels, cfg.top_terms, cfg.label_stopwords
+    )
     names = clustering.cluster_labels(top_terms, texts["room_type"], labels, cfg.label_terms)
     assigned = texts.assign(cluster=labels, cluster_label=[names[int(c)] for c in labels])
 
