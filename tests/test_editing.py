@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import compose, run
 from PIL import Image
 
 from alien_hotels import stages
@@ -17,6 +16,7 @@ from alien_hotels.config import ConfigError, validate_params
 from alien_hotels.editing import imaging, scores
 from alien_hotels.editing.config import RecipeConfig, ScoresConfig
 from alien_hotels.editing.runner import TABLE_COLUMNS, select_images
+from conftest import compose, run
 
 GREEN, DARK_GREEN, RED, GREY = (0, 255, 0), (0, 100, 0), (255, 0, 0), (128, 128, 128)
 

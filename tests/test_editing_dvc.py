@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import run
 from PIL import Image
+
+from conftest import run
 
 pytestmark = [pytest.mark.slow, pytest.mark.ml]
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import compose
 from PIL import Image
 
 from alien_hotels import stages
 from alien_hotels.editing import imaging, runner
+from conftest import compose
 
 pytestmark = pytest.mark.ml
 
