@@ -184,7 +184,9 @@ def test_resume_skips_done_images_and_redoes_changed_configs(workdir, tiny_model
     params = compose(*tiny_overrides(tiny_models))
     runner.edit_recipe("green", params.edit, manifest(), Path("out"))
     stamps = {p.name: p.stat().st_mtime_ns for p in Path("out").glob("*.png")}
-    again = runner.edit_recipe("green", params.edit, manifest(), Path("out"))
+    loaded = runner.load_models("green", params.edit.recipes["green"], params.edit)
+    loaded.loader = lambda: pytest.fail("the pipeline was loaded although every image is done")
+    again = runner.edit_recipe("green", params.edit, manifest(), Path("out"), loaded=loaded)
     assert again.table["resumed"].all()
     assert {p.name: p.stat().st_mtime_ns for p in Path("out").glob("*.png")} == stamps
     before = pixels(Path("out/wide.png"))

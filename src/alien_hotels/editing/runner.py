@@ -64,10 +64,20 @@ def select_images(manifest: pd.DataFrame, limit: int | None) -> pd.DataFrame:
 
 @dataclass
 class Models:
-    pipe: Any
+    """What a recipe needs; the diffusion pipeline loads on first use (a fully resumed run
+    never loads it)."""
+
+    loader: Any
     segmenter: Any
     scorer: Scorer
     dtype: str
+    _pipe: Any = None
+
+    @property
+    def pipe(self) -> Any:
+        if self._pipe is None:
+            self._pipe = self.loader()
+        return self._pipe
 
 
 def _score_model(model_id: str | None, key: str, cfg: EditConfig) -> str | None:
@@ -98,7 +108,6 @@ def check_weights(name: str, recipe: RecipeConfig, cfg: EditConfig) -> tuple[str
 def load_models(name: str, recipe: RecipeConfig, cfg: EditConfig) -> Models:
     clipseg_id, clip_id = check_weights(name, recipe, cfg)
     device, dtype = models.resolve_device(cfg)
-    pipe = models.load_pipeline(recipe, f"edit.recipes.{name}", cfg)
     segmenters: dict[str, Any] = {}
 
     def segmenter(model_id: str) -> Any:
@@ -112,7 +121,12 @@ def load_models(name: str, recipe: RecipeConfig, cfg: EditConfig) -> Models:
         segmenter=segmenter(clipseg_id) if clipseg_id else None,
         clip=models.ClipScorer(clip_id, device) if clip_id else None,
     )
-    return Models(pipe, mask_seg, scorer, str(dtype).removeprefix("torch."))
+    return Models(
+        lambda: models.load_pipeline(recipe, f"edit.recipes.{name}", cfg),
+        mask_seg,
+        scorer,
+        str(dtype).removeprefix("torch."),
+    )
 
 
 def recipe_hash(recipe: RecipeConfig, dtype: str) -> str:
