@@ -57,7 +57,7 @@ class CaptionConfig(Section):
     clip_offload: bool = False
     # `fast`: our prefix-cached flavor chain (same strings, far less compute); `library`:
     # clip_interrogator's own chain.
-    chain: Literal["fast", "library"] = "library"
+    chain: Literal["fast", "library"] = "fast"
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
     dtype: Literal["auto", "float32", "float16"] = "auto"
     # Label phrase lists (artists.txt, flavors.txt, ...); null: the ones clip-interrogator ships.
