@@ -75,6 +75,50 @@ def map_(params: ParamsOption = Path("params.yaml")) -> None:
     _run(stages.run_map, params)
 
 
+models_app = typer.Typer(help="Model weights for caption=clip_interrogator.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("download")
+def models_download(
+    params: ParamsOption = Path("params.yaml"),
+    caption_model: Annotated[
+        str | None, typer.Option(help="Caption model key (default: caption.caption_model_name).")
+    ] = None,
+    clip_model: Annotated[
+        str | None,
+        typer.Option(help="open_clip arch/pretrained (default: caption.clip_model_name)."),
+    ] = None,
+    labels: Annotated[
+        bool, typer.Option(help="Also fetch the precomputed label embeddings for the CLIP model.")
+    ] = True,
+    dry_run: Annotated[bool, typer.Option(help="Only print what would be downloaded.")] = False,
+) -> None:
+    """Download the caption and CLIP weights (and label embeddings) into the caches that
+    `alien-hotels caption` later reads offline (HF_HOME; caption.label_cache_dir)."""
+    from alien_hotels.captioning import CaptionConfig
+    from alien_hotels.captioning.models import download_plan, run_download
+
+    try:
+        base = load_params(params).caption if params.is_file() else CaptionConfig()
+        overrides = {}
+        if caption_model is not None:
+            overrides["caption_model_name"] = caption_model
+        if clip_model is not None:
+            overrides["clip_model_name"] = clip_model
+        raw = {**base.model_dump(), **overrides}
+        cfg = validate_params({"caption": raw}, source="models download options").caption
+        plan = download_plan(cfg, labels=labels)
+        for item in plan:
+            typer.echo(("would fetch " if dry_run else "fetching ") + item.describe())
+        if not dry_run:
+            for path in run_download(plan):
+                typer.echo(f"ok {path}")
+    except (ConfigError, StageError) as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2) from None
+
+
 @app.command()
 def summary(
     metrics_dir: Annotated[Path, typer.Option(help="Where the stages wrote metrics.")] = Path(

@@ -31,7 +31,10 @@ log = logging.getLogger("alien_hotels")
 @dataclass(frozen=True)
 class StagePaths:
     sample: Path = Path("data/interim/sample.csv")
+    images: Path = Path("data/interim/images.csv")
     captions: Path = Path("data/processed/captions.csv")
+    caption_failures: Path = Path("data/processed/caption_failures.csv")
+    caption_metrics: Path = Path("metrics/captioning.json")
     texts: Path = Path("data/processed/texts.csv")
     features: Path = Path("data/processed/features.npz")
     labels: Path = Path("data/processed/cluster_labels.csv")
@@ -56,11 +59,38 @@ def run_sample(params: Params, paths: StagePaths = StagePaths()) -> sampling.Sam
 
 
 def run_caption(params: Params, paths: StagePaths = StagePaths()) -> pd.DataFrame:
-    sample = read_csv(paths.sample, ["image_id"], what="sample table")
-    captions = captioning.precomputed_captions(sample, params.data.caption_column, params.caption)
+    cfg = params.caption
+    if cfg.method == "precomputed":
+        sample = read_csv(paths.sample, ["image_id"], what="sample table")
+        captions = captioning.precomputed_captions(sample, params.data.caption_column, cfg)
+        failures = pd.DataFrame(columns=captioning.FAILURE_COLUMNS)
+        metrics = {
+            "images": len(sample),
+            "ok": len(captions),
+            "failed": len(sample) - len(captions),
+            "mode": cfg.mode,
+            "method": cfg.method,
+            "caption_model": cfg.caption_model_name,
+            "clip_model": cfg.clip_model_name,
+        }
+        n_images = len(sample)
+    else:
+        from alien_hotels.captioning.run import MANIFEST_COLUMNS, caption_images
+
+        manifest = read_csv(paths.images, MANIFEST_COLUMNS, what="images manifest")
+        result = caption_images(manifest, cfg, root=Path("."))
+        captions, failures, metrics = result.captions, result.failures, result.metrics
+        metrics = {"method": cfg.method, **metrics}
+        n_images = metrics["images"]
     if captions.empty:
-        raise StageError(f"caption: no captions produced for the {len(sample)} sampled images")
+        raise StageError(
+            f"caption: no captions produced for the {n_images} images"
+            + (f" (failures: {metrics.get('failed_by_reason')})" if len(failures) else "")
+        )
+    write_csv(failures, paths.caption_failures)
     write_csv(captions, paths.captions)
+    write_json(metrics, paths.caption_metrics)
+    log.info("captioned %d images (%d failed)", len(captions), len(failures))
     return captions
 
 
