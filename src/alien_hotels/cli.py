@@ -46,6 +46,12 @@ def sample(params: ParamsOption = Path("params.yaml")) -> None:
 
 
 @app.command()
+def images(params: ParamsOption = Path("params.yaml")) -> None:
+    """Take sampled images from the local tree or download them (images.*)."""
+    _run(stages.run_images, params)
+
+
+@app.command()
 def caption(params: ParamsOption = Path("params.yaml")) -> None:
     """Caption every sampled image (caption.*)."""
     _run(stages.run_caption, params)
