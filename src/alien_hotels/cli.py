@@ -81,6 +81,38 @@ def map_(params: ParamsOption = Path("params.yaml")) -> None:
     _run(stages.run_map, params)
 
 
+datagen_app = typer.Typer(
+    help="Write synthetic datasets for tests and benchmarks.", no_args_is_help=True
+)
+app.add_typer(datagen_app, name="datagen")
+
+
+@datagen_app.command("hotels50k")
+def datagen_hotels50k(
+    out: Annotated[Path, typer.Option(help="Dataset root; CSVs go to OUT/dataset/.")] = Path(
+        "data/raw/hotels50k"
+    ),
+    rows: Annotated[int, typer.Option(min=1, help="Training rows (train_set.csv).")] = 1_124_215,
+    hotels: Annotated[int, typer.Option(min=1, help="Hotels in hotel_info.csv.")] = 50_000,
+    chains: Annotated[int, typer.Option(min=1, help="Chains in chain_info.csv.")] = 92,
+    test_rows: Annotated[
+        int | None, typer.Option(min=1, help="Rows of test_set.csv (default: in proportion).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same files).")] = 0,
+    base_url: Annotated[
+        str | None, typer.Option(help="Serve images from here: URL/<source>/<image_id>.jpg.")
+    ] = None,
+) -> None:
+    """Synthetic Hotels-50K metadata with the real files' columns, scale and skew."""
+    from alien_hotels.datagen.hotels50k import generate
+
+    meta = generate(out, rows, hotels, chains, test_rows, seed, base_url)
+    typer.echo(
+        f"wrote {meta.train_rows} train and {meta.test_rows} test rows, {meta.hotels} hotels, "
+        f"{meta.chains} chains to {meta.dataset_dir}"
+    )
+
+
 @app.command()
 def compose(
     overrides: Annotated[
