@@ -1,5 +1,5 @@
-"""End to end: `dvc exp run -S data=hotels50k` samples synthetic metadata and fetches images
-from a loopback HTTP server, resumably; the bundled default stays offline."""
+"""End to end: `dvc exp run -S data=hotels50k` samples synthetic metadata, fetches images from a
+loopback HTTP server (resumably) and feeds the text half (synthetic precomputed captions)."""
 
 from __future__ import annotations
 
@@ -26,14 +26,14 @@ def test_exp_run_hotels50k_samples_and_fetches(project: Path):
             chains=6,
             seed=3,
             base_url=server.url(""),
+            captions=True,
         )
         run(["dvc", "commit", "-f", "-q", "data.dvc"], project)
         run([*git, "commit", "-qam", "synthetic Hotels-50K metadata"], project)
 
-        run(
-            ["dvc", "exp", "run", "-S", "data=hotels50k", "-S", "data.n_hotels=3", "images"],
-            project,
-        )
+        exp = ["dvc", "exp", "run", "-S", "data=hotels50k", "-S", "data.n_hotels=3"]
+        exp += ["-S", "data.caption_column=description"]  # the synthetic captions
+        run(exp, project)
         sample = pd.read_csv(project / "data/interim/sample.csv")
         manifest = pd.read_csv(project / "data/interim/images.csv", keep_default_na=False)
         metrics = json.loads((project / "metrics/images.json").read_text())
@@ -43,12 +43,12 @@ def test_exp_run_hotels50k_samples_and_fetches(project: Path):
         assert sum(server.hits.values()) == len(sample)
         for path in manifest["path"]:
             assert (project / path).is_file() and path.startswith("data/images/")
+        clusters = pd.read_csv(project / "data/processed/clusters.csv")
+        assert set(clusters["image_id"]) == set(sample["image_id"])  # the text half ran on it
+        assert (project / "reports/cluster_map.html").is_file()
 
         # Same experiment again: DVC skips it (or the stage finds every file in place).
-        run(
-            ["dvc", "exp", "run", "-f", "-S", "data=hotels50k", "-S", "data.n_hotels=3", "images"],
-            project,
-        )
+        run([*exp, "--force", "images"], project)
         assert sum(server.hits.values()) == len(sample)
         again = json.loads((project / "metrics/images.json").read_text())
         assert again["ok_cached"] == len(sample)

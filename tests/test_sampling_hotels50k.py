@@ -172,3 +172,22 @@ def test_split_test_set(meta: Path):
     test = pd.read_csv(meta / "test_set.csv")
     assert set(sample["image_id"]) <= set(test["image_id"])
     assert sample["image_folder"].str.startswith("images/test/").all()
+
+
+def test_caption_column_is_optional_and_checked(tmp_path: Path):
+    generate(tmp_path / "c", rows=4_000, hotels=80, chains=3, seed=2, captions=True)
+    meta = tmp_path / "c" / "dataset"
+    sample, _ = _sample(
+        meta,
+        "data.caption_column=description",
+        "data.min_images=20",
+        "data.max_images=90",
+        "data.n_hotels=2",
+    )
+    assert list(sample.columns) == [*SAMPLE_COLUMNS, "description"]
+    assert sample["description"].str.startswith("there is a ").all()
+    plain, _ = _sample(meta, "data.min_images=20", "data.max_images=90", "data.n_hotels=2")
+    assert list(plain.columns) == SAMPLE_COLUMNS
+    pd.testing.assert_frame_equal(plain, sample[SAMPLE_COLUMNS])
+    with pytest.raises(StageError, match=r"set data\.caption_column=null"):
+        _sample(meta, "data.caption_column=notes")

@@ -102,11 +102,14 @@ def datagen_hotels50k(
     base_url: Annotated[
         str | None, typer.Option(help="Serve images from here: URL/<source>/<image_id>.jpg.")
     ] = None,
+    captions: Annotated[
+        bool, typer.Option(help="Add a synthetic `description` caption column (not published).")
+    ] = False,
 ) -> None:
     """Synthetic Hotels-50K metadata with the real files' columns, scale and skew."""
     from alien_hotels.datagen.hotels50k import generate
 
-    meta = generate(out, rows, hotels, chains, test_rows, seed, base_url)
+    meta = generate(out, rows, hotels, chains, test_rows, seed, base_url, captions=captions)
     typer.echo(
         f"wrote {meta.train_rows} train and {meta.test_rows} test rows, {meta.hotels} hotels, "
         f"{meta.chains} chains to {meta.dataset_dir}"

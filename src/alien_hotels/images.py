@@ -37,7 +37,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 import pandas as pd
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from alien_hotels.common import Section, StageError, atomic_path
 
@@ -70,8 +70,18 @@ class ImagesConfig(Section):
     jpeg_quality: int = Field(95, ge=1, le=100)
     user_agent: str = "alien-hotels/0.1 (Hotels-50K research pipeline)"
     # Certificates are always verified; this only names a CA bundle to trust instead of certifi's.
-    verify_tls: Literal[True] = True
+    verify_tls: bool = True
     ca_bundle: str | None = None
+
+    @field_validator("verify_tls")
+    @classmethod
+    def _always_verify(cls, value: bool) -> bool:
+        if value is not True:
+            raise ValueError(
+                "TLS certificate verification cannot be turned off; to trust another CA, "
+                "name its bundle in images.ca_bundle"
+            )
+        return value
 
 
 class FetchError(Exception):
@@ -369,14 +379,18 @@ def _store(data: bytes, target: Path) -> None:
 
 
 def _prune(out_dir: Path, keep: set[Path]) -> None:
-    """Remove files of earlier samples and interrupted writes, so the output is this sample's."""
+    """Remove files of earlier samples and interrupted writes, so the output is this sample's.
+
+    Only files in the layout this stage writes (`<chain>/<hotel>/<source>/<file>`) are touched.
+    """
     keep = {p.resolve() for p in keep}
     for dirpath, _dirnames, filenames in os.walk(out_dir, topdown=False):
+        depth = len(Path(dirpath).relative_to(out_dir).parts)
         for name in filenames:
             path = Path(dirpath, name)
-            if path.resolve() not in keep:
+            if depth == 3 and path.resolve() not in keep:
                 path.unlink()
-        if Path(dirpath) != out_dir and not os.listdir(dirpath):
+        if 0 < depth <= 3 and not os.listdir(dirpath):
             shutil.rmtree(dirpath)
 
 

@@ -204,9 +204,17 @@ def load_hotels50k(cfg: DataConfig) -> Dataset:
         {"hotel_id": "int64", "chain_id": "Int64", "latitude": "float64", "longitude": "float64"},
     )
     images_path = root / f"{cfg.split}_set.csv"
+    columns = list(HOTELS50K_FILES["images"])
+    if cfg.caption_column:  # captions made earlier and kept beside the metadata (optional)
+        if images_path.is_file() and cfg.caption_column not in _header(images_path):
+            raise StageError(
+                f"data.caption_column={cfg.caption_column!r} is not a column of {images_path}; "
+                "the published metadata has no captions: set data.caption_column=null"
+            )
+        columns.append(cfg.caption_column)
     rows = _read_meta(
         images_path,
-        HOTELS50K_FILES["images"],
+        columns,
         {"image_id": "int64", "hotel_id": "int64", "image_source": "category"},
     )
     _unique(chains, "chain_id", root / "chain_info.csv")
@@ -236,12 +244,7 @@ def load_hotels50k(cfg: DataConfig) -> Dataset:
 
 
 def _read_meta(path: Path, columns: list[str], dtypes: dict[str, str]) -> pd.DataFrame:
-    if not path.is_file():
-        raise StageError(f"Hotels-50K metadata file not found: {path}")
-    try:
-        header = pd.read_csv(path, nrows=0).columns
-    except pd.errors.EmptyDataError:
-        raise StageError(f"Hotels-50K metadata file is empty: {path}") from None
+    header = _header(path)
     missing = [c for c in columns if c not in header]
     if missing:
         raise StageError(
@@ -252,6 +255,15 @@ def _read_meta(path: Path, columns: list[str], dtypes: dict[str, str]) -> pd.Dat
         return pd.read_csv(path, usecols=columns, dtype=dtypes)
     except (ValueError, TypeError) as exc:
         raise StageError(f"{path}: a column has values of the wrong type ({exc})") from None
+
+
+def _header(path: Path) -> pd.Index:
+    if not path.is_file():
+        raise StageError(f"Hotels-50K metadata file not found: {path}")
+    try:
+        return pd.read_csv(path, nrows=0).columns
+    except pd.errors.EmptyDataError:
+        raise StageError(f"Hotels-50K metadata file is empty: {path}") from None
 
 
 def _unique(df: pd.DataFrame, column: str, path: Path) -> None:
@@ -295,7 +307,8 @@ def _hotels50k_columns(sample: pd.DataFrame, hotels: pd.DataFrame, cfg: DataConf
     )
     out["downloaded"] = pd.NA  # unknown until the images stage runs (data/interim/images.csv)
     out["source"] = out["source"].astype(str)
-    return out[SAMPLE_COLUMNS]
+    extra = [cfg.caption_column] if cfg.caption_column in out.columns else []
+    return out[SAMPLE_COLUMNS + extra]
 
 
 def _url_extension(url: object) -> str:

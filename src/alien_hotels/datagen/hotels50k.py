@@ -24,6 +24,28 @@ HOTELS = 50_000
 CHAINS = 92
 TEST_ROWS = 17_954
 SOURCES = np.array(["travel_website", "traffickcam"])
+# Caption-like text for `captions=True`: a BLIP-style sentence, then CLIP flavour phrases.
+ROOMS = {
+    "bathroom": ["sink", "toilet", "mirror", "shower", "bathtub", "towel"],
+    "bedroom": ["bed", "lamp", "pillow", "nightstand", "window", "headboard"],
+    "restaurant": ["table", "chair", "plate", "buffet", "counter", "glass"],
+    "lobby": ["sofa", "chandelier", "reception desk", "plant", "rug", "staircase"],
+    "pool": ["lounge chair", "umbrella", "palm tree", "water", "deck", "towel"],
+}
+FLAVOURS = np.array(
+    [
+        "real estate photography",
+        "motel",
+        "hdr photograph",
+        "brightly lit room",
+        "2019",
+        "wide angle",
+        "listing image",
+        "warm lighting",
+        "by Judith Brown",
+        "award winning",
+    ]
+)
 
 
 @dataclass(frozen=True)
@@ -49,8 +71,13 @@ def generate(
     base_url: str | None = None,
     traffickcam_share: float = 0.1,
     skew: float = 1.1,
+    captions: bool = False,
 ) -> GeneratedMetadata:
-    """Write the four metadata CSVs under `<out>/dataset/`; return what was written."""
+    """Write the four metadata CSVs under `<out>/dataset/`; return what was written.
+
+    `captions=True` adds a `description` column of caption-like text (not in the published
+    files) so the text half can run on this data with `caption=precomputed`.
+    """
     if rows < 1 or hotels < 1 or chains < 1:
         raise ValueError("rows, hotels and chains must be positive")
     if test_rows is None:
@@ -82,6 +109,9 @@ def generate(
     ids = rng.permutation(np.arange(1, rows + test_rows + 1, dtype=np.int64)) + 1_000_000
     train = _image_table(rng, hotel_ids, train_counts, ids[:rows], traffickcam_share, base_url)
     test = _image_table(rng, hotel_ids, test_counts, ids[rows:], 1.0, base_url)
+    if captions:
+        train["description"] = _captions(rng, len(train))
+        test["description"] = _captions(rng, len(test))
 
     chain_table.to_csv(dataset / "chain_info.csv", index=False)
     hotel_table.to_csv(dataset / "hotel_info.csv", index=False)
@@ -130,3 +160,24 @@ def _image_table(
             "upload_timestamp": np.asarray(timestamp),
         }
     )
+
+
+def _captions(rng: np.random.Generator, n: int) -> np.ndarray:
+    rooms = np.array(list(ROOMS))
+    room = rng.integers(0, len(rooms), size=n)
+    objects = np.array([ROOMS[r] for r in rooms])  # rooms x 6
+    pick = rng.integers(0, objects.shape[1], size=(n, 2))
+    flavour = rng.integers(0, len(FLAVOURS), size=(n, 2))
+    text = (
+        "there is a "
+        + pd.Series(rooms[room])
+        + " with a "
+        + pd.Series(objects[room, pick[:, 0]])
+        + " and a "
+        + pd.Series(objects[room, pick[:, 1]])
+        + ", "
+        + pd.Series(FLAVOURS[flavour[:, 0]])
+        + ", "
+        + pd.Series(FLAVOURS[flavour[:, 1]])
+    )
+    return text.to_numpy()
