@@ -30,7 +30,7 @@ setup-full: $(VENV)/.installed-full
 demo: setup
 	@test -d data/raw || dvc pull -q -r bundled data.dvc
 	dvc repro
-	dvc metrics show
+	alien-hotels summary
 	@echo "Open reports/cluster_map.html (interactive map) and reports/clusters.md."
 
 test: setup-full

@@ -1,4 +1,4 @@
-"""Shared fixtures: composed configs (as lightning-hydra-template does) and throwaway repo copies."""
+"""Shared fixtures: composed configs (as lightning-hydra-template does) and repo copies."""
 
 from __future__ import annotations
 
@@ -53,7 +53,10 @@ def copy_project(dest: Path) -> Path:
     """Copy the committed-or-not project files (what `git ls-files` would clone) into a new repo."""
     listed = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=ROOT, capture_output=True, text=True, check=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split("\0")
     for name in filter(None, listed):
         src = ROOT / name

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import run
 
 from alien_hotels.datagen.hotels50k import generate
 from alien_hotels.testing.imageserver import ImageServer
+from conftest import run
 
 pytestmark = pytest.mark.slow
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import copy_project, run
 
 from alien_hotels.testing.imageserver import make_image
+from conftest import copy_project, run
 
 pytestmark = pytest.mark.slow
 

@@ -8,12 +8,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import ROOT, compose
 
 from alien_hotels.common import StageError
 from alien_hotels.datagen.hotels50k import generate
-from alien_hotels.sampling import SAMPLE_COLUMNS, load_dataset, sample_hotels
+from alien_hotels.sampling import SAMPLE_COLUMNS, read_dataset, sample_hotels
 from alien_hotels.stages import StagePaths, run_sample
+from conftest import ROOT, compose
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def _copy(meta: Path, dest: Path) -> Path:
 
 def _sample(path: Path, *overrides: str):
     params = compose("data=hotels50k", f"data.path={path}", *overrides)
-    return sample_hotels(load_dataset(params.data), params.data)
+    return sample_hotels(read_dataset(params.data), params.data)
 
 
 def test_sample_is_seeded_joined_and_in_range(meta: Path):

@@ -117,6 +117,34 @@ def datagen_hotels50k(
 
 
 @app.command()
+def summary(
+    metrics_dir: Annotated[Path, typer.Option(help="Where the stages wrote metrics.")] = Path(
+        "metrics"
+    ),
+) -> None:
+    """Print the headline numbers of the last run (a readable `dvc metrics show`)."""
+    import json
+
+    path = metrics_dir / "clustering.json"
+    if not path.is_file():
+        typer.secho(
+            f"error: {path} not found: run `dvc repro` first", fg=typer.colors.RED, err=True
+        )
+        raise typer.Exit(code=2)
+    metrics = json.loads(path.read_text())
+    silhouette = metrics.get("silhouette")
+    typer.echo(f"documents      {metrics['n_docs']}")
+    typer.echo(f"k              {metrics['k']} ({metrics.get('k_source', '?')})")
+    typer.echo(f"silhouette     {'n/a' if silhouette is None else f'{silhouette:.3f}'}")
+    typer.echo(
+        f"NMI room type  {metrics['nmi_room_type']:.3f}   ARI {metrics['ari_room_type']:.3f}"
+    )
+    typer.echo(f"NMI hotel      {metrics['nmi_hotel']:.3f}   ARI {metrics['ari_hotel']:.3f}")
+    verdict = "room types" if metrics["nmi_room_type"] > metrics["nmi_hotel"] else "hotels"
+    typer.echo(f"clusters follow {verdict} (by NMI)")
+
+
+@app.command()
 def compose(
     overrides: Annotated[
         list[str] | None, typer.Argument(help="Hydra overrides, e.g. text.max_words=20")

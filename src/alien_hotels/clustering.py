@@ -7,6 +7,7 @@ is scored against the two explanations the study weighed: hotel identity and roo
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -43,6 +44,8 @@ class ClusterConfig(Section):
     elbow: ElbowConfig = ElbowConfig()
     top_terms: int = Field(8, ge=1)
     label_terms: int = Field(3, ge=1)
+    # Words left out of cluster terms and labels, on top of English stopwords: BLIP artefacts.
+    label_stopwords: list[str] = ["arafed", "araffe", "arafe"]
 
     @model_validator(mode="after")
     def _check_range(self) -> ClusterConfig:
@@ -84,10 +87,25 @@ def choose_k(inertia: dict[int, float], cfg: ClusterConfig) -> int:
     """The given `cluster.k`, or the knee of the inertia curve (Kneedle)."""
     if cfg.k is not None:
         return cfg.k
+    ks = sorted(inertia)
+    if inertia[ks[0]] - inertia[ks[-1]] <= 1e-12 * max(abs(inertia[ks[0]]), 1.0):
+        raise StageError("the inertia curve is flat, so it has no elbow; set cluster.k explicitly")
+    # A degree-7 fit over few points is poorly conditioned by design; the fit is only a smoother.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", np.exceptions.RankWarning)
+        locator = _knee_locator(ks, inertia, cfg)
+    if locator.knee is None:
+        raise StageError(
+            "no elbow found in the inertia curve; set cluster.k explicitly "
+            "or widen cluster.k_min..k_max"
+        )
+    return int(locator.knee)
+
+
+def _knee_locator(ks: list[int], inertia: dict[int, float], cfg: ClusterConfig):
     from kneed import KneeLocator
 
-    ks = sorted(inertia)
-    locator = KneeLocator(
+    return KneeLocator(
         ks,
         [inertia[k] for k in ks],
         S=cfg.elbow.sensitivity,
@@ -97,12 +115,6 @@ def choose_k(inertia: dict[int, float], cfg: ClusterConfig) -> int:
         polynomial_degree=cfg.elbow.polynomial_degree,
         online=cfg.elbow.online,
     )
-    if locator.knee is None:
-        raise StageError(
-            "no elbow found in the inertia curve; set cluster.k explicitly "
-            "or widen cluster.k_min..k_max"
-        )
-    return int(locator.knee)
 
 
 def final_labels(embedding: np.ndarray, sweep: SweepResult, k: int, cfg: ClusterConfig):
@@ -117,9 +129,7 @@ def score_clusters(
     """Silhouette, and agreement (ARI, NMI) of clusters with hotels and with room types."""
     n_clusters = len(np.unique(labels))
     silhouette = (
-        float(silhouette_score(embedding, labels))
-        if 2 <= n_clusters <= len(labels) - 1
-        else None
+        float(silhouette_score(embedding, labels)) if 2 <= n_clusters <= len(labels) - 1 else None
     )
     return {
         "silhouette": silhouette,
@@ -130,14 +140,19 @@ def score_clusters(
     }
 
 
-def class_tfidf_terms(texts: Sequence[str], labels: np.ndarray, top_n: int) -> dict[int, list[str]]:
+def class_tfidf_terms(
+    texts: Sequence[str], labels: np.ndarray, top_n: int, extra_stopwords: Sequence[str] = ()
+) -> dict[int, list[str]]:
     """Top terms per cluster by class-based TF-IDF (BERTopic's c-TF-IDF).
 
     All documents of a cluster form one class document; a term's weight is its in-class
     frequency (L1-normalised) times log(1 + A / f_t), A the mean words per class and f_t the
     term's frequency over all classes.
     """
-    vectorizer = CountVectorizer(stop_words="english")
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    stopwords = sorted(ENGLISH_STOP_WORDS | {w.lower() for w in extra_stopwords})
+    vectorizer = CountVectorizer(stop_words=stopwords)
     frame = pd.DataFrame({"text": list(texts), "cluster": labels})
     joined = frame.groupby("cluster")["text"].apply(" ".join)
     try:

@@ -16,11 +16,11 @@ from pydantic import BaseModel, ValidationError
 
 from alien_hotels.captioning import CaptionConfig
 from alien_hotels.clustering import ClusterConfig
+from alien_hotels.common import Section
 from alien_hotels.features import FeaturesConfig
 from alien_hotels.images import ImagesConfig
 from alien_hotels.mapping import MapConfig
 from alien_hotels.sampling import DataConfig
-from alien_hotels.common import Section
 from alien_hotels.text import RoomTypesConfig, TextConfig
 
 DEFAULT_PARAMS = Path("params.yaml")

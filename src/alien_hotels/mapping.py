@@ -108,13 +108,18 @@ def write_html_map(table: pd.DataFrame, target: str | Path, cfg: MapConfig) -> N
         {
             "label": f"colour: {COLOR_BY[view]}",
             "method": "update",
-            "args": [{"visible": visibility[view]}, {"legend": {"title": {"text": COLOR_BY[view]}}}],
+            "args": [
+                {"visible": visibility[view]},
+                {"legend": {"title": {"text": COLOR_BY[view]}}},
+            ],
         }
         for view in columns
     ]
     fig.update_layout(
-        title=f"Hotel photo captions, t-SNE map ({len(table)} images)",
-        updatemenus=[{"buttons": buttons, "direction": "down", "x": 0, "y": 1.12}],
+        title={"text": f"Hotel photo captions, t-SNE map ({len(table)} images)", "x": 0.5},
+        updatemenus=[
+            {"buttons": buttons, "direction": "down", "x": 0, "xanchor": "left", "y": 1.1}
+        ],
         legend={"title": {"text": COLOR_BY["cluster"]}},
         template="plotly_white",
         xaxis={"title": "t-SNE 1"},
@@ -122,7 +127,8 @@ def write_html_map(table: pd.DataFrame, target: str | Path, cfg: MapConfig) -> N
         height=750,
     )
     with atomic_path(target) as tmp:
-        fig.write_html(tmp, include_plotlyjs=True, full_html=True)
+        # A fixed div id keeps the file byte-identical across runs (DVC compares hashes).
+        fig.write_html(tmp, include_plotlyjs=True, full_html=True, div_id="cluster-map")
 
 
 def write_png_map(table: pd.DataFrame, target: str | Path) -> None:
@@ -137,9 +143,12 @@ def write_png_map(table: pd.DataFrame, target: str | Path) -> None:
         (axes[0], "cluster_label", "by cluster"),
         (axes[1], "hotel_name", "by hotel"),
     ):
-        cmap = plt.get_cmap("tab20")
-        for i, (value, group) in enumerate(table.groupby(column, sort=True)):
-            ax.scatter(group["x"], group["y"], s=14, color=cmap(i % 20), label=str(value)[:48])
+        groups = list(table.groupby(column, sort=True))
+        # tab10's hues are distinct; tab20 pairs similar hues, so only use it when needed.
+        cmap = plt.get_cmap("tab10" if len(groups) <= 10 else "tab20")
+        for i, (value, group) in enumerate(groups):
+            color = cmap(i % cmap.N)
+            ax.scatter(group["x"], group["y"], s=14, color=color, label=str(value)[:48])
         ax.set_title(f"t-SNE of caption features, {title}")
         ax.set_xticks([])
         ax.set_yticks([])

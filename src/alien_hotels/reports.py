@@ -27,9 +27,7 @@ def clusters_markdown(
     for key in ("silhouette", "nmi_room_type", "nmi_hotel", "ari_room_type", "ari_hotel"):
         value = metrics.get(key)
         lines.append(f"| {key} | {'n/a' if value is None else f'{value:.3f}'} |")
-    verdict = (
-        "room types" if metrics["nmi_room_type"] > metrics["nmi_hotel"] else "hotels"
-    )
+    verdict = "room types" if metrics["nmi_room_type"] > metrics["nmi_hotel"] else "hotels"
     lines += ["", f"Clusters follow **{verdict}** more than the alternative (by NMI).", ""]
     lines += [
         "| cluster | size | label | top terms | room types | hotels |",

@@ -116,9 +116,18 @@ class Dataset:
     what: str = ""
 
 
-def load_dataset(cfg: DataConfig) -> Dataset:
+def read_dataset(cfg: DataConfig) -> Dataset:
+    """The dataset's image rows with what loading dropped (and, for Hotels-50K, the hotels)."""
     if cfg.format == "hotels50k":
         return load_hotels50k(cfg)
+    rows = load_dataset(cfg)
+    return Dataset(rows, {**_no_drops(), "rows_read": len(rows)}, what=cfg.path)
+
+
+def load_dataset(cfg: DataConfig) -> pd.DataFrame:
+    """The rows of a `sample_csv` dataset, checked; Hotels-50K rows (without hotel info) else."""
+    if cfg.format == "hotels50k":
+        return load_hotels50k(cfg).rows
     required = ["image_id", "hotel_id"]
     if cfg.caption_column:
         required.append(cfg.caption_column)
@@ -129,7 +138,7 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     if duplicated.any():
         ids = df.loc[duplicated, "image_id"].head(5).tolist()
         raise StageError(f"dataset {cfg.path} repeats image_id values, e.g. {ids}")
-    return Dataset(df, {**_no_drops(), "rows_read": len(df)}, what=cfg.path)
+    return df
 
 
 def sample_hotels(
@@ -137,7 +146,9 @@ def sample_hotels(
 ) -> tuple[pd.DataFrame, SampleStats]:
     """Pick `cfg.n_hotels` hotels with `min_images..max_images` rows, seeded; keep usable rows."""
     if isinstance(data, pd.DataFrame):
-        data = Dataset(data, _no_drops(), what=cfg.path)
+        if cfg.format == "hotels50k":
+            raise TypeError("sample_hotels needs read_dataset(cfg) for data.format=hotels50k")
+        data = Dataset(data, {**_no_drops(), "rows_read": len(data)}, what=cfg.path)
     df = _apply_filters(data.rows, cfg, data)
     counts = df["hotel_id"].value_counts(sort=False)
     eligible = np.sort(counts[(counts >= cfg.min_images) & (counts <= cfg.max_images)].index)

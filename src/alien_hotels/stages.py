@@ -50,7 +50,7 @@ class StagePaths:
 
 
 def run_sample(params: Params, paths: StagePaths = StagePaths()) -> sampling.SampleStats:
-    dataset = sampling.load_dataset(params.data)
+    dataset = sampling.read_dataset(params.data)
     sample, stats = sampling.sample_hotels(dataset, params.data)
     write_csv(sample, paths.sample)
     write_json(stats.as_dict(), paths.sample_metrics)
@@ -117,9 +117,8 @@ def run_preprocess(params: Params, paths: StagePaths = StagePaths()) -> pd.DataF
 def run_features(params: Params, paths: StagePaths = StagePaths()) -> features.TextFeatures:
     texts = read_csv(paths.texts, ["image_id", "text"], what="preprocessed texts")
     fitted = features.fit_features(texts["text"].fillna("").astype(str).tolist(), params.features)
-    with atomic_path(paths.features) as tmp:
-        with tmp.open("wb") as fh:
-            np.savez_compressed(fh, embedding=fitted.embedding, image_id=texts["image_id"])
+    with atomic_path(paths.features) as tmp, tmp.open("wb") as fh:
+        np.savez_compressed(fh, embedding=fitted.embedding, image_id=texts["image_id"])
     write_json(
         {
             "n_docs": len(texts),
@@ -148,7 +147,9 @@ def run_cluster(params: Params, paths: StagePaths = StagePaths()) -> dict:
     k = clustering.choose_k(sweep.inertia, cfg)
     labels = clustering.final_labels(embedding, sweep, k, cfg)
     scores = clustering.score_clusters(embedding, labels, texts["hotel_id"], texts["room_type"])
-    top_terms = clustering.class_tfidf_terms(texts["text"].fillna(""), labels, cfg.top_terms)
+    top_terms = clustering.class_tfidf_terms(
+        texts["text"].fillna(""), labels, cfg.top_terms, cfg.label_stopwords
+    )
     names = clustering.cluster_labels(top_terms, texts["room_type"], labels, cfg.label_terms)
     assigned = texts.assign(cluster=labels, cluster_label=[names[int(c)] for c in labels])
 
@@ -165,8 +166,13 @@ def run_cluster(params: Params, paths: StagePaths = StagePaths()) -> dict:
     write_csv(elbow, paths.elbow_plot)
     write_text(report, paths.clusters_report)
     write_json(metrics, paths.cluster_metrics)
-    log.info("k=%d (%s), nmi room type %.3f vs hotel %.3f", k, metrics["k_source"],
-             scores["nmi_room_type"], scores["nmi_hotel"])
+    log.info(
+        "k=%d (%s), nmi room type %.3f vs hotel %.3f",
+        k,
+        metrics["k_source"],
+        scores["nmi_room_type"],
+        scores["nmi_hotel"],
+    )
     return metrics
 
 
@@ -177,12 +183,13 @@ def run_map(params: Params, paths: StagePaths = StagePaths()) -> pd.DataFrame:
     coords = mapping.embed_2d(embedding, params.map)
     table = (
         pd.DataFrame({"image_id": image_ids, "x": coords[:, 0], "y": coords[:, 1]})
-        .merge(labels[["image_id", "hotel_id", "room_type", "cluster", "cluster_label"]],
-               on="image_id")
+        .merge(
+            labels[["image_id", "hotel_id", "room_type", "cluster", "cluster_label"]], on="image_id"
+        )
         .merge(texts[["image_id", "caption", "text", "hotel_name"]], on="image_id")
     )
     mapping.write_html_map(table, paths.map_html, params.map)
     mapping.write_png_map(table, paths.map_png)
     columns = ["image_id", "hotel_id", "room_type", "cluster", "x", "y", "caption", "text"]
-    write_csv(table[columns + ["cluster_label", "hotel_name"]], paths.clusters)
+    write_csv(table[[*columns, "cluster_label", "hotel_name"]], paths.clusters)
     return table

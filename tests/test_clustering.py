@@ -1,0 +1,84 @@
+import numpy as np
+import pytest
+from sklearn.datasets import make_blobs
+
+from alien_hotels import clustering
+from alien_hotels.clustering import ClusterConfig
+from alien_hotels.common import StageError
+
+
+@pytest.fixture(scope="module")
+def blobs():
+    X, y = make_blobs(n_samples=300, centers=4, n_features=8, cluster_std=0.6, random_state=0)
+    return X.astype(np.float32), y
+
+
+def test_sweep_records_inertia_for_every_k(blobs):
+    X, _ = blobs
+    sweep = clustering.sweep_kmeans(X, ClusterConfig(k_min=1, k_max=10), progress=False)
+    assert list(sweep.inertia) == list(range(1, 11))
+    values = list(sweep.inertia.values())
+    assert values[0] > values[3] > values[-1]
+    assert {len(np.unique(labels)) for labels in sweep.labels.values()} == set(range(1, 11))
+
+
+def test_elbow_finds_the_true_number_of_blobs(blobs):
+    X, _ = blobs
+    cfg = ClusterConfig(k_min=1, k_max=12)
+    sweep = clustering.sweep_kmeans(X, cfg, progress=False)
+    assert clustering.choose_k(sweep.inertia, cfg) == 4
+
+
+def test_given_k_overrides_the_elbow(blobs):
+    cfg = ClusterConfig(k_min=1, k_max=6, k=9)
+    X, _ = blobs
+    sweep = clustering.sweep_kmeans(X, cfg, progress=False)
+    assert clustering.choose_k(sweep.inertia, cfg) == 9
+    labels = clustering.final_labels(X, sweep, 9, cfg)
+    assert len(np.unique(labels)) == 9
+
+
+def test_k_max_larger_than_documents_is_an_error(blobs):
+    X, _ = blobs
+    with pytest.raises(
+        StageError, match=r"cluster.k_max=400 is larger than the number of documents \(300\)"
+    ):
+        clustering.sweep_kmeans(X, ClusterConfig(k_max=400), progress=False)
+
+
+def test_flat_curve_without_elbow_asks_for_k():
+    inertia = {k: 10.0 - 0.0 * k for k in range(1, 8)}
+    with pytest.raises(StageError, match="set cluster.k"):
+        clustering.choose_k(inertia, ClusterConfig(k_max=7))
+
+
+def test_scores_separate_room_types_from_hotels(blobs):
+    X, y = blobs
+    rooms = np.array(["bath", "bed", "pool", "lobby"])[y]
+    hotels = np.arange(len(y)) % 3  # hotels independent of content
+    scores = clustering.score_clusters(X, y, hotels, rooms)
+    assert scores["nmi_room_type"] == pytest.approx(1.0)
+    assert scores["ari_room_type"] == pytest.approx(1.0)
+    assert scores["nmi_hotel"] < 0.05
+    assert scores["silhouette"] > 0.5
+    single = clustering.score_clusters(X, np.zeros(len(y), dtype=int), hotels, rooms)
+    assert single["silhouette"] is None
+
+
+def test_class_tfidf_prefers_terms_specific_to_a_cluster():
+    texts = [
+        "hotel room with sink mirror",
+        "hotel room with sink shower",
+        "hotel room with bed pillow",
+        "hotel room with bed lamp",
+    ]
+    labels = np.array([0, 0, 1, 1])
+    top = clustering.class_tfidf_terms(texts, labels, top_n=2)
+    assert top[0][0] == "sink" and top[1][0] == "bed"
+    names = clustering.cluster_labels(top, ["bathroom"] * 2 + ["bedroom"] * 2, labels, 2)
+    assert names[0].startswith("bathroom: sink") and names[1].startswith("bedroom: bed")
+
+
+def test_elbow_needs_three_swept_values():
+    with pytest.raises(ValueError, match="cluster.k=null"):
+        ClusterConfig(k_min=2, k_max=3)

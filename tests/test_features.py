@@ -1,0 +1,57 @@
+import numpy as np
+import pytest
+
+from alien_hotels.common import StageError
+from alien_hotels.features import FeaturesConfig, TfidfConfig, fit_features
+
+TEXTS = [
+    "bathroom sink mirror shower",
+    "bathroom toilet towel sink",
+    "bedroom bed lamp pillow",
+    "bed pillow sheet lamp",
+    "pool water lounge chair",
+    "pool ocean view lounge",
+]
+
+
+def test_tfidf_svd_shapes_and_variance():
+    fitted = fit_features(TEXTS, FeaturesConfig(n_components=3))
+    assert fitted.embedding.shape == (6, 3)
+    assert fitted.embedding.dtype == np.float32
+    assert fitted.n_terms == 17
+    assert 0 < fitted.explained_variance <= 1
+    # documents about the same room are closer to each other than to other rooms
+    emb = fitted.embedding / np.linalg.norm(fitted.embedding, axis=1, keepdims=True)
+    sims = emb @ emb.T
+    assert sims[0, 1] > sims[0, 2] and sims[2, 3] > sims[2, 4]
+
+
+def test_deterministic():
+    a = fit_features(TEXTS, FeaturesConfig(n_components=3)).embedding
+    b = fit_features(TEXTS, FeaturesConfig(n_components=3)).embedding
+    np.testing.assert_array_equal(a, b)
+
+
+def test_tfidf_params_are_applied():
+    fitted = fit_features(TEXTS, FeaturesConfig(n_components=2, tfidf=TfidfConfig(min_df=2)))
+    assert set(fitted.vectorizer.vocabulary_) == {
+        "bathroom",
+        "sink",
+        "bed",
+        "lamp",
+        "pillow",
+        "pool",
+        "lounge",
+    }
+
+
+def test_n_components_must_be_below_number_of_terms():
+    with pytest.raises(StageError, match=r"features.n_components=50 must be below .* \(17\)"):
+        fit_features(TEXTS, FeaturesConfig(n_components=50))
+
+
+def test_empty_input_and_empty_vocabulary():
+    with pytest.raises(StageError, match="no documents"):
+        fit_features([], FeaturesConfig())
+    with pytest.raises(StageError, match="features.tfidf"):
+        fit_features(["a", "b"], FeaturesConfig(n_components=1))

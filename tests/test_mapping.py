@@ -1,0 +1,75 @@
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from sklearn.datasets import make_blobs
+
+from alien_hotels import mapping
+from alien_hotels.common import StageError
+from alien_hotels.mapping import MapConfig
+
+
+@pytest.fixture(scope="module")
+def table():
+    X, y = make_blobs(n_samples=120, centers=3, n_features=10, random_state=1)
+    coords = mapping.embed_2d(X, MapConfig(perplexity=10, n_iter=100))
+    return (
+        X,
+        y,
+        pd.DataFrame(
+            {
+                "x": coords[:, 0],
+                "y": coords[:, 1],
+                "cluster_label": [f"c{v}" for v in y],
+                "hotel_name": [f"Hotel {i % 4}" for i in range(len(y))],
+                "room_type": np.array(["bathroom", "bedroom", "pool"])[y],
+                "caption": ["a caption, with flavor"] * len(y),
+                "text": ["a caption with flavor"] * len(y),
+            }
+        ),
+    )
+
+
+def test_tsne_keeps_blobs_apart(table):
+    _, y, frame = table
+    coords = frame[["x", "y"]].to_numpy()
+    centroids = np.stack([coords[y == c].mean(axis=0) for c in range(3)])
+    spread = max(np.linalg.norm(coords[y == c] - centroids[c], axis=1).mean() for c in range(3))
+    gaps = [np.linalg.norm(centroids[a] - centroids[b]) for a, b in ((0, 1), (0, 2), (1, 2))]
+    assert min(gaps) > 2 * spread
+
+
+def test_tsne_is_seeded():
+    X, _ = make_blobs(n_samples=60, centers=2, n_features=5, random_state=2)
+    cfg = MapConfig(perplexity=5, n_iter=60)
+    np.testing.assert_allclose(mapping.embed_2d(X, cfg), mapping.embed_2d(X, cfg))
+
+
+def test_sklearn_method_runs():
+    X, _ = make_blobs(n_samples=40, centers=2, n_features=5, random_state=2)
+    coords = mapping.embed_2d(X, MapConfig(method="sklearn", perplexity=5, n_iter=250))
+    assert coords.shape == (40, 2)
+
+
+def test_perplexity_too_large_is_an_error():
+    with pytest.raises(StageError, match=r"map.perplexity=30.0 is too large for 50 documents"):
+        mapping.embed_2d(np.random.default_rng(0).normal(size=(50, 4)), MapConfig())
+
+
+def test_html_map_is_self_contained_with_colour_switch(table, tmp_path):
+    _, _, frame = table
+    target = tmp_path / "map.html"
+    mapping.write_html_map(frame, target, MapConfig())
+    html = target.read_text()
+    assert '<script src="https://cdn.plot.ly' not in html and len(html) > 1_000_000
+    for label in ("colour: cluster label", "colour: hotel", "colour: room type"):
+        assert label in html
+    assert "Hotel 3" in html and "bathroom" in html and "a caption, with flavor" in html
+
+
+def test_png_map(table, tmp_path):
+    _, _, frame = table
+    target = tmp_path / "map.png"
+    mapping.write_png_map(frame, target)
+    with Image.open(target) as image:
+        assert image.format == "PNG" and image.width > 1000
