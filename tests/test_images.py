@@ -20,6 +20,7 @@ CASES = {
     "/good/11.png": ("ok", ""),
     "/flaky.jpg": ("ok", ""),  # 500, 500, then the image: retried with backoff
     "/moved.jpg": ("ok", ""),  # one redirect
+    "/octet.jpg": ("ok", ""),  # a generic content type: the bytes decide
     "/missing.jpg": ("failed", "http_404"),
     "/error.jpg": ("failed", "http_500"),  # retries exhausted
     "/slow.jpg": ("failed", "timeout"),
@@ -77,8 +78,8 @@ def test_downloader_records_every_failure_and_resumes(server: ImageServer, tmp_p
     assert got == CASES
     assert list(manifest["image_id"]) == list(sample["image_id"])  # sample order kept
     assert metrics["requested"] == len(CASES)
-    assert metrics["ok"] == metrics["ok_downloaded"] == 4
-    assert metrics["failed"] == len(CASES) - 4
+    assert metrics["ok"] == metrics["ok_downloaded"] == 5
+    assert metrics["failed"] == len(CASES) - 5
     assert metrics["failed_by_reason"]["too_many_pixels"] == 2
     assert server.hits["/flaky.jpg"] == 3  # two 500s retried, then success
     assert server.hits["/error.jpg"] == CFG.retries + 1
@@ -102,8 +103,8 @@ def test_downloader_records_every_failure_and_resumes(server: ImageServer, tmp_p
     before = {p: p.stat().st_mtime_ns for p in files}
     hits = server.hits.copy()
     manifest2, metrics2 = collect_images(sample, CFG, None, out, progress=False)
-    assert metrics2["ok_cached"] == 4 and metrics2["ok_downloaded"] == 0
-    for path in ("/good/10.jpg", "/good/11.png", "/flaky.jpg", "/moved.jpg", "/moved-target/7.jpg"):
+    assert metrics2["ok_cached"] == 5 and metrics2["ok_downloaded"] == 0
+    for path in [p for p, (status, _) in CASES.items() if status == "ok"] + ["/moved-target/7.jpg"]:
         assert server.hits[path] == hits[path], path
     assert {p: p.stat().st_mtime_ns for p in files} == before
     assert manifest2[["image_id", "path", "status"]].equals(

@@ -46,6 +46,8 @@ log = logging.getLogger("alien_hotels.images")
 MANIFEST_COLUMNS = ["image_id", "path", "status", "reason", "url"]
 EXTENSION_FORMAT = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
 RETRY_STATUSES = (429, 500, 502, 503, 504)
+# Content types that say nothing (S3 and CDNs send them for images too); the bytes decide.
+GENERIC_TYPES = {"application/octet-stream", "binary/octet-stream"}
 
 
 class ImagesConfig(Section):
@@ -218,7 +220,7 @@ class Downloader:
                 if response.status_code != 200:
                     raise FetchError(f"http_{response.status_code}")
                 ctype = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
-                if ctype and not ctype.startswith("image/") and ctype != "application/octet-stream":
+                if ctype and not ctype.startswith("image/") and ctype not in GENERIC_TYPES:
                     raise FetchError("not_image_content_type", ctype)
                 declared = response.headers.get("Content-Length", "")
                 if declared.isdigit() and int(declared) > cfg.max_bytes:
@@ -310,6 +312,12 @@ def collect_images(
     )
     elapsed = time.monotonic() - started
     metrics = _metrics(outcomes, cfg)
+    failures = [o for o in outcomes if o.status == "failed"]
+    if failures:
+        examples = "; ".join(f"{o.image_id} {o.reason} {o.url}" for o in failures[:5])
+        log.warning(
+            "%d images failed (all listed in the manifest), e.g. %s", len(failures), examples
+        )
     fetched = metrics["ok_downloaded"]
     log.info(
         "images: %d ok (%d already there, %d local, %d downloaded), %d missing, %d failed "

@@ -9,6 +9,7 @@ alien_hotels.testing.imageserver --port 8765` next to synthetic metadata generat
   then the image;  `/slow.jpg`: the image after `slow_seconds`
 * `/truncated.jpg`: the first half of a JPEG (with a matching Content-Length)
 * `/html.jpg`: an HTML page sent as `image/jpeg`;  `/page.html`: HTML sent as `text/html`
+* `/octet.jpg`: a JPEG sent as `binary/octet-stream`
 * `/bomb.png`: a small PNG whose header declares 100000x100000 pixels;  `/big.png`: 9000x8000
 * `/loop.jpg`: a redirect to itself;  `/moved.jpg`: a redirect to `/moved-target/7.jpg`
 * `/huge.jpg`: declares a Content-Length of 1 GB
@@ -194,6 +195,8 @@ class ImageServer:
                     return self._send(200, data[: len(data) // 2], "image/jpeg")
                 if path == "/html.jpg":
                     return self._send(200, b"<html><body>Not an image</body></html>", "image/jpeg")
+                if path == "/octet.jpg":  # what S3 sends when nobody set a type
+                    return self._send(200, make_image(9), "binary/octet-stream")
                 if path == "/page.html":
                     return self._send(200, b"<html></html>", "text/html; charset=utf-8")
                 if path == "/bomb.png":
