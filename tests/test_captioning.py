@@ -16,13 +16,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import compose, run, subprocess_env
 from PIL import Image
 
 from alien_hotels.captioning import CAPTION_MODELS, CaptionConfig
 from alien_hotels.captioning.checkpoint import Checkpoint, config_key
 from alien_hotels.captioning.images import load_image
 from alien_hotels.config import ConfigError
+from conftest import compose, run, subprocess_env
 
 pytestmark = [pytest.mark.ml, pytest.mark.filterwarnings("ignore::FutureWarning")]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from alien_hotels import captioning, clustering, features, mapping, sampling, text
+from alien_hotels import captioning, clustering, features, images, mapping, sampling, text
 from alien_hotels.common import (
     StageError,
     atomic_path,
@@ -31,7 +31,9 @@ log = logging.getLogger("alien_hotels")
 @dataclass(frozen=True)
 class StagePaths:
     sample: Path = Path("data/interim/sample.csv")
-    images: Path = Path("data/interim/images.csv")
+    images_manifest: Path = Path("data/interim/images.csv")
+    images_dir: Path = Path("data/images")
+    images_metrics: Path = Path("metrics/images.json")
     captions: Path = Path("data/processed/captions.csv")
     caption_failures: Path = Path("data/processed/caption_failures.csv")
     caption_metrics: Path = Path("metrics/captioning.json")
@@ -50,12 +52,22 @@ class StagePaths:
 
 
 def run_sample(params: Params, paths: StagePaths = StagePaths()) -> sampling.SampleStats:
-    df = sampling.load_dataset(params.data)
-    sample, stats = sampling.sample_hotels(df, params.data)
+    dataset = sampling.read_dataset(params.data)
+    sample, stats = sampling.sample_hotels(dataset, params.data)
     write_csv(sample, paths.sample)
     write_json(stats.as_dict(), paths.sample_metrics)
     log.info("sampled %d rows from %d hotels", stats.rows_kept, stats.hotels_sampled)
     return stats
+
+
+def run_images(params: Params, paths: StagePaths = StagePaths()) -> dict:
+    sample = read_csv(paths.sample, ["image_id", "hotel_id"], what="sample table")
+    manifest, metrics = images.collect_images(
+        sample, params.images, params.data.images_dir, paths.images_dir
+    )
+    write_csv(manifest, paths.images_manifest)
+    write_json(metrics, paths.images_metrics)
+    return metrics
 
 
 def run_caption(params: Params, paths: StagePaths = StagePaths()) -> pd.DataFrame:
@@ -77,7 +89,7 @@ def run_caption(params: Params, paths: StagePaths = StagePaths()) -> pd.DataFram
     else:
         from alien_hotels.captioning.run import MANIFEST_COLUMNS, caption_images
 
-        manifest = read_csv(paths.images, MANIFEST_COLUMNS, what="images manifest")
+        manifest = read_csv(paths.images_manifest, MANIFEST_COLUMNS, what="images manifest")
         result = caption_images(manifest, cfg, root=Path("."))
         captions, failures, metrics = result.captions, result.failures, result.metrics
         metrics = {"method": cfg.method, **metrics}

@@ -1,1 +1,1 @@
-"""Builders of tiny, random-weight but real models for tests and benchmarks (no downloads)."""
+"""Test and benchmark helpers: tiny random-weight real models, loopback servers (no downloads)."""

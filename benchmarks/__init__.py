@@ -1,0 +1,1 @@
+"""Benchmarks: print timings and memory, with a baseline measured in the same run."""
