@@ -46,6 +46,12 @@ def sample(params: ParamsOption = Path("params.yaml")) -> None:
 
 
 @app.command()
+def images(params: ParamsOption = Path("params.yaml")) -> None:
+    """Take sampled images from the local tree or download them (images.*)."""
+    _run(stages.run_images, params)
+
+
+@app.command()
 def caption(params: ParamsOption = Path("params.yaml")) -> None:
     """Caption every sampled image (caption.*)."""
     _run(stages.run_caption, params)
@@ -73,6 +79,85 @@ def cluster(params: ParamsOption = Path("params.yaml")) -> None:
 def map_(params: ParamsOption = Path("params.yaml")) -> None:
     """t-SNE map as HTML and PNG (map.*)."""
     _run(stages.run_map, params)
+
+
+models_app = typer.Typer(help="Model weights for caption=clip_interrogator.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("download")
+def models_download(
+    params: ParamsOption = Path("params.yaml"),
+    caption_model: Annotated[
+        str | None, typer.Option(help="Caption model key (default: caption.caption_model_name).")
+    ] = None,
+    clip_model: Annotated[
+        str | None,
+        typer.Option(help="open_clip arch/pretrained (default: caption.clip_model_name)."),
+    ] = None,
+    labels: Annotated[
+        bool, typer.Option(help="Also fetch the precomputed label embeddings for the CLIP model.")
+    ] = True,
+    dry_run: Annotated[bool, typer.Option(help="Only print what would be downloaded.")] = False,
+) -> None:
+    """Download the caption and CLIP weights (and label embeddings) into the caches that
+    `alien-hotels caption` later reads offline (HF_HOME; caption.label_cache_dir)."""
+    from alien_hotels.captioning import CaptionConfig
+    from alien_hotels.captioning.models import download_plan, run_download
+
+    try:
+        base = load_params(params).caption if params.is_file() else CaptionConfig()
+        overrides = {}
+        if caption_model is not None:
+            overrides["caption_model_name"] = caption_model
+        if clip_model is not None:
+            overrides["clip_model_name"] = clip_model
+        raw = {**base.model_dump(), **overrides}
+        cfg = validate_params({"caption": raw}, source="models download options").caption
+        plan = download_plan(cfg, labels=labels)
+        for item in plan:
+            typer.echo(("would fetch " if dry_run else "fetching ") + item.describe())
+        if not dry_run:
+            for path in run_download(plan):
+                typer.echo(f"ok {path}")
+    except (ConfigError, StageError) as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2) from None
+
+
+datagen_app = typer.Typer(
+    help="Write synthetic datasets for tests and benchmarks.", no_args_is_help=True
+)
+app.add_typer(datagen_app, name="datagen")
+
+
+@datagen_app.command("hotels50k")
+def datagen_hotels50k(
+    out: Annotated[Path, typer.Option(help="Dataset root; CSVs go to OUT/dataset/.")] = Path(
+        "data/raw/hotels50k"
+    ),
+    rows: Annotated[int, typer.Option(min=1, help="Training rows (train_set.csv).")] = 1_124_215,
+    hotels: Annotated[int, typer.Option(min=1, help="Hotels in hotel_info.csv.")] = 50_000,
+    chains: Annotated[int, typer.Option(min=1, help="Chains in chain_info.csv.")] = 92,
+    test_rows: Annotated[
+        int | None, typer.Option(min=1, help="Rows of test_set.csv (default: in proportion).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same files).")] = 0,
+    base_url: Annotated[
+        str | None, typer.Option(help="Serve images from here: URL/<source>/<image_id>.jpg.")
+    ] = None,
+    captions: Annotated[
+        bool, typer.Option(help="Add a synthetic `description` caption column (not published).")
+    ] = False,
+) -> None:
+    """Synthetic Hotels-50K metadata with the real files' columns, scale and skew."""
+    from alien_hotels.datagen.hotels50k import generate
+
+    meta = generate(out, rows, hotels, chains, test_rows, seed, base_url, captions=captions)
+    typer.echo(
+        f"wrote {meta.train_rows} train and {meta.test_rows} test rows, {meta.hotels} hotels, "
+        f"{meta.chains} chains to {meta.dataset_dir}"
+    )
 
 
 @app.command()

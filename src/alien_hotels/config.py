@@ -19,6 +19,7 @@ from alien_hotels.clustering import ClusterConfig
 from alien_hotels.common import Section
 from alien_hotels.editing.config import EditConfig
 from alien_hotels.features import FeaturesConfig
+from alien_hotels.images import ImagesConfig
 from alien_hotels.mapping import MapConfig
 from alien_hotels.sampling import DataConfig
 from alien_hotels.text import RoomTypesConfig, TextConfig
@@ -35,6 +36,7 @@ class Params(Section):
     """Everything a stage may read from `params.yaml`."""
 
     data: DataConfig = DataConfig()
+    images: ImagesConfig = ImagesConfig()
     caption: CaptionConfig = CaptionConfig()
     text: TextConfig = TextConfig()
     room_types: RoomTypesConfig = RoomTypesConfig()

@@ -116,8 +116,10 @@ def write_html_map(table: pd.DataFrame, target: str | Path, cfg: MapConfig) -> N
         for view in columns
     ]
     fig.update_layout(
-        title=f"Hotel photo captions, t-SNE map ({len(table)} images)",
-        updatemenus=[{"buttons": buttons, "direction": "down", "x": 0, "y": 1.12}],
+        title={"text": f"Hotel photo captions, t-SNE map ({len(table)} images)", "x": 0.5},
+        updatemenus=[
+            {"buttons": buttons, "direction": "down", "x": 0, "xanchor": "left", "y": 1.1}
+        ],
         legend={"title": {"text": COLOR_BY["cluster"]}},
         template="plotly_white",
         xaxis={"title": "t-SNE 1"},

@@ -3,12 +3,27 @@
 The study drew 10 Hotels-50K hotels having 30-60 images each. Hotels are counted on the dataset's
 rows (as the study did, before knowing which images download), then rows without an image or a
 caption are dropped and counted, so the metric says how much of the sample is usable.
+
+Two inputs are understood (`data.format`):
+
+* `sample_csv`: one table with the study's columns (the bundled, already captioned sample);
+* `hotels50k`: the Hotels-50K metadata as published, a directory holding `chain_info.csv`,
+  `hotel_info.csv`, `train_set.csv` and `test_set.csv`. The image table of `data.split` is read
+  once with typed columns (1.1M rows in a few seconds), filtered and counted; only the chosen
+  hotels' rows are joined with hotel and chain info and turned into the study's columns.
+
+Bad metadata never yields a silently wrong sample: missing files or columns, unparsable ids,
+image ids repeated with different content and repeated hotel or chain ids are errors naming the
+file; rows of hotels absent from `hotel_info.csv` and exact duplicate rows are dropped and
+counted in `metrics/sample.json`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 from typing import Literal
+from urllib.parse import urlsplit
 
 import numpy as np
 import pandas as pd
@@ -32,17 +47,37 @@ SAMPLE_COLUMNS = [
     "image_folder",
 ]
 
+# Hotels-50K metadata files and the columns each must have (the published headers).
+HOTELS50K_FILES = {
+    "chain_info": ["chain_id", "chain_name"],
+    "hotel_info": ["hotel_id", "hotel_name", "chain_id", "latitude", "longitude"],
+    "images": ["image_id", "hotel_id", "image_url", "image_source", "upload_timestamp"],
+}
+IMAGE_EXTENSIONS = {"jpg", "jpeg", "png", "webp", "gif", "bmp"}
+
 
 class DataConfig(Section):
     """`data.*`: which dataset to read and how to sample hotels from it."""
 
     name: str = "bundled"
-    format: Literal["sample_csv"] = "sample_csv"
+    format: Literal["sample_csv", "hotels50k"] = "sample_csv"
+    # sample_csv: the CSV file; hotels50k: the directory with the four metadata CSVs.
     path: str = "data/bundled/hotels_sample.csv"
+    # hotels50k: which image table to sample from (`train_set.csv` or `test_set.csv`).
+    split: Literal["train", "test"] = "train"
+    # The dataset's local image tree `<chain_id>/<hotel_id>/<source>/<image_id>.<ext>`, if any
+    # (read by the images stage; it need not exist).
+    images_dir: str | None = "data/raw/hotels50k/images/train"
     n_hotels: int = Field(10, ge=1)
     min_images: int = Field(30, ge=1)
     max_images: int = Field(60, ge=1)
     seed: int = 42
+    # Optional filters, applied before images are counted; empty means no filter.
+    image_sources: list[str] = Field(default_factory=list)
+    chains: list[int | str] = Field(
+        default_factory=list
+    )  # chain ids (numbers) or exact chain names (text)
+    hotel_ids: list[int] = Field(default_factory=list)
     # Column holding captions that ship with the dataset (used by `caption=precomputed`).
     caption_column: str | None = "description"
 
@@ -64,12 +99,35 @@ class SampleStats:
     dropped_no_image: int
     dropped_no_caption: int
     rows_kept: int
+    load: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, int]:
-        return dict(self.__dict__)
+        out = {k: v for k, v in self.__dict__.items() if k != "load"}
+        return {**out, **self.load}
+
+
+@dataclass
+class Dataset:
+    """Image rows (`image_id`, `hotel_id`, `source`, `chain_id`, ...) plus what loading dropped."""
+
+    rows: pd.DataFrame
+    dropped: dict[str, int]
+    hotels: pd.DataFrame | None = None  # hotels50k: hotel_info joined with chain_info
+    what: str = ""
+
+
+def read_dataset(cfg: DataConfig) -> Dataset:
+    """The dataset's image rows with what loading dropped (and, for Hotels-50K, the hotels)."""
+    if cfg.format == "hotels50k":
+        return load_hotels50k(cfg)
+    rows = load_dataset(cfg)
+    return Dataset(rows, {**_no_drops(), "rows_read": len(rows)}, what=cfg.path)
 
 
 def load_dataset(cfg: DataConfig) -> pd.DataFrame:
+    """The rows of a `sample_csv` dataset, checked; Hotels-50K rows (without hotel info) else."""
+    if cfg.format == "hotels50k":
+        return load_hotels50k(cfg).rows
     required = ["image_id", "hotel_id"]
     if cfg.caption_column:
         required.append(cfg.caption_column)
@@ -83,24 +141,41 @@ def load_dataset(cfg: DataConfig) -> pd.DataFrame:
     return df
 
 
-def sample_hotels(df: pd.DataFrame, cfg: DataConfig) -> tuple[pd.DataFrame, SampleStats]:
+def sample_hotels(
+    data: Dataset | pd.DataFrame, cfg: DataConfig
+) -> tuple[pd.DataFrame, SampleStats]:
     """Pick `cfg.n_hotels` hotels with `min_images..max_images` rows, seeded; keep usable rows."""
-    counts = df.groupby("hotel_id").size()
+    if isinstance(data, pd.DataFrame):
+        if cfg.format == "hotels50k":
+            raise TypeError("sample_hotels needs read_dataset(cfg) for data.format=hotels50k")
+        data = Dataset(data, {**_no_drops(), "rows_read": len(data)}, what=cfg.path)
+    df = _apply_filters(data.rows, cfg, data)
+    counts = df["hotel_id"].value_counts(sort=False)
     eligible = np.sort(counts[(counts >= cfg.min_images) & (counts <= cfg.max_images)].index)
     if len(eligible) < cfg.n_hotels:
         raise StageError(
             f"data.n_hotels={cfg.n_hotels} but only {len(eligible)} hotels have between "
             f"data.min_images={cfg.min_images} and data.max_images={cfg.max_images} images"
+            + (" after the filters" if _has_filters(cfg) else "")
         )
     rng = np.random.default_rng(cfg.seed)
     chosen = rng.choice(eligible, size=cfg.n_hotels, replace=False)
     sample = df[df["hotel_id"].isin(chosen)]
+    if data.hotels is not None:
+        sample = _hotels50k_columns(sample, data.hotels, cfg)
 
     has_image = _truthy(sample["downloaded"]) if "downloaded" in sample else True
+    if cfg.format == "hotels50k":  # the images stage decides; nothing is known yet
+        has_image = True
     no_image = ~pd.Series(has_image, index=sample.index)
-    if cfg.caption_column:
+    if cfg.caption_column and cfg.caption_column in sample:
         captions = sample[cfg.caption_column].astype("string").str.strip()
         no_caption = ~no_image & (captions.isna() | (captions == ""))
+    elif cfg.caption_column:
+        raise StageError(
+            f"data.caption_column={cfg.caption_column!r} is not a column of {data.what}; "
+            "set data.caption_column=null when the dataset has no captions"
+        )
     else:
         no_caption = pd.Series(False, index=sample.index)
     kept = sample[~no_image & ~no_caption].sort_values(["hotel_id", "image_id"])
@@ -111,12 +186,205 @@ def sample_hotels(df: pd.DataFrame, cfg: DataConfig) -> tuple[pd.DataFrame, Samp
         dropped_no_image=int(no_image.sum()),
         dropped_no_caption=int(no_caption.sum()),
         rows_kept=len(kept),
+        load={**data.dropped, "rows_after_filters": len(df)},
     )
     if kept.empty:
         raise StageError(
             f"none of the {len(sample)} sampled rows of {cfg.path} has an image and a caption"
         )
     return kept.reset_index(drop=True), stats
+
+
+# --- Hotels-50K metadata ---------------------------------------------------------------------
+
+
+def load_hotels50k(cfg: DataConfig) -> Dataset:
+    """Read the metadata directory `cfg.path`; validate it; return image rows and hotels."""
+    root = Path(cfg.path)
+    if not root.is_dir():
+        raise StageError(
+            f"data.format=hotels50k: data.path={cfg.path} is not a directory; it must hold "
+            "chain_info.csv, hotel_info.csv, train_set.csv and test_set.csv (see docs/hotels50k.md)"
+        )
+    chains = _read_meta(
+        root / "chain_info.csv", HOTELS50K_FILES["chain_info"], {"chain_id": "Int64"}
+    )
+    hotels = _read_meta(
+        root / "hotel_info.csv",
+        HOTELS50K_FILES["hotel_info"],
+        {"hotel_id": "int64", "chain_id": "Int64", "latitude": "float64", "longitude": "float64"},
+    )
+    images_path = root / f"{cfg.split}_set.csv"
+    columns = list(HOTELS50K_FILES["images"])
+    if cfg.caption_column:  # captions made earlier and kept beside the metadata (optional)
+        if images_path.is_file() and cfg.caption_column not in _header(images_path):
+            raise StageError(
+                f"data.caption_column={cfg.caption_column!r} is not a column of {images_path}; "
+                "the published metadata has no captions: set data.caption_column=null"
+            )
+        columns.append(cfg.caption_column)
+    rows = _read_meta(
+        images_path,
+        columns,
+        {"image_id": "int64", "hotel_id": "int64", "image_source": "category"},
+    )
+    _unique(chains, "chain_id", root / "chain_info.csv")
+    _unique(hotels, "hotel_id", root / "hotel_info.csv")
+    rows, dropped_duplicates = _dedupe_images(rows, images_path)
+
+    known = rows["hotel_id"].isin(hotels["hotel_id"])
+    unknown_hotel = int((~known).sum())
+    if unknown_hotel:
+        rows = rows[known]
+    rows = rows.rename(
+        columns={"image_url": "url", "image_source": "source", "upload_timestamp": "timestamp"}
+    )
+    hotels = hotels.merge(chains, on="chain_id", how="left", validate="many_to_one")
+    chain_of = pd.Series(hotels["chain_id"].to_numpy(), index=hotels["hotel_id"].to_numpy())
+    rows = rows.assign(chain_id=rows["hotel_id"].map(chain_of).astype("Int64"))
+    dropped = {
+        **_no_drops(),
+        "rows_read": int(len(rows) + unknown_hotel + dropped_duplicates),
+        "dropped_duplicate_rows": dropped_duplicates,
+        "dropped_unknown_hotel": unknown_hotel,
+        "hotels_unknown_chain": int(hotels["chain_name"].isna().sum()),
+    }
+    if rows.empty:
+        raise StageError(f"{images_path} has no rows of hotels listed in hotel_info.csv")
+    return Dataset(rows.reset_index(drop=True), dropped, hotels=hotels, what=str(images_path))
+
+
+def _read_meta(path: Path, columns: list[str], dtypes: dict[str, str]) -> pd.DataFrame:
+    header = _header(path)
+    missing = [c for c in columns if c not in header]
+    if missing:
+        raise StageError(
+            f"{path} lacks column(s) {', '.join(missing)}; it has: {', '.join(map(str, header))} "
+            f"(expected a header line with {', '.join(columns)})"
+        )
+    try:
+        return pd.read_csv(path, usecols=columns, dtype=dtypes)
+    except (ValueError, TypeError) as exc:
+        raise StageError(f"{path}: a column has values of the wrong type ({exc})") from None
+
+
+def _header(path: Path) -> pd.Index:
+    if not path.is_file():
+        raise StageError(f"Hotels-50K metadata file not found: {path}")
+    try:
+        return pd.read_csv(path, nrows=0).columns
+    except pd.errors.EmptyDataError:
+        raise StageError(f"Hotels-50K metadata file is empty: {path}") from None
+
+
+def _unique(df: pd.DataFrame, column: str, path: Path) -> None:
+    repeated = df[column].duplicated(keep=False)
+    if repeated.any():
+        ids = df.loc[repeated, column].drop_duplicates().head(5).tolist()
+        raise StageError(f"{path} repeats {column} values, e.g. {ids}")
+
+
+def _dedupe_images(rows: pd.DataFrame, path: Path) -> tuple[pd.DataFrame, int]:
+    """Drop exact duplicate rows (counted); an image id with two different rows is an error."""
+    repeated = rows["image_id"].duplicated(keep=False)
+    if not repeated.any():
+        return rows, 0
+    dups = rows[repeated]
+    exact = dups.astype({"image_source": "object"}).duplicated(keep="first")
+    conflicting = dups.loc[~exact, "image_id"]
+    conflicting = conflicting[conflicting.duplicated()]
+    if not conflicting.empty:
+        ids = conflicting.drop_duplicates().head(5).tolist()
+        raise StageError(
+            f"{path} lists image_id values more than once with different hotels, URLs or "
+            f"sources, e.g. {ids}: fix the file (which row is right cannot be guessed)"
+        )
+    return rows.drop(index=dups.index[exact]), int(exact.sum())
+
+
+def _hotels50k_columns(sample: pd.DataFrame, hotels: pd.DataFrame, cfg: DataConfig) -> pd.DataFrame:
+    """The study's columns for the chosen rows (cheap: a few hundred rows)."""
+    info = hotels[["hotel_id", "hotel_name", "latitude", "longitude", "chain_name"]]
+    out = sample.merge(info, on="hotel_id", how="left", validate="many_to_one")
+    ext = out["url"].map(_url_extension)
+    out["image_name"] = out["image_id"].astype(str) + "." + ext
+    out["image_folder"] = (
+        f"images/{cfg.split}/"
+        + out["chain_id"].astype("string").fillna("unknown")
+        + "/"
+        + out["hotel_id"].astype(str)
+        + "/"
+        + out["source"].astype(str)
+    )
+    out["downloaded"] = pd.NA  # unknown until the images stage runs (data/interim/images.csv)
+    out["source"] = out["source"].astype(str)
+    extra = [cfg.caption_column] if cfg.caption_column in out.columns else []
+    return out[SAMPLE_COLUMNS + extra]
+
+
+def _url_extension(url: object) -> str:
+    """The file extension the dataset uses for an image (`jpg` when the URL has none)."""
+    suffix = PurePosixPath(urlsplit(str(url)).path).suffix.lower().lstrip(".")
+    return suffix if suffix in IMAGE_EXTENSIONS else "jpg"
+
+
+# --- filters ---------------------------------------------------------------------------------
+
+
+def _has_filters(cfg: DataConfig) -> bool:
+    return bool(cfg.image_sources or cfg.chains or cfg.hotel_ids)
+
+
+def _apply_filters(df: pd.DataFrame, cfg: DataConfig, data: Dataset) -> pd.DataFrame:
+    if not _has_filters(cfg):
+        return df
+    keep = pd.Series(True, index=df.index)
+    if cfg.image_sources:
+        _need(df, "source", "data.image_sources", data)
+        known = set(df["source"].astype(str).unique())
+        unknown = sorted(set(cfg.image_sources) - known)
+        if unknown:
+            raise StageError(
+                f"data.image_sources: {unknown} not found in {data.what}; "
+                f"sources there: {sorted(known)}"
+            )
+        keep &= df["source"].astype(str).isin(cfg.image_sources).to_numpy()
+    if cfg.chains:
+        chain_ids = {c for c in cfg.chains if isinstance(c, int)}
+        names = {c for c in cfg.chains if isinstance(c, str)}
+        if names:
+            table = data.hotels if data.hotels is not None else df
+            _need(table, "chain_name", "data.chains (names)", data)
+            by_name = table.loc[table["chain_name"].isin(names), ["chain_id", "chain_name"]]
+            missing = sorted(names - set(by_name["chain_name"]))
+            if missing:
+                raise StageError(f"data.chains: no chain named {missing} in {data.what}")
+            chain_ids |= set(by_name["chain_id"].dropna().astype(int))
+        _need(df, "chain_id", "data.chains", data)
+        keep &= df["chain_id"].isin(list(chain_ids)).fillna(False).to_numpy(dtype=bool)
+    if cfg.hotel_ids:
+        absent = sorted(set(cfg.hotel_ids) - set(df["hotel_id"].unique()))
+        if absent:
+            raise StageError(f"data.hotel_ids: {absent} have no images in {data.what}")
+        keep &= df["hotel_id"].isin(cfg.hotel_ids).to_numpy()
+    out = df[keep.to_numpy()]
+    if out.empty:
+        raise StageError(f"the data filters leave no rows of {data.what}")
+    return out
+
+
+def _need(df: pd.DataFrame, column: str, key: str, data: Dataset) -> None:
+    if column not in df.columns:
+        raise StageError(f"{key} needs a column {column!r}, which {data.what} lacks")
+
+
+def _no_drops() -> dict[str, int]:
+    return {
+        "rows_read": 0,
+        "dropped_duplicate_rows": 0,
+        "dropped_unknown_hotel": 0,
+        "hotels_unknown_chain": 0,
+    }
 
 
 def _truthy(values: pd.Series) -> np.ndarray:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from alien_hotels import captioning, clustering, features, mapping, sampling, text
+from alien_hotels import captioning, clustering, features, images, mapping, sampling, text
 from alien_hotels.common import (
     StageError,
     atomic_path,
@@ -31,7 +31,12 @@ log = logging.getLogger("alien_hotels")
 @dataclass(frozen=True)
 class StagePaths:
     sample: Path = Path("data/interim/sample.csv")
+    images_manifest: Path = Path("data/interim/images.csv")
+    images_dir: Path = Path("data/images")
+    images_metrics: Path = Path("metrics/images.json")
     captions: Path = Path("data/processed/captions.csv")
+    caption_failures: Path = Path("data/processed/caption_failures.csv")
+    caption_metrics: Path = Path("metrics/captioning.json")
     texts: Path = Path("data/processed/texts.csv")
     features: Path = Path("data/processed/features.npz")
     labels: Path = Path("data/processed/cluster_labels.csv")
@@ -58,20 +63,57 @@ class StagePaths:
 
 
 def run_sample(params: Params, paths: StagePaths = StagePaths()) -> sampling.SampleStats:
-    df = sampling.load_dataset(params.data)
-    sample, stats = sampling.sample_hotels(df, params.data)
+    dataset = sampling.read_dataset(params.data)
+    sample, stats = sampling.sample_hotels(dataset, params.data)
     write_csv(sample, paths.sample)
     write_json(stats.as_dict(), paths.sample_metrics)
     log.info("sampled %d rows from %d hotels", stats.rows_kept, stats.hotels_sampled)
     return stats
 
 
+def run_images(params: Params, paths: StagePaths = StagePaths()) -> dict:
+    sample = read_csv(paths.sample, ["image_id", "hotel_id"], what="sample table")
+    manifest, metrics = images.collect_images(
+        sample, params.images, params.data.images_dir, paths.images_dir
+    )
+    write_csv(manifest, paths.images_manifest)
+    write_json(metrics, paths.images_metrics)
+    return metrics
+
+
 def run_caption(params: Params, paths: StagePaths = StagePaths()) -> pd.DataFrame:
-    sample = read_csv(paths.sample, ["image_id"], what="sample table")
-    captions = captioning.precomputed_captions(sample, params.data.caption_column, params.caption)
+    cfg = params.caption
+    if cfg.method == "precomputed":
+        sample = read_csv(paths.sample, ["image_id"], what="sample table")
+        captions = captioning.precomputed_captions(sample, params.data.caption_column, cfg)
+        failures = pd.DataFrame(columns=captioning.FAILURE_COLUMNS)
+        metrics = {
+            "images": len(sample),
+            "ok": len(captions),
+            "failed": len(sample) - len(captions),
+            "mode": cfg.mode,
+            "method": cfg.method,
+            "caption_model": cfg.caption_model_name,
+            "clip_model": cfg.clip_model_name,
+        }
+        n_images = len(sample)
+    else:
+        from alien_hotels.captioning.run import MANIFEST_COLUMNS, caption_images
+
+        manifest = read_csv(paths.images_manifest, MANIFEST_COLUMNS, what="images manifest")
+        result = caption_images(manifest, cfg, root=Path("."))
+        captions, failures, metrics = result.captions, result.failures, result.metrics
+        metrics = {"method": cfg.method, **metrics}
+        n_images = metrics["images"]
     if captions.empty:
-        raise StageError(f"caption: no captions produced for the {len(sample)} sampled images")
+        raise StageError(
+            f"caption: no captions produced for the {n_images} images"
+            + (f" (failures: {metrics.get('failed_by_reason')})" if len(failures) else "")
+        )
+    write_csv(failures, paths.caption_failures)
     write_csv(captions, paths.captions)
+    write_json(metrics, paths.caption_metrics)
+    log.info("captioned %d images (%d failed)", len(captions), len(failures))
     return captions
 
 

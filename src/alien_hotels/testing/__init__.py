@@ -1,1 +1,1 @@
-"""Helpers shared by the tests and the benchmarks (loopback servers, tiny data)."""
+"""Test and benchmark helpers: tiny random-weight real models, loopback servers (no downloads)."""

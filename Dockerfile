@@ -1,0 +1,37 @@
+# The full stack (text half + CLIP Interrogator + diffusers) on CUDA, running `dvc repro` with real
+# models. Weights are not baked in: mount a cache volume at /cache and fill it once (needs internet)
+#   docker run --rm -v ah-cache:/cache alien-hotels \
+#     alien-hotels models download --caption-model blip-large --clip-model ViT-L-14/openai
+# then run the pipeline offline on a GPU machine, the project mounted at /work:
+#   docker run --rm --gpus all -v ah-cache:/cache -v "$PWD":/work -e HF_HUB_OFFLINE=1 alien-hotels \
+#     dvc exp run -S caption=clip_interrogator
+FROM nvidia/cuda:12.8.1-runtime-ubuntu24.04
+
+ENV DEBIAN_FRONTEND=noninteractive \
+    PIP_NO_CACHE_DIR=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH \
+    HF_HOME=/cache/huggingface \
+    XDG_CACHE_HOME=/cache \
+    DVC_NO_ANALYTICS=1
+
+# Ubuntu's archive replaces package versions; the base image tag pins the release.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-venv git ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && python3 -m venv /opt/venv \
+    && git config --system --add safe.directory '*'
+
+WORKDIR /opt/alien-hotels
+COPY pyproject.toml README.md ./
+COPY src ./src
+# Every dependency is pinned (==) in pyproject.toml; torch's PyPI wheels bring their CUDA libraries.
+# hadolint ignore=DL3013
+RUN pip install ".[ml]"
+
+VOLUME ["/cache"]
+WORKDIR /work
+CMD ["dvc", "repro"]

@@ -1,0 +1,195 @@
+"""`caption.method=clip_interrogator`: caption the images of the images manifest.
+
+Flow: check the models are there (before any work) -> open the checkpoint -> decode images in
+background threads -> per batch of `caption.batch_size` manifest rows: captions (BLIP) and CLIP
+image features in one go, then the per-image prompt search -> each finished image appended to
+the checkpoint -> the output tables, in manifest order, from the checkpoint.
+
+Batches are fixed slices of the manifest's `ok` rows. A resumed run recomputes the batch it was
+killed in as a whole (keeping only the images not yet done), so every image is computed in the
+same batch as in an uninterrupted run and the output is identical.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from alien_hotels.captioning import (
+    CAPTION_COLUMNS,
+    CAPTION_MODELS,
+    FAILURE_COLUMNS,
+    CaptionConfig,
+)
+from alien_hotels.captioning.checkpoint import Checkpoint, config_key
+from alien_hotels.captioning.images import load_row, prefetch
+from alien_hotels.common import StageError
+
+log = logging.getLogger("alien_hotels.captioning")
+
+MANIFEST_COLUMNS = ["image_id", "path", "status"]
+
+
+@dataclass
+class CaptionRun:
+    captions: pd.DataFrame
+    failures: pd.DataFrame
+    metrics: dict
+
+
+def manifest_rows(manifest: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
+    """The manifest's `ok` rows with a path (first row per image id), and the other statuses."""
+    status = manifest["status"].astype("string").fillna("").str.strip()
+    path = manifest["path"].astype("string").fillna("").str.strip()
+    usable = (status == "ok") & (path != "")
+    skipped = Counter(status[~usable].replace("ok", "ok_without_path").replace("", "unknown"))
+    rows = manifest.loc[usable].assign(path=path[usable]).drop_duplicates("image_id")
+    return rows.reset_index(drop=True), dict(sorted(skipped.items()))
+
+
+def caption_images(
+    manifest: pd.DataFrame, cfg: CaptionConfig, root: Path = Path(".")
+) -> CaptionRun:
+    from alien_hotels.captioning.models import check_models, resolve_device
+
+    rows, skipped = manifest_rows(manifest)
+    if rows.empty:
+        raise StageError(
+            "caption.method=clip_interrogator: the images manifest has no image with status ok "
+            f"(statuses: {skipped or 'none'}); run the images stage with a dataset that has "
+            "images, or use caption=precomputed"
+        )
+    device, dtype = resolve_device(cfg)
+    check_models(cfg)  # fail before any work
+    key = config_key(cfg, device, dtype)
+    checkpoint = Checkpoint(root / cfg.checkpoint_dir, key, enabled=cfg.resume)
+    ids = [str(i) for i in rows["image_id"]]
+    paths = rows["path"].tolist()
+    batches = [
+        range(s, min(s + cfg.batch_size, len(ids))) for s in range(0, len(ids), cfg.batch_size)
+    ]
+    todo = [b for b in batches if not all(checkpoint.done(ids[i], paths[i]) for i in b)]
+    already = sum(checkpoint.done(i, p) for i, p in zip(ids, paths, strict=True))
+    log.info("caption: %d images, %d already in checkpoint %s", len(ids), already, checkpoint.path)
+    started = time.perf_counter()
+    computed = 0
+    if todo:
+        computed = _run_batches(cfg, device, dtype, root, ids, paths, todo, checkpoint, already)
+    wall = time.perf_counter() - started
+    return _collect(
+        rows, ids, paths, checkpoint, cfg, skipped, device, dtype, computed, already, wall
+    )
+
+
+def _run_batches(cfg, device, dtype, root, ids, paths, todo, checkpoint, already) -> int:
+    from tqdm import tqdm
+
+    from alien_hotels.captioning.interrogate import BatchInterrogator
+    from alien_hotels.captioning.models import load_interrogator
+
+    engine = BatchInterrogator(load_interrogator(cfg, device, dtype), cfg)
+    items = [
+        (root, ids[i], paths[i], cfg.max_image_side, cfg.max_image_pixels) for b in todo for i in b
+    ]
+    loaded = prefetch(items, load_row, cfg.loader_workers, ahead=2 * cfg.batch_size)
+    computed = 0
+    with tqdm(
+        total=len(ids),
+        initial=already,
+        unit="img",
+        desc="caption",
+        disable=not cfg.progress,
+        smoothing=0.1,
+    ) as bar:
+        for batch in todo:
+            started = time.perf_counter()
+            rows = [next(loaded) for _ in batch]
+            good = [r for r in rows if r.ok]
+            captions = engine.captions([r.image for r in good])
+            features = engine.image_features([r.image for r in good]) if good else None
+            shared = (time.perf_counter() - started) / max(1, len(rows))
+            for r in rows:
+                if checkpoint.done(r.image_id, r.path) or r.ok:
+                    continue
+                checkpoint.add(
+                    {
+                        "image_id": r.image_id,
+                        "path": r.path,
+                        "status": "failed",
+                        "reason": r.reason,
+                        "detail": r.detail,
+                    }
+                )
+                bar.update(1)
+            for j, r in enumerate(good):
+                if checkpoint.done(r.image_id, r.path):
+                    continue
+                t0 = time.perf_counter()
+                prompt = engine.prompt(features[j : j + 1], captions[j], cfg.mode)
+                checkpoint.add(
+                    {
+                        "image_id": r.image_id,
+                        "path": r.path,
+                        "status": "ok",
+                        "caption": prompt,
+                        "blip_caption": captions[j],
+                        "seconds": shared + time.perf_counter() - t0,
+                    }
+                )
+                computed += 1
+                bar.update(1)
+    return computed
+
+
+def _collect(rows, ids, paths, checkpoint, cfg, skipped, device, dtype, computed, already, wall):
+    done = [checkpoint.rows[i] for i in ids]
+    ok = [i for i, row in enumerate(done) if row["status"] == "ok"]
+    failed = [i for i, row in enumerate(done) if row["status"] != "ok"]
+    model_id = cfg.caption_model_path or CAPTION_MODELS[cfg.caption_model_name]
+    captions = pd.DataFrame(
+        {
+            "image_id": rows["image_id"].iloc[ok].to_numpy(),
+            "caption": [done[i]["caption"] for i in ok],
+            "caption_mode": cfg.mode,
+            "caption_model": cfg.caption_model_name,
+            "clip_model": cfg.clip_model_name,
+        },
+        columns=CAPTION_COLUMNS,
+    )
+    failures = pd.DataFrame(
+        {
+            "image_id": rows["image_id"].iloc[failed].to_numpy(),
+            "path": [paths[i] for i in failed],
+            "reason": [done[i]["reason"] for i in failed],
+            "detail": [done[i].get("detail", "") for i in failed],
+        },
+        columns=FAILURE_COLUMNS,
+    )
+    seconds = [done[i].get("seconds", 0.0) for i in ok]
+    metrics = {
+        "images": len(ids),
+        "ok": len(ok),
+        "failed": len(failed),
+        "failed_by_reason": dict(sorted(Counter(done[i]["reason"] for i in failed).items())),
+        "not_in_manifest_as_ok": skipped,
+        "seconds_per_image": sum(seconds) / len(seconds) if seconds else None,
+        "computed_this_run": computed,
+        "resumed_from_checkpoint": already,
+        "wall_seconds": wall,
+        "mode": cfg.mode,
+        "chain": cfg.chain,
+        "caption_model": cfg.caption_model_name,
+        "caption_model_id": model_id,
+        "clip_model": cfg.clip_model_name,
+        "clip_model_path": cfg.clip_model_path,
+        "device": device,
+        "dtype": dtype,
+        "batch_size": cfg.batch_size,
+        "checkpoint": str(checkpoint.path),
+    }
+    return CaptionRun(captions, failures, metrics)

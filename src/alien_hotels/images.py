@@ -1,0 +1,420 @@
+"""Stage 1b, `images`: put every sampled image under `data/images/`, or say why not.
+
+For each row of the sample table the image is taken, in this order, from
+
+1. `data/images/` itself, when an earlier run already put it there (the stage is resumable: DVC
+   keeps this output in place between runs, `persist: true`);
+2. the dataset's local tree `data.images_dir/<chain_id>/<hotel_id>/<source>/<image_id>.<ext>`;
+3. its URL, only when `images.download` is on (it is off for the bundled sample, so the default
+   pipeline never touches the network).
+
+Downloads run on a bounded thread pool; each has connect/read timeouts and a total deadline,
+retries with exponential backoff on connection errors and 429/5xx answers (urllib3's `Retry`), a
+redirect limit and a size limit. TLS certificates are always verified for https URLs (there is no
+switch to turn that off; `images.ca_bundle` may name extra trusted roots); plain http URLs, which
+the dataset has, are fetched as they are. Every image, local or downloaded, is checked before it
+is kept: a real image in an allowed format, declared pixel count under `images.max_pixels`
+(checked from the header, before decoding: the decompression-bomb guard), fully decodable; then
+it is resized as the dataset's own download script did (longer side 640).
+
+Nothing fails the stage but a bad config: every problem becomes a row with status `failed` and a
+short reason in `data/interim/images.csv`, and the counts go to `metrics/images.json`.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import shutil
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+import pandas as pd
+from pydantic import Field, field_validator
+
+from alien_hotels.common import Section, StageError, atomic_path
+
+log = logging.getLogger("alien_hotels.images")
+
+MANIFEST_COLUMNS = ["image_id", "path", "status", "reason", "url"]
+EXTENSION_FORMAT = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
+RETRY_STATUSES = (429, 500, 502, 503, 504)
+# Content types that say nothing (S3 and CDNs send them for images too); the bytes decide.
+GENERIC_TYPES = {"application/octet-stream", "binary/octet-stream"}
+
+
+class ImagesConfig(Section):
+    """`images.*`: where images come from and how downloads behave."""
+
+    download: bool = False
+    workers: int = Field(8, ge=1, le=64)
+    connect_timeout_s: float = Field(10.0, gt=0)
+    # Longest wait for any read, and for the whole body: a trickling server is cut off too.
+    read_timeout_s: float = Field(30.0, gt=0)
+    retries: int = Field(3, ge=0, le=10)
+    backoff_s: float = Field(0.5, ge=0)
+    max_redirects: int = Field(5, ge=0, le=30)
+    max_bytes: int = Field(25_000_000, ge=1)
+    max_pixels: int = Field(64_000_000, ge=1)
+    formats: list[Literal["JPEG", "PNG", "WEBP", "GIF", "BMP"]] = Field(
+        default_factory=lambda: ["JPEG", "PNG", "WEBP"]
+    )
+    # The dataset's resizing: longer side to exactly this many pixels (null keeps the size).
+    longer_side: int | None = Field(640, ge=16)
+    upscale: bool = True  # the dataset's script enlarged small photos too
+    jpeg_quality: int = Field(95, ge=1, le=100)
+    user_agent: str = "alien-hotels/0.1 (Hotels-50K research pipeline)"
+    # Certificates are always verified; this only names a CA bundle to trust instead of certifi's.
+    verify_tls: bool = True
+    ca_bundle: str | None = None
+
+    @field_validator("verify_tls")
+    @classmethod
+    def _always_verify(cls, value: bool) -> bool:
+        if value is not True:
+            raise ValueError(
+                "TLS certificate verification cannot be turned off; to trust another CA, "
+                "name its bundle in images.ca_bundle"
+            )
+        return value
+
+
+class FetchError(Exception):
+    """One image could not be had; `reason` is the short code recorded in the manifest."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Outcome:
+    image_id: int
+    path: str
+    status: Literal["ok", "missing", "failed"]
+    reason: str
+    url: str
+    origin: Literal["cached", "local", "downloaded", ""] = ""
+    nbytes: int = 0
+
+
+# --- image checks and the dataset's resizing -------------------------------------------------
+
+
+def prepare_image(data: bytes, extension: str, cfg: ImagesConfig) -> bytes:
+    """Validate image bytes and return what to store (the input itself when nothing changes)."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    target_format = EXTENSION_FORMAT.get(extension.lower(), "JPEG")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if img.format not in cfg.formats:
+                raise FetchError("unsupported_format", str(img.format))
+            width, height = img.size
+            if width * height > cfg.max_pixels:
+                raise FetchError("too_many_pixels", f"{width}x{height}")
+            new_size = _resized(width, height, cfg)
+            if img.format == "JPEG" and new_size and new_size[0] < width:
+                img.draft("RGB", new_size)  # decode at a reduced scale: fast on big photos
+            img.load()
+            orientation = img.getexif().get(0x0112, 1)
+            if new_size is None and orientation in (None, 1) and img.format == target_format:
+                return data
+            out = ImageOps.exif_transpose(img)
+            if new_size is not None:
+                if orientation in (5, 6, 7, 8):  # a quarter turn swaps the sides
+                    new_size = new_size[::-1]
+                out = out.resize(new_size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+            if target_format == "JPEG" and out.mode not in ("RGB", "L"):
+                out = out.convert("RGB")
+            buffer = io.BytesIO()
+            options = {"quality": cfg.jpeg_quality} if target_format == "JPEG" else {}
+            out.save(buffer, format=target_format, **options)
+            return buffer.getvalue()
+    except FetchError:
+        raise
+    except UnidentifiedImageError:
+        raise FetchError("not_an_image") from None
+    except Image.DecompressionBombError as exc:
+        raise FetchError("too_many_pixels", str(exc)) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise FetchError("corrupt_image", str(exc)) from None
+
+
+def _resized(width: int, height: int, cfg: ImagesConfig) -> tuple[int, int] | None:
+    side = cfg.longer_side
+    longer = max(width, height)
+    if side is None or longer == side or (longer < side and not cfg.upscale):
+        return None
+    if width >= height:
+        return side, max(1, round(side * height / width))
+    return max(1, round(side * width / height)), side
+
+
+# --- downloading ------------------------------------------------------------------------------
+
+
+class Downloader:
+    """HTTP(S) GETs with retries, timeouts and limits; one `requests.Session` per thread."""
+
+    def __init__(self, cfg: ImagesConfig) -> None:
+        self.cfg = cfg
+        self.verify: bool | str = cfg.ca_bundle or True
+        if self.verify is False or cfg.verify_tls is not True:
+            raise StageError("images: TLS certificate verification cannot be turned off")
+        self._local = threading.local()
+
+    def _session(self):
+        session = getattr(self._local, "session", None)
+        if session is None:
+            import requests
+            from requests.adapters import HTTPAdapter
+            from urllib3.util.retry import Retry
+
+            cfg = self.cfg
+            retry = Retry(
+                total=cfg.retries,
+                connect=cfg.retries,
+                read=cfg.retries,
+                status=cfg.retries,
+                other=0,
+                allowed_methods=frozenset({"GET"}),
+                status_forcelist=RETRY_STATUSES,
+                backoff_factor=cfg.backoff_s,
+                backoff_max=30.0,
+                respect_retry_after_header=True,
+                raise_on_status=False,
+            )
+            session = requests.Session()
+            adapter = HTTPAdapter(max_retries=retry, pool_maxsize=4)
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+            session.max_redirects = cfg.max_redirects
+            session.headers["User-Agent"] = cfg.user_agent
+            self._local.session = session
+        return session
+
+    def get(self, url: str) -> bytes:
+        """The body of `url`, or `FetchError` with the reason."""
+        import requests
+
+        scheme = urlsplit(url).scheme.lower()
+        if scheme not in ("http", "https"):
+            raise FetchError("bad_url", url)
+        cfg = self.cfg
+        deadline = time.monotonic() + cfg.read_timeout_s
+        try:
+            with self._session().get(
+                url,
+                stream=True,
+                timeout=(cfg.connect_timeout_s, cfg.read_timeout_s),
+                verify=self.verify,
+            ) as response:
+                if response.status_code != 200:
+                    raise FetchError(f"http_{response.status_code}")
+                ctype = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
+                if ctype and not ctype.startswith("image/") and ctype not in GENERIC_TYPES:
+                    raise FetchError("not_image_content_type", ctype)
+                declared = response.headers.get("Content-Length", "")
+                if declared.isdigit() and int(declared) > cfg.max_bytes:
+                    raise FetchError("too_large", f"{declared} bytes declared")
+                body = bytearray()
+                for chunk in response.iter_content(chunk_size=1 << 16):
+                    body += chunk
+                    if len(body) > cfg.max_bytes:
+                        raise FetchError("too_large", f"over {cfg.max_bytes} bytes")
+                    if time.monotonic() > deadline:
+                        raise FetchError("timeout", "body slower than images.read_timeout_s")
+                return bytes(body)
+        except FetchError:
+            raise
+        except requests.exceptions.TooManyRedirects:
+            raise FetchError("too_many_redirects") from None
+        except requests.exceptions.SSLError as exc:
+            raise FetchError("tls_error", str(exc)[:200]) from None
+        except requests.exceptions.Timeout:
+            raise FetchError("timeout") from None
+        except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError):
+            raise FetchError("incomplete_body") from None
+        except requests.exceptions.RetryError:
+            raise FetchError("retries_exhausted") from None
+        except requests.exceptions.ConnectionError as exc:
+            text = repr(exc)
+            if "TimeoutError" in text or "timed out" in text:
+                raise FetchError("timeout") from None
+            raise FetchError("connection_error", str(exc)[:200]) from None
+        except requests.exceptions.RequestException as exc:  # invalid URLs and the like
+            raise FetchError("bad_url", str(exc)[:200]) from None
+
+
+# --- the stage --------------------------------------------------------------------------------
+
+
+def relative_image_path(row: pd.Series) -> Path:
+    """`<chain_id>/<hotel_id>/<source>/<image_id>.<ext>`: the dataset's own tree layout."""
+    chain = row.get("chain_id")
+    chain = "unknown" if pd.isna(chain) else str(int(chain))
+    name = row.get("image_name")
+    if not isinstance(name, str) or not name.strip():
+        name = f"{int(row['image_id'])}.jpg"
+    source = row.get("source")
+    source = "unknown" if pd.isna(source) else str(source)
+    return Path(chain, str(int(row["hotel_id"])), source, name)
+
+
+def collect_images(
+    sample: pd.DataFrame,
+    cfg: ImagesConfig,
+    local_dir: str | Path | None,
+    out_dir: str | Path,
+    progress: bool = True,
+) -> tuple[pd.DataFrame, dict]:
+    """Fill `out_dir` with the sample's images; return the manifest and the metrics."""
+    from tqdm import tqdm
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    local = Path(local_dir) if local_dir else None
+    downloader = Downloader(cfg) if cfg.download else None
+    rows = [row for _, row in sample.iterrows()]
+    started = time.monotonic()
+    outcomes: list[Outcome] = []
+    with (
+        ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="images") as pool,
+        tqdm(total=len(rows), unit="img", desc="images", disable=not progress) as bar,
+    ):
+        futures = [pool.submit(_one, row, cfg, local, out_dir, downloader) for row in rows]
+        try:
+            for future in as_completed(futures):
+                outcome = future.result()
+                outcomes.append(outcome)
+                bar.update(1)
+                if outcome.status == "failed":
+                    log.debug(
+                        "image %s failed: %s (%s)", outcome.image_id, outcome.reason, outcome.url
+                    )
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    order = {int(i): n for n, i in enumerate(sample["image_id"])}
+    outcomes.sort(key=lambda o: order[o.image_id])
+    _prune(out_dir, {Path(o.path) for o in outcomes if o.status == "ok"})
+    manifest = pd.DataFrame(
+        [(o.image_id, o.path, o.status, o.reason, o.url) for o in outcomes],
+        columns=MANIFEST_COLUMNS,
+    )
+    elapsed = time.monotonic() - started
+    metrics = _metrics(outcomes, cfg)
+    failures = [o for o in outcomes if o.status == "failed"]
+    if failures:
+        examples = "; ".join(f"{o.image_id} {o.reason} {o.url}" for o in failures[:5])
+        log.warning(
+            "%d images failed (all listed in the manifest), e.g. %s", len(failures), examples
+        )
+    fetched = metrics["ok_downloaded"]
+    log.info(
+        "images: %d ok (%d already there, %d local, %d downloaded), %d missing, %d failed "
+        "in %.1f s (%.1f img/s)",
+        metrics["ok"],
+        metrics["ok_cached"],
+        metrics["ok_local"],
+        fetched,
+        metrics["missing"],
+        metrics["failed"],
+        elapsed,
+        len(rows) / elapsed if elapsed > 0 else 0.0,
+    )
+    return manifest, metrics
+
+
+def _one(
+    row: pd.Series,
+    cfg: ImagesConfig,
+    local: Path | None,
+    out_dir: Path,
+    downloader: Downloader | None,
+) -> Outcome:
+    image_id = int(row["image_id"])
+    url = "" if pd.isna(row.get("url")) else str(row.get("url")).strip()
+    rel = relative_image_path(row)
+    target = out_dir / rel
+    if target.is_file() and target.stat().st_size > 0:
+        return Outcome(image_id, target.as_posix(), "ok", "", url, "cached")
+    reason = "not_in_local_tree"
+    if local is not None:
+        found = _find_local(local, rel)
+        if found is not None:
+            try:
+                _store(prepare_image(found.read_bytes(), rel.suffix.lstrip("."), cfg), target)
+                return Outcome(image_id, target.as_posix(), "ok", "", url, "local")
+            except FetchError as exc:
+                reason = f"local_{exc.reason}"
+                log.debug("local image %s unusable: %s", found, exc)
+    if downloader is None:
+        status = "missing" if reason == "not_in_local_tree" else "failed"
+        return Outcome(image_id, "", status, reason, url)
+    if not url:
+        return Outcome(image_id, "", "failed", "no_url", url)
+    try:
+        body = downloader.get(url)
+        _store(prepare_image(body, rel.suffix.lstrip("."), cfg), target)
+    except FetchError as exc:
+        return Outcome(image_id, "", "failed", exc.reason, url)
+    return Outcome(image_id, target.as_posix(), "ok", "", url, "downloaded", len(body))
+
+
+def _find_local(local: Path, rel: Path) -> Path | None:
+    exact = local / rel
+    if exact.is_file():
+        return exact
+    for ext in EXTENSION_FORMAT:
+        other = exact.with_suffix(f".{ext}")
+        if other.is_file():
+            return other
+    return None
+
+
+def _store(data: bytes, target: Path) -> None:
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
+
+
+def _prune(out_dir: Path, keep: set[Path]) -> None:
+    """Remove files of earlier samples and interrupted writes, so the output is this sample's.
+
+    Only files in the layout this stage writes (`<chain>/<hotel>/<source>/<file>`) are touched.
+    """
+    keep = {p.resolve() for p in keep}
+    for dirpath, _dirnames, filenames in os.walk(out_dir, topdown=False):
+        depth = len(Path(dirpath).relative_to(out_dir).parts)
+        for name in filenames:
+            path = Path(dirpath, name)
+            if depth == 3 and path.resolve() not in keep:
+                path.unlink()
+        if 0 < depth <= 3 and not os.listdir(dirpath):
+            shutil.rmtree(dirpath)
+
+
+def _metrics(outcomes: list[Outcome], cfg: ImagesConfig) -> dict:
+    status = Counter(o.status for o in outcomes)
+    origin = Counter(o.origin for o in outcomes if o.status == "ok")
+    failed = Counter(o.reason for o in outcomes if o.status == "failed")
+    return {
+        "requested": len(outcomes),
+        "ok": status["ok"],
+        "ok_cached": origin["cached"],
+        "ok_local": origin["local"],
+        "ok_downloaded": origin["downloaded"],
+        "missing": status["missing"],
+        "failed": status["failed"],
+        "failed_by_reason": dict(sorted(failed.items())),
+        "bytes_downloaded": sum(o.nbytes for o in outcomes),
+        "download_enabled": cfg.download,
+    }

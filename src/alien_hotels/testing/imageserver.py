@@ -1,0 +1,237 @@
+"""A real HTTP server on 127.0.0.1 serving good images and every kind of bad answer.
+
+Used by the downloader tests and by the end-to-end check (`python -m
+alien_hotels.testing.imageserver --port 8765` next to synthetic metadata generated with
+`--base-url http://127.0.0.1:8765`). Routes:
+
+* `/<anything>/<image_id>.jpg|.png`: a JPEG (PNG) drawn from the id, 800x600 or 450x300
+* `/missing.jpg`: 404;  `/error.jpg`: always 500;  `/flaky.jpg`: 500 `flaky_failures` times,
+  then the image;  `/slow.jpg`: the image after `slow_seconds`
+* `/truncated.jpg`: the first half of a JPEG (with a matching Content-Length)
+* `/html.jpg`: an HTML page sent as `image/jpeg`;  `/page.html`: HTML sent as `text/html`
+* `/octet.jpg`: a JPEG sent as `binary/octet-stream`
+* `/bomb.png`: a small PNG whose header declares 100000x100000 pixels;  `/big.png`: 9000x8000
+* `/loop.jpg`: a redirect to itself;  `/moved.jpg`: a redirect to `/moved-target/7.jpg`
+* `/huge.jpg`: declares a Content-Length of 1 GB
+
+`hits` counts requests per path, so a test can prove that a second run fetched nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import re
+import ssl
+import struct
+import threading
+import time
+import zlib
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+IMAGE_PATH = re.compile(r"^/(?:[\w.-]+/)*(\d+)\.(jpg|jpeg|png)$")
+
+
+def make_image(seed: int, fmt: str = "JPEG", size: tuple[int, int] | None = None) -> bytes:
+    """A deterministic picture: coloured bands that differ with `seed`."""
+    from PIL import Image, ImageDraw
+
+    if size is None:
+        size = (800, 600) if seed % 2 == 0 else (450, 300)
+    img = Image.new("RGB", size, ((seed * 37) % 256, (seed * 91) % 256, (seed * 13) % 256))
+    draw = ImageDraw.Draw(img)
+    for i in range(0, size[0], 40):
+        draw.rectangle([i, 0, i + 20, size[1]], fill=((i + seed) % 256, 120, 200 - i % 200))
+    buffer = io.BytesIO()
+    img.save(buffer, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+    return buffer.getvalue()
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A syntactically valid PNG declaring `width` x `height` with almost no pixel data."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 64)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def self_signed_cert(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 signed by itself (trusted by nobody unless told)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+class ImageServer:
+    """`with ImageServer() as server: server.url("/good/1.jpg")` serves until the block ends."""
+
+    def __init__(
+        self,
+        port: int = 0,
+        slow_seconds: float = 3.0,
+        flaky_failures: int = 2,
+        tls: tuple[Path, Path] | None = None,
+    ) -> None:
+        """`tls=(certfile, keyfile)` serves https (see `self_signed_cert`)."""
+        self.slow_seconds = slow_seconds
+        self.flaky_failures = flaky_failures
+        self.hits: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
+        self._httpd.daemon_threads = True
+        self.scheme = "http"
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*map(str, tls))
+            self._httpd.socket = context.wrap_socket(self._httpd.socket, server_side=True)
+            self.scheme = "https"
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    @property
+    def port(self) -> int:
+        return self._httpd.server_address[1]
+
+    def url(self, path: str) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.port}{path}"
+
+    def __enter__(self) -> ImageServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def serve_forever(self) -> None:
+        self._httpd.serve_forever()
+
+    def _count(self, path: str) -> int:
+        with self._lock:
+            self.hits[path] += 1
+            return self.hits[path]
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:  # keep test output quiet
+                pass
+
+            def _send(self, status: int, body: bytes, ctype: str, length: int | None = None):
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body) if length is None else length))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _redirect(self, location: str) -> None:
+                self.send_response(302)
+                self.send_header("Location", location)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def do_GET(self) -> None:
+                path = self.path.split("?")[0]
+                n = server._count(path)
+                if path == "/missing.jpg":
+                    return self._send(404, b"not found", "text/plain")
+                if path == "/error.jpg":
+                    return self._send(500, b"boom", "text/plain")
+                if path == "/flaky.jpg":
+                    if n <= server.flaky_failures:
+                        return self._send(500, b"try again", "text/plain")
+                    return self._send(200, make_image(3), "image/jpeg")
+                if path == "/slow.jpg":
+                    time.sleep(server.slow_seconds)
+                    return self._send(200, make_image(5), "image/jpeg")
+                if path == "/truncated.jpg":
+                    data = make_image(8)
+                    return self._send(200, data[: len(data) // 2], "image/jpeg")
+                if path == "/html.jpg":
+                    return self._send(200, b"<html><body>Not an image</body></html>", "image/jpeg")
+                if path == "/octet.jpg":  # what S3 sends when nobody set a type
+                    return self._send(200, make_image(9), "binary/octet-stream")
+                if path == "/page.html":
+                    return self._send(200, b"<html></html>", "text/html; charset=utf-8")
+                if path == "/bomb.png":
+                    return self._send(200, png_header_only(100_000, 100_000), "image/png")
+                if path == "/big.png":
+                    return self._send(200, png_header_only(9_000, 8_000), "image/png")
+                if path == "/loop.jpg":
+                    return self._redirect("/loop.jpg")
+                if path == "/moved.jpg":
+                    return self._redirect("/moved-target/7.jpg")
+                if path == "/huge.jpg":
+                    self.send_response(200)
+                    self.send_header("Content-Type", "image/jpeg")
+                    self.send_header("Content-Length", str(10**9))
+                    self.end_headers()
+                    return None
+                match = IMAGE_PATH.match(path)
+                if match:
+                    fmt = "PNG" if match.group(2) == "png" else "JPEG"
+                    body = make_image(int(match.group(1)), fmt)
+                    return self._send(200, body, f"image/{fmt.lower()}")
+                return self._send(404, b"no such route", "text/plain")
+
+        return Handler
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=8765)
+    args = parser.parse_args()
+    server = ImageServer(port=args.port)
+    print(f"serving images on {server.url('/')}", flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

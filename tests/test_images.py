@@ -1,0 +1,200 @@
+"""The images stage against a real HTTP server on 127.0.0.1 (no network beyond loopback)."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+from pydantic import ValidationError
+
+from alien_hotels.images import Downloader, FetchError, ImagesConfig, collect_images, prepare_image
+from alien_hotels.testing.imageserver import ImageServer, make_image, self_signed_cert
+
+# path on the server -> (status, reason) the downloader must record
+CASES = {
+    "/good/10.jpg": ("ok", ""),
+    "/good/11.png": ("ok", ""),
+    "/flaky.jpg": ("ok", ""),  # 500, 500, then the image: retried with backoff
+    "/moved.jpg": ("ok", ""),  # one redirect
+    "/octet.jpg": ("ok", ""),  # a generic content type: the bytes decide
+    "/missing.jpg": ("failed", "http_404"),
+    "/error.jpg": ("failed", "http_500"),  # retries exhausted
+    "/slow.jpg": ("failed", "timeout"),
+    "/truncated.jpg": ("failed", "corrupt_image"),
+    "/html.jpg": ("failed", "not_an_image"),
+    "/page.html": ("failed", "not_image_content_type"),
+    "/bomb.png": ("failed", "too_many_pixels"),  # PIL's own bomb check
+    "/big.png": ("failed", "too_many_pixels"),  # our max_pixels, from the header
+    "/loop.jpg": ("failed", "too_many_redirects"),
+    "/huge.jpg": ("failed", "too_large"),
+}
+
+CFG = ImagesConfig(
+    download=True,
+    workers=4,
+    connect_timeout_s=2.0,
+    read_timeout_s=0.5,
+    retries=2,
+    backoff_s=0.01,
+    max_redirects=3,
+    max_bytes=5_000_000,
+)
+
+
+def _sample(urls: list[str]) -> pd.DataFrame:
+    n = len(urls)
+    return pd.DataFrame(
+        {
+            "image_id": range(100, 100 + n),
+            "hotel_id": 7,
+            "url": urls,
+            "source": "travel_website",
+            "chain_id": 3,
+            "image_name": [
+                f"{100 + i}.{'png' if u.endswith('.png') else 'jpg'}" for i, u in enumerate(urls)
+            ],
+        }
+    )
+
+
+@pytest.fixture
+def server():
+    with ImageServer(slow_seconds=2.0, flaky_failures=2) as srv:
+        yield srv
+
+
+def test_downloader_records_every_failure_and_resumes(server: ImageServer, tmp_path: Path):
+    paths = list(CASES)
+    sample = _sample([server.url(p) for p in paths])
+    out = tmp_path / "images"
+
+    manifest, metrics = collect_images(sample, CFG, None, out, progress=False)
+
+    got = {p: (row.status, row.reason) for p, row in zip(paths, manifest.itertuples(), strict=True)}
+    assert got == CASES
+    assert list(manifest["image_id"]) == list(sample["image_id"])  # sample order kept
+    assert metrics["requested"] == len(CASES)
+    assert metrics["ok"] == metrics["ok_downloaded"] == 5
+    assert metrics["failed"] == len(CASES) - 5
+    assert metrics["failed_by_reason"]["too_many_pixels"] == 2
+    assert server.hits["/flaky.jpg"] == 3  # two 500s retried, then success
+    assert server.hits["/error.jpg"] == CFG.retries + 1
+    assert server.hits["/missing.jpg"] == 1  # a 404 is not retried
+
+    # Good images are on disk in the dataset's layout, resized to a longer side of 640.
+    ok = manifest[manifest["status"] == "ok"]
+    files = {Path(p) for p in ok["path"]}
+    assert files == {p for p in out.rglob("*") if p.is_file()}
+    sizes = {}
+    for path in files:
+        assert path.relative_to(out).parts[:3] == ("3", "7", "travel_website")
+        with Image.open(path) as img:
+            img.load()
+            sizes[path.name] = (img.format, img.size)
+    assert sizes["100.jpg"] == ("JPEG", (640, 480))  # 800x600 shrunk
+    assert sizes["101.png"] == ("PNG", (640, 427))  # 450x300 enlarged, as the dataset did
+    assert all(max(size) == 640 for _fmt, size in sizes.values())
+
+    # A second run fetches nothing that is already there; files are untouched.
+    before = {p: p.stat().st_mtime_ns for p in files}
+    hits = server.hits.copy()
+    manifest2, metrics2 = collect_images(sample, CFG, None, out, progress=False)
+    assert metrics2["ok_cached"] == 5 and metrics2["ok_downloaded"] == 0
+    for path in [p for p, (status, _) in CASES.items() if status == "ok"] + ["/moved-target/7.jpg"]:
+        assert server.hits[path] == hits[path], path
+    assert {p: p.stat().st_mtime_ns for p in files} == before
+    assert manifest2[["image_id", "path", "status"]].equals(
+        manifest[["image_id", "path", "status"]]
+    )
+
+
+def test_local_tree_first_then_download_and_offline_default(server: ImageServer, tmp_path: Path):
+    local = tmp_path / "tree"
+    good = local / "3" / "7" / "travel_website" / "100.jpg"
+    good.parent.mkdir(parents=True)
+    good.write_bytes(make_image(4, size=(640, 400)))
+    broken = local / "3" / "7" / "travel_website" / "101.jpg"
+    broken.write_bytes(b"\xff\xd8 not really a jpeg")
+    sample = _sample([server.url("/missing.jpg"), server.url("/good/12.jpg"), server.url("/x.jpg")])
+
+    # Offline (the bundled default): local image kept as is, the others missing or failed.
+    offline = ImagesConfig()
+    manifest, metrics = collect_images(sample, offline, local, tmp_path / "a", progress=False)
+    assert list(manifest["status"]) == ["ok", "failed", "missing"]
+    assert list(manifest["reason"]) == ["", "local_not_an_image", "not_in_local_tree"]
+    assert Path(manifest["path"][0]).read_bytes() == good.read_bytes()  # no needless re-encode
+    assert sum(server.hits.values()) == 0  # nothing touched the network
+    assert metrics["ok_local"] == 1 and metrics["download_enabled"] is False
+
+    # Downloading on: the local image still wins over its (404) URL; a broken one is re-fetched.
+    manifest, metrics = collect_images(sample, CFG, local, tmp_path / "b", progress=False)
+    assert list(manifest["status"]) == ["ok", "ok", "failed"]
+    assert metrics["ok_local"] == 1 and metrics["ok_downloaded"] == 1
+    assert server.hits["/missing.jpg"] == 0
+
+
+def test_stale_files_of_an_earlier_sample_are_removed(server: ImageServer, tmp_path: Path):
+    out = tmp_path / "images"
+    collect_images(
+        _sample([server.url("/good/1.jpg"), server.url("/good/2.jpg")]),
+        CFG,
+        None,
+        out,
+        progress=False,
+    )
+    manifest, _ = collect_images(
+        _sample([server.url("/good/1.jpg")]), CFG, None, out, progress=False
+    )
+    assert sorted(p.name for p in out.rglob("*") if p.is_file()) == ["100.jpg"]
+    assert list(manifest["status"]) == ["ok"]
+
+
+def test_tls_verification_cannot_be_disabled():
+    with pytest.raises(ValidationError, match="verify_tls"):
+        ImagesConfig(verify_tls=False)
+
+
+def test_https_goes_through_tls(server: ImageServer):
+    # An https URL to a plain-http server must fail in the TLS handshake, not fall back to http.
+    downloader = Downloader(CFG.model_copy(update={"retries": 0}))
+    with pytest.raises(FetchError, match="tls_error"):
+        downloader.get(f"https://127.0.0.1:{server.port}/good/1.jpg")
+    with pytest.raises(FetchError, match="bad_url"):
+        downloader.get("file:///etc/passwd")
+
+
+def test_untrusted_certificate_is_refused_unless_its_ca_is_given(tmp_path: Path):
+    cert, key = self_signed_cert(tmp_path)
+    with ImageServer(tls=(cert, key)) as https:
+        url = https.url("/good/20.jpg")
+        with pytest.raises(FetchError, match="tls_error"):
+            Downloader(CFG.model_copy(update={"retries": 0})).get(url)
+        assert https.hits[("/good/20.jpg")] == 0  # refused before any request was sent
+        trusted = Downloader(CFG.model_copy(update={"ca_bundle": str(cert)}))
+        assert trusted.get(url) == make_image(20)
+
+
+def test_prepare_image_respects_exif_orientation_and_formats():
+    img = Image.new("RGB", (800, 400), "red")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees when displayed
+    buffer = io.BytesIO()
+    img.save(buffer, format="JPEG", exif=exif.tobytes())
+    out = prepare_image(buffer.getvalue(), "jpg", ImagesConfig())
+    with Image.open(io.BytesIO(out)) as result:
+        assert result.size == (320, 640)  # upright, longer side 640
+    gif = io.BytesIO()
+    img.save(gif, format="GIF")
+    with pytest.raises(FetchError, match="unsupported_format"):
+        prepare_image(gif.getvalue(), "jpg", ImagesConfig())
+
+
+def test_images_metrics_are_json(server: ImageServer, tmp_path: Path):
+    _, metrics = collect_images(
+        _sample([server.url("/good/1.jpg")]), CFG, None, tmp_path, progress=False
+    )
+    assert json.loads(json.dumps(metrics))["ok"] == 1
