@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
@@ -77,6 +78,14 @@ def read_csv(path: str | Path, required: list[str], what: str) -> pd.DataFrame:
             f"it has: {', '.join(map(str, df.columns))}"
         )
     return df
+
+
+def seeded_rows(n: int, size: int | None, random_state: int) -> np.ndarray | None:
+    """Sorted indices of a seeded sample of `size` of `n` rows; None when all rows fit."""
+    if size is None or n <= size:
+        return None
+    rng = np.random.default_rng(random_state)
+    return np.sort(rng.choice(n, size=size, replace=False))
 
 
 def _json_default(value: Any) -> Any:

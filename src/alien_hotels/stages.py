@@ -133,9 +133,24 @@ def run_cluster(params: Params, paths: StagePaths = StagePaths()) -> dict:
     texts = texts.set_index("image_id").loc[image_ids].reset_index()
     sweep = clustering.sweep_kmeans(embedding, cfg)
     k = clustering.choose_k(sweep.inertia, cfg)
-    labels = clustering.final_labels(embedding, sweep, k, cfg)
-    scores = clustering.score_clusters(embedding, labels, texts["hotel_id"], texts["room_type"])
-    top_terms = clustering.class_tfidf_terms(texts["text"].fillna(""), labels, cfg.top_terms)
+    final = clustering.final_clustering(embedding, sweep, k, cfg)
+    labels = final.labels
+    scores = clustering.score_clusters(
+        embedding,
+        labels,
+        texts["hotel_id"],
+        texts["room_type"],
+        silhouette_sample=cfg.silhouette_sample,
+        random_state=cfg.random_state,
+        n_jobs=cfg.n_jobs,
+    )
+    top_terms = clustering.class_tfidf_terms(
+        texts["text"].fillna("").astype(str),
+        labels,
+        cfg.top_terms,
+        sample_size=cfg.terms_sample,
+        random_state=cfg.random_state,
+    )
     names = clustering.cluster_labels(top_terms, texts["room_type"], labels, cfg.label_terms)
     assigned = texts.assign(cluster=labels, cluster_label=[names[int(c)] for c in labels])
 
@@ -145,6 +160,9 @@ def run_cluster(params: Params, paths: StagePaths = StagePaths()) -> dict:
         "k_source": "given" if cfg.k is not None else "elbow",
         **scores,
         "inertia": {str(kk): v for kk, v in sweep.inertia.items()},
+        # The final model's inertia on all rows (below the sweep's value when it was refined).
+        "inertia_at_k": final.inertia,
+        "sweep_fit_rows": len(texts) if sweep.fit_rows is None else len(sweep.fit_rows),
     }
     elbow = pd.DataFrame({"k": list(sweep.inertia), "inertia": list(sweep.inertia.values())})
     report = clusters_markdown(assigned, top_terms, names, metrics)
@@ -152,8 +170,13 @@ def run_cluster(params: Params, paths: StagePaths = StagePaths()) -> dict:
     write_csv(elbow, paths.elbow_plot)
     write_text(report, paths.clusters_report)
     write_json(metrics, paths.cluster_metrics)
-    log.info("k=%d (%s), nmi room type %.3f vs hotel %.3f", k, metrics["k_source"],
-             scores["nmi_room_type"], scores["nmi_hotel"])
+    log.info(
+        "k=%d (%s), nmi room type %.3f vs hotel %.3f",
+        k,
+        metrics["k_source"],
+        scores["nmi_room_type"],
+        scores["nmi_hotel"],
+    )
     return metrics
 
 
@@ -164,12 +187,14 @@ def run_map(params: Params, paths: StagePaths = StagePaths()) -> pd.DataFrame:
     coords = mapping.embed_2d(embedding, params.map)
     table = (
         pd.DataFrame({"image_id": image_ids, "x": coords[:, 0], "y": coords[:, 1]})
-        .merge(labels[["image_id", "hotel_id", "room_type", "cluster", "cluster_label"]],
-               on="image_id")
+        .merge(
+            labels[["image_id", "hotel_id", "room_type", "cluster", "cluster_label"]], on="image_id"
+        )
         .merge(texts[["image_id", "caption", "text", "hotel_name"]], on="image_id")
     )
-    mapping.write_html_map(table, paths.map_html, params.map)
-    mapping.write_png_map(table, paths.map_png)
+    drawn = mapping.plot_subsample(table, params.map)
+    mapping.write_html_map(drawn, paths.map_html, params.map, n_total=len(table))
+    mapping.write_png_map(drawn, paths.map_png, params.map.max_groups)
     columns = ["image_id", "hotel_id", "room_type", "cluster", "x", "y", "caption", "text"]
     write_csv(table[columns + ["cluster_label", "hotel_name"]], paths.clusters)
     return table
