@@ -254,3 +254,30 @@ def test_benchmark_smoke_run(tmp_path):
     assert summary["speedup_wall"] > 0 and abs(summary["inertia_gap"]) < 0.5
     saved = json.loads((tmp_path / "results.json").read_text(encoding="utf-8"))
     assert saved["compare"]["summary"]["k"] == summary["k"]
+
+
+@pytest.mark.slow
+def test_bundled_sample_keeps_its_findings_with_the_scale_defaults(tmp_path, monkeypatch):
+    """The defaults chosen for scale leave the bundled sample's result as it was."""
+    from dataclasses import fields
+
+    from alien_hotels import stages
+    from alien_hotels.config import compose_params
+
+    monkeypatch.chdir(ROOT)  # data.path is relative to the project root
+    paths = stages.StagePaths(
+        **{
+            f.name: tmp_path / getattr(stages.StagePaths(), f.name)
+            for f in fields(stages.StagePaths)
+        }
+    )
+    params = validate_params(compose_params([], ROOT / "conf"))
+    for name in ("sample", "caption", "preprocess", "features", "cluster", "map"):
+        getattr(stages, f"run_{name}")(params, paths)
+    metrics = json.loads(paths.cluster_metrics.read_text(encoding="utf-8"))
+    assert metrics["n_docs"] == 313 and metrics["sweep_fit_rows"] == 313
+    assert 6 <= metrics["k"] <= 14
+    assert metrics["nmi_room_type"] > metrics["nmi_hotel"]
+    assert metrics["inertia_at_k"] == metrics["inertia"][str(metrics["k"])]
+    clusters = pd.read_csv(paths.clusters)
+    assert len(clusters) == 313 and clusters[["x", "y"]].notna().all().all()
