@@ -39,7 +39,9 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-def prepare(workdir: Path, n: int, seed: int, overrides: list[str]) -> dict:
+def prepare(
+    workdir: Path, n: int, seed: int, overrides: list[str], recipe_input: bool = False
+) -> dict:
     """A project folder with the `sample` and `caption` outputs for `n` synthetic captions."""
     import yaml
 
@@ -54,7 +56,8 @@ def prepare(workdir: Path, n: int, seed: int, overrides: list[str]) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     write_csv(sample, workdir / "data/interim/sample.csv")
     write_csv(captions, workdir / "data/processed/captions.csv")
-    write_csv(table, workdir / "input.csv")  # the sample-format table, for the recipe
+    if recipe_input:
+        write_csv(table, workdir / "input.csv")  # the sample-format table, for the recipe
     raw = compose_params(overrides, ROOT / "conf")
     validate_params(raw, source="benchmark params")
     (workdir / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
@@ -153,7 +156,7 @@ def compare_benchmark(args: argparse.Namespace) -> dict:
         f"(lemmatizer on both sides: {lemmatizer})",
         flush=True,
     )
-    info = prepare(workdir, args.compare_n, args.seed, overrides + args.set)
+    info = prepare(workdir, args.compare_n, args.seed, overrides + args.set, recipe_input=True)
     print("  ours:", flush=True)
     ours = run_pipeline(workdir, env)
     if args.recipe_json:

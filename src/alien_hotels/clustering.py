@@ -57,7 +57,7 @@ class ClusterConfig(Section):
     tol: float = Field(1e-4, ge=0)
     # Above this many documents the sweep fits each k on a seeded sample of this size, scores the
     # centers on every row, and the chosen k is refined on all rows; null: always fit all rows.
-    sweep_sample: int | None = Field(20_000, ge=100)
+    sweep_sample: int | None = Field(10_000, ge=100)
     # Silhouette is O(n^2): above this many documents it is computed on a seeded sample.
     silhouette_sample: int | None = Field(10_000, ge=100)
     # Documents used for the c-TF-IDF cluster terms (stratified by cluster); null: all.

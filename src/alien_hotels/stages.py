@@ -65,8 +65,10 @@ def run_caption(params: Params, paths: StagePaths = StagePaths()) -> pd.DataFram
 
 
 def run_preprocess(params: Params, paths: StagePaths = StagePaths()) -> pd.DataFrame:
-    sample = read_csv(paths.sample, ["image_id", "hotel_id"], what="sample table")
-    captions = read_csv(paths.captions, ["image_id", "caption"], what="captions table")
+    sample = read_csv(
+        paths.sample, ["image_id", "hotel_id"], what="sample table", usecols=["hotel_name"]
+    )
+    captions = read_csv(paths.captions, ["image_id", "caption"], what="captions table", usecols=[])
     meta = sample.drop(columns=[c for c in ("caption",) if c in sample.columns])
     if "hotel_name" not in meta.columns:
         meta = meta.assign(hotel_name=meta["hotel_id"].astype(str))
@@ -102,11 +104,11 @@ def run_preprocess(params: Params, paths: StagePaths = StagePaths()) -> pd.DataF
 
 
 def run_features(params: Params, paths: StagePaths = StagePaths()) -> features.TextFeatures:
-    texts = read_csv(paths.texts, ["image_id", "text"], what="preprocessed texts")
+    texts = read_csv(paths.texts, ["image_id", "text"], what="preprocessed texts", usecols=[])
     fitted = features.fit_features(texts["text"].fillna("").astype(str).tolist(), params.features)
-    with atomic_path(paths.features) as tmp:
-        with tmp.open("wb") as fh:
-            np.savez_compressed(fh, embedding=fitted.embedding, image_id=texts["image_id"])
+    # Uncompressed: SVD coordinates barely compress, and zlib cost seconds per million rows.
+    with atomic_path(paths.features) as tmp, tmp.open("wb") as fh:
+        np.savez(fh, embedding=fitted.embedding, image_id=texts["image_id"].to_numpy())
     write_json(
         {
             "n_docs": len(texts),
@@ -182,8 +184,15 @@ def run_cluster(params: Params, paths: StagePaths = StagePaths()) -> dict:
 
 def run_map(params: Params, paths: StagePaths = StagePaths()) -> pd.DataFrame:
     embedding, image_ids = load_features(paths.features)
-    labels = read_csv(paths.labels, ["image_id", "cluster", "cluster_label"], what="cluster labels")
-    texts = read_csv(paths.texts, ["image_id", "text", "caption", "hotel_name"], what="texts")
+    labels = read_csv(
+        paths.labels,
+        ["image_id", "cluster", "cluster_label"],
+        what="cluster labels",
+        usecols=["hotel_id", "room_type"],
+    )
+    texts = read_csv(
+        paths.texts, ["image_id", "text", "caption", "hotel_name"], what="texts", usecols=[]
+    )
     coords = mapping.embed_2d(embedding, params.map)
     table = (
         pd.DataFrame({"image_id": image_ids, "x": coords[:, 0], "y": coords[:, 1]})
