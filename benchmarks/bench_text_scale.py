@@ -47,10 +47,16 @@ def prepare(
 
     from alien_hotels.common import write_csv
     from alien_hotels.config import compose_params, validate_params
-    from alien_hotels.datagen.captions import pipeline_inputs, synthetic_captions
+    from alien_hotels.datagen.captions import (
+        BUNDLED_SAMPLE,
+        CaptionVocabulary,
+        pipeline_inputs,
+        synthetic_captions,
+    )
 
     start = time.perf_counter()
-    table = synthetic_captions(n, seed=seed)
+    vocabulary = CaptionVocabulary.from_csv(ROOT / BUNDLED_SAMPLE)
+    table = synthetic_captions(n, seed=seed, vocabulary=vocabulary)
     generated = time.perf_counter() - start
     sample, captions = pipeline_inputs(table)
     workdir.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import sys
 import time
@@ -144,7 +143,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.lemmatizer == "wordnet" and not ensure_wordnet(args.nltk_data.resolve()):
         sys.exit("WordNet data unavailable: use --lemmatizer none")
     result = run_recipe(args.input, args.lemmatizer, args.k_max, tsne=not args.no_tsne)
-    result["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    from benchmarks._stage import peak_rss_mb
+
+    result["max_rss_mb"] = peak_rss_mb()
     args.output.write_text(json.dumps(result, indent=2), encoding="utf-8")
 
 
