@@ -13,8 +13,8 @@
     python -m benchmarks.bench_text_scale --scale-n 20000 --compare-n 3000   # a smoke run
     python -m benchmarks.bench_text_scale --skip-compare        # (a) only
 
-Results also go to `<workdir>/results.json`. Timings on a shared machine are noisy: compare the
-figures of one run, and read CPU time next to wall time.
+Results also go to `<workdir>/results_<parts>.json`. Timings on a shared machine are noisy:
+compare the figures of one run, and read CPU time next to wall time.
 """
 
 from __future__ import annotations
@@ -239,7 +239,11 @@ def main(argv: list[str] | None = None) -> dict:
         results["compare"] = compare_benchmark(args)
     results["load_avg_end"] = os.getloadavg()
     args.workdir.mkdir(parents=True, exist_ok=True)
-    (args.workdir / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+    parts = [f"scale_{args.scale_n}"] * (not args.skip_scale)
+    parts += [f"compare_{args.compare_n}"] * (not args.skip_compare)
+    name = "results_" + "_".join(parts or ["none"]) + ".json"
+    (args.workdir / name).write_text(json.dumps(results, indent=2), encoding="utf-8")
+    print(f"results: {args.workdir / name}", flush=True)
     return results
 
 

@@ -252,7 +252,9 @@ def test_benchmark_smoke_run(tmp_path):
     assert len(clusters) == 1500 and clusters[["x", "y"]].notna().all().all()
     summary = results["compare"]["summary"]
     assert summary["speedup_wall"] > 0 and abs(summary["inertia_gap"]) < 0.5
-    saved = json.loads((tmp_path / "results.json").read_text(encoding="utf-8"))
+    saved = json.loads(
+        (tmp_path / "results_scale_1500_compare_1200.json").read_text(encoding="utf-8")
+    )
     assert saved["compare"]["summary"]["k"] == summary["k"]
 
 
