@@ -185,6 +185,8 @@ def compare_benchmark(args: argparse.Namespace) -> dict:
         "ours_cpu_s": ours["total_cpu_s"],
         "recipe_wall_s": recipe["process_wall_s"],
         "speedup_wall": recipe["process_wall_s"] / ours["total_wall_s"],
+        "recipe_cpu_s": recipe.get("cpu_s"),
+        "speedup_cpu": recipe["cpu_s"] / ours["total_cpu_s"] if "cpu_s" in recipe else None,
         "k": k,
         "ours_inertia_at_k": ours["inertia_at_k"],
         "recipe_inertia_at_k": recipe_inertia,
@@ -194,6 +196,8 @@ def compare_benchmark(args: argparse.Namespace) -> dict:
         f"  recipe {summary['recipe_wall_s']:.1f} s (peak RSS {recipe['max_rss_mb'] / GB:.2f} GB)"
         f" vs ours {summary['ours_wall_s']:.1f} s: {summary['speedup_wall']:.1f}x faster "
         f"(goal >= 10x)\n"
+        f"  CPU time: recipe {summary['recipe_cpu_s'] or float('nan'):.1f} s vs ours "
+        f"{summary['ours_cpu_s']:.1f} s: {summary['speedup_cpu'] or float('nan'):.1f}x\n"
         f"  inertia at k={k}: ours {summary['ours_inertia_at_k']:.1f}, recipe "
         f"{recipe_inertia:.1f}: gap {gap:+.2%} (goal within 2%)",
         flush=True,

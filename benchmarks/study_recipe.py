@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import shutil
 import sys
 import time
@@ -146,6 +147,8 @@ def main(argv: list[str] | None = None) -> None:
     from benchmarks._stage import peak_rss_mb
 
     result["max_rss_mb"] = peak_rss_mb()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    result["cpu_s"] = usage.ru_utime + usage.ru_stime
     args.output.write_text(json.dumps(result, indent=2), encoding="utf-8")
 
 
