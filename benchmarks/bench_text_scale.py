@@ -113,11 +113,11 @@ def run_pipeline(workdir: Path, env: dict[str, str]) -> dict:
     }
 
 
-def run_recipe(workdir: Path, lemmatizer: str, env: dict[str, str]) -> dict:
+def run_recipe(workdir: Path, lemmatizer: str, env: dict[str, str], k_max: int = 29) -> dict:
     out = workdir / "recipe.json"
     start = time.perf_counter()
     cmd = [sys.executable, "-m", "benchmarks.study_recipe", "input.csv", str(out)]
-    cmd += ["--lemmatizer", lemmatizer, "--nltk-data", env["NLTK_DATA"]]
+    cmd += ["--lemmatizer", lemmatizer, "--nltk-data", env["NLTK_DATA"], "--k-max", str(k_max)]
     proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
@@ -173,7 +173,7 @@ def compare_benchmark(args: argparse.Namespace) -> dict:
         recipe.setdefault("process_wall_s", recipe["total_s"])
     else:
         print("  study recipe:", flush=True)
-        recipe = run_recipe(workdir, lemmatizer, env)
+        recipe = run_recipe(workdir, lemmatizer, env, args.k_max)
     for step, seconds in recipe["times"].items():
         print(f"  {step:<13} {seconds:8.1f} s", flush=True)
     k = ours["k"]
@@ -234,8 +234,13 @@ def main(argv: list[str] | None = None) -> dict:
         default=ROOT / "benchmarks/results/text_scale",
         help="where the synthetic projects and results.json go",
     )
+    parser.add_argument(
+        "--k-max", type=int, default=29, help="sweep 1..K on both sides (the study: 29)"
+    )
     args = parser.parse_args(argv)
     args.workdir = args.workdir.resolve()
+    if args.k_max != 29:
+        args.set = [f"cluster.k_max={args.k_max}", *args.set]
     results: dict = {"cpu_count": os.cpu_count(), "load_avg_start": os.getloadavg()}
     if not args.skip_scale:
         results["scale"] = scale_benchmark(args)

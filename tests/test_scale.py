@@ -239,6 +239,8 @@ def test_benchmark_smoke_run(tmp_path):
             "1200",
             "--workdir",
             str(tmp_path),
+            "--k-max",
+            "8",
             "--set",
             "cluster.sweep_sample=600",
             "--set",
