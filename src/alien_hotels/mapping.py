@@ -20,6 +20,7 @@ from threadpoolctl import threadpool_limits
 
 from alien_hotels.common import Section, StageError, atomic_path, seeded_rows
 
+OTHER_PREFIX = "~ "  # sorts after names, so the lumped group comes last in legends
 COLOR_BY = {"cluster": "cluster label", "hotel": "hotel", "room_type": "room type"}
 
 
@@ -165,7 +166,8 @@ def write_html_map(
                     name=str(value),
                     legendgroup=view,
                     visible=view == "cluster",
-                    marker={"size": cfg.point_size, "opacity": 0.8},
+                    marker={"size": cfg.point_size, "opacity": 0.8}
+                    | ({"color": "lightgrey"} if str(value).startswith(OTHER_PREFIX) else {}),
                     customdata=np.stack(
                         [
                             group["cluster_label"].astype(str),
@@ -218,9 +220,18 @@ def write_png_map(table: pd.DataFrame, target: str | Path, max_groups: int = 20)
         (axes[1], "hotel_name", "by hotel"),
     ):
         cmap = plt.get_cmap("tab20")
+        size = 14 if len(table) <= 2000 else 3  # dense maps need small points
         groups = lump_small_groups(table[column], max_groups, f"other {title[3:]}s")
         for i, (value, group) in enumerate(table.groupby(groups, sort=True)):
-            ax.scatter(group["x"], group["y"], s=14, color=cmap(i % 20), label=str(value)[:48])
+            lumped = str(value).startswith(OTHER_PREFIX)  # grey, under the named groups
+            ax.scatter(
+                group["x"],
+                group["y"],
+                s=size,
+                color="lightgrey" if lumped else cmap(i % 20),
+                zorder=1 if lumped else 2,
+                label=str(value)[:48],
+            )
         ax.set_title(f"t-SNE of caption features, {title}")
         ax.set_xticks([])
         ax.set_yticks([])
@@ -238,7 +249,7 @@ def lump_small_groups(values: pd.Series, keep: int, other: str) -> pd.Series:
         return values
     ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
     kept = {value for value, _ in ranked[:keep]}
-    label = f"~ {other} ({len(counts) - keep})"
+    label = f"{OTHER_PREFIX}{other} ({len(counts) - keep})"
     return values.where(values.isin(kept), label)
 
 
