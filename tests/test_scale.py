@@ -285,3 +285,31 @@ def test_bundled_sample_keeps_its_findings_with_the_scale_defaults(tmp_path, mon
     assert metrics["inertia_at_k"] == metrics["inertia"][str(metrics["k"])]
     clusters = pd.read_csv(paths.clusters)
     assert len(clusters) == 313 and clusters[["x", "y"]].notna().all().all()
+
+
+def test_read_csv_parses_only_the_wanted_columns(tmp_path):
+    from alien_hotels.common import StageError, read_csv
+
+    path = tmp_path / "t.csv"
+    pd.DataFrame({"image_id": [1, 2], "text": ["a", "b"], "caption": ["x", "y"]}).to_csv(
+        path, index=False
+    )
+    df = read_csv(path, ["image_id"], what="t", usecols=["text", "absent"])
+    assert list(df.columns) == ["image_id", "text"]
+    with pytest.raises(StageError, match="lacks column"):
+        read_csv(path, ["image_id", "hotel_id"], what="t", usecols=[])
+
+
+def test_synth_captions_command_writes_a_sample_table(tmp_path):
+    from typer.testing import CliRunner
+
+    from alien_hotels.cli import app
+
+    out = tmp_path / "synthetic.csv"
+    args = ["synth-captions", "40", "--out", str(out), "--seed", "3", "--source", str(BUNDLED)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out)
+    assert len(table) == 40 and list(table.columns) == [*SAMPLE_COLUMNS, "description"]
+    bad = CliRunner().invoke(app, ["synth-captions", "0", "--out", str(out)])
+    assert bad.exit_code == 2
