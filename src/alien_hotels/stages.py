@@ -186,9 +186,9 @@ def run_map(params: Params, paths: StagePaths = StagePaths()) -> pd.DataFrame:
     embedding, image_ids = load_features(paths.features)
     labels = read_csv(
         paths.labels,
-        ["image_id", "cluster", "cluster_label"],
+        ["image_id", "hotel_id", "room_type", "cluster", "cluster_label"],
         what="cluster labels",
-        usecols=["hotel_id", "room_type"],
+        usecols=[],
     )
     texts = read_csv(
         paths.texts, ["image_id", "text", "caption", "hotel_name"], what="texts", usecols=[]
