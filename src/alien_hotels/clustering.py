@@ -58,6 +58,9 @@ class ClusterConfig(Section):
     # Above this many documents the sweep fits each k on a seeded sample of this size, scores the
     # centers on every row, and the chosen k is refined on all rows; null: always fit all rows.
     sweep_sample: int | None = Field(10_000, ge=100)
+    # k-means++ restarts per k when the sweep runs on a sample (the refinement on all rows then
+    # polishes the chosen k); null: n_init.
+    sweep_n_init: int | None = Field(3, ge=1)
     # Silhouette is O(n^2): above this many documents it is computed on a seeded sample.
     silhouette_sample: int | None = Field(10_000, ge=100)
     # Documents used for the c-TF-IDF cluster terms (stratified by cluster); null: all.
@@ -127,9 +130,10 @@ def sweep_kmeans(embedding: np.ndarray, cfg: ClusterConfig, progress: bool = Tru
     data = embedding if fit_rows is None else embedding[fit_rows]
     result = SweepResult(inertia={}, labels={}, fit_rows=fit_rows)
     ks = range(cfg.k_min, cfg.k_max + 1)
+    n_init = cfg.n_init if fit_rows is None else (cfg.sweep_n_init or cfg.n_init)
     with threadpool_limits(cfg.n_jobs):
         for k in tqdm(ks, desc="k-means sweep", unit="k", disable=not progress):
-            model = _kmeans(k, cfg).fit(data)
+            model = _kmeans(k, cfg, n_init).fit(data)
             result.centers[k] = model.cluster_centers_
             if fit_rows is None:
                 result.inertia[k] = float(model.inertia_)
@@ -182,7 +186,8 @@ def _final_clustering(
         return FinalClustering(model.labels_, float(model.inertia_), refined=False)
     centers = sweep.centers.get(k)
     if centers is None:  # a given k outside the swept range
-        centers = _kmeans(k, cfg).fit(embedding[sweep.fit_rows]).cluster_centers_
+        sample = embedding[sweep.fit_rows]
+        centers = _kmeans(k, cfg, cfg.sweep_n_init or cfg.n_init).fit(sample).cluster_centers_
     # Lloyd on all rows from the sample's centers (one start: the restarts ran on the sample).
     model = KMeans(n_clusters=k, init=centers, n_init=1, max_iter=cfg.max_iter, tol=cfg.tol).fit(
         embedding
@@ -280,11 +285,11 @@ def cluster_labels(
     }
 
 
-def _kmeans(k: int, cfg: ClusterConfig) -> KMeans:
+def _kmeans(k: int, cfg: ClusterConfig, n_init: int | None = None) -> KMeans:
     return KMeans(
         n_clusters=k,
         random_state=cfg.random_state,
-        n_init=cfg.n_init,
+        n_init=n_init or cfg.n_init,
         max_iter=cfg.max_iter,
         tol=cfg.tol,
     )

@@ -35,7 +35,7 @@ class MapConfig(Section):
     point_size: int = Field(8, ge=1)
     # t-SNE is fitted on at most this many rows (seeded); the others are placed into the fitted
     # map (`place`). null: fit every row.
-    fit_sample: int | None = Field(5_000, ge=100)
+    fit_sample: int | None = Field(3_000, ge=100)
     # knn_median: the median map position of a row's `place_neighbors` nearest fitted rows in
     # feature space (openTSNE's "median" initialisation; fast). transform: openTSNE's
     # `transform`, which also optimises the placed rows against the fixed map (slower).
