@@ -1,1 +1,1 @@
-"""Benchmarks: print timings and memory, with a baseline measured in the same run."""
+"""Benchmarks: each prints its figures against a baseline measured in the same run."""

@@ -34,7 +34,7 @@ def test_given_k_overrides_the_elbow(blobs):
     X, _ = blobs
     sweep = clustering.sweep_kmeans(X, cfg, progress=False)
     assert clustering.choose_k(sweep.inertia, cfg) == 9
-    labels = clustering.final_labels(X, sweep, 9, cfg)
+    labels = clustering.final_clustering(X, sweep, 9, cfg).labels
     assert len(np.unique(labels)) == 9
 
 

@@ -211,6 +211,30 @@ def summary(
     typer.echo(f"clusters follow {verdict} (by NMI)")
 
 
+@app.command(name="synth-captions")
+def synth_captions(
+    n: Annotated[int, typer.Argument(help="Rows to generate (Hotels-50K train: 1100000).")],
+    out: Annotated[Path, typer.Option(help="CSV to write (the study's sample columns).")] = Path(
+        "data/synthetic/captions.csv"
+    ),
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    source: Annotated[Path, typer.Option(help="Captioned sample to learn from.")] = Path(
+        "data/bundled/hotels_sample.csv"
+    ),
+) -> None:
+    """Synthetic captions shaped like the bundled ones, for benchmarks (see docs/performance.md)."""
+    from alien_hotels.common import write_csv
+    from alien_hotels.datagen.captions import CaptionVocabulary, synthetic_captions
+
+    try:
+        table = synthetic_captions(n, seed=seed, vocabulary=CaptionVocabulary.from_csv(source))
+    except (StageError, ValueError) as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2) from None
+    write_csv(table, out)
+    typer.echo(f"wrote {len(table)} rows to {out}")
+
+
 @app.command()
 def compose(
     overrides: Annotated[

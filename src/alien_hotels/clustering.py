@@ -3,24 +3,37 @@
 The study fitted `KMeans(n_clusters=k, random_state=42)` for k = 1..29, read the elbow off the
 inertia plot (9-10) and kept k = 10. Here the knee is found by Kneedle (`kneed`), and the result
 is scored against the two explanations the study weighed: hotel identity and room type.
+
+Scale (see docs/performance.md): with more than `cluster.sweep_sample` documents, each k of the
+sweep is fitted on a seeded sample of that many rows and its centers are then scored on every row
+(the inertia curve is always the full data's); the chosen k is then refined with Lloyd
+iterations on all rows, starting from the sample's centers. Silhouette and the c-TF-IDF terms
+use seeded samples too (`cluster.silhouette_sample`, `cluster.terms_sample`).
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 import pandas as pd
 from pydantic import Field, model_validator
+from scipy import sparse
 from sklearn.cluster import KMeans
 from sklearn.feature_extraction.text import CountVectorizer
-from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, silhouette_score
+from sklearn.metrics import (
+    adjusted_rand_score,
+    normalized_mutual_info_score,
+    pairwise_distances_argmin_min,
+    silhouette_score,
+)
+from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
-from alien_hotels.common import Section, StageError
+from alien_hotels.common import Section, StageError, seeded_rows
 
 
 class ElbowConfig(Section):
@@ -39,8 +52,24 @@ class ClusterConfig(Section):
     k_max: int = Field(29, ge=1)
     k: int | None = Field(None, ge=1)
     random_state: int = 42
+    # k-means++ restarts per k; the best (lowest inertia) restart is kept.
     n_init: int = Field(10, ge=1)
     max_iter: int = Field(300, ge=1)
+    tol: float = Field(1e-4, ge=0)
+    # Above this many documents the sweep fits each k on a seeded sample of this size, scores the
+    # centers on every row, and the chosen k is refined on all rows; null: always fit all rows.
+    sweep_sample: int | None = Field(10_000, ge=100)
+    # k-means++ restarts per k when the sweep runs on a sample (the refinement on all rows then
+    # polishes the chosen k); null: n_init.
+    sweep_n_init: int | None = Field(3, ge=1)
+    # Silhouette is O(n^2): above this many documents it is computed on a seeded sample.
+    silhouette_sample: int | None = Field(10_000, ge=100)
+    # Documents used for the c-TF-IDF cluster terms (stratified by cluster); null: all.
+    terms_sample: int | None = Field(200_000, ge=100)
+    # Threads for k-means and distances (OpenMP and BLAS). 1 by default: on a small or shared
+    # machine, idle OpenMP threads spin-wait at every Lloyd iteration and cost more than they
+    # save; raise it on a dedicated many-core machine.
+    n_jobs: int = Field(1, ge=1)
     elbow: ElbowConfig = ElbowConfig()
     top_terms: int = Field(8, ge=1)
     label_terms: int = Field(3, ge=1)
@@ -55,17 +84,44 @@ class ClusterConfig(Section):
             raise ValueError(
                 "cluster.k=null (elbow) needs at least 3 swept values: widen cluster.k_min..k_max"
             )
+        largest = max(self.k_max, self.k or 0)
+        if self.sweep_sample is not None and self.sweep_sample < 10 * largest:
+            raise ValueError(
+                f"cluster.sweep_sample ({self.sweep_sample}) must be at least 10 rows per "
+                f"cluster of the largest k ({largest}), i.e. >= {10 * largest}, or null"
+            )
         return self
 
 
 @dataclass
 class SweepResult:
+    """Inertia on all rows per k; centers per k; labels per k only when all rows were fitted."""
+
     inertia: dict[int, float]
     labels: dict[int, np.ndarray]
+    centers: dict[int, np.ndarray] = field(default_factory=dict)
+    fit_rows: np.ndarray | None = None  # the sample the sweep was fitted on; None: all rows
+
+    @property
+    def sampled(self) -> bool:
+        return self.fit_rows is not None
+
+
+@dataclass
+class FinalClustering:
+    labels: np.ndarray
+    inertia: float
+    refined: bool  # refined on all rows from the sample's centers
+
+
+def assign(embedding: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, float]:
+    """Nearest center per row and the inertia (sum of squared distances), in chunks."""
+    labels, distances = pairwise_distances_argmin_min(embedding, centers)
+    return labels.astype(np.int32), float(np.square(distances, dtype=np.float64).sum())
 
 
 def sweep_kmeans(embedding: np.ndarray, cfg: ClusterConfig, progress: bool = True) -> SweepResult:
-    """Fit k-means for every k in [k_min, k_max]; keep inertia and labels per k."""
+    """Fit k-means for every k in [k_min, k_max]; inertia on all rows per k."""
     n_docs = len(embedding)
     if cfg.k_max > n_docs:
         raise StageError(
@@ -73,14 +129,21 @@ def sweep_kmeans(embedding: np.ndarray, cfg: ClusterConfig, progress: bool = Tru
         )
     if cfg.k is not None and cfg.k > n_docs:
         raise StageError(f"cluster.k={cfg.k} is larger than the number of documents ({n_docs})")
-    inertia: dict[int, float] = {}
-    labels: dict[int, np.ndarray] = {}
+    fit_rows = seeded_rows(n_docs, cfg.sweep_sample, cfg.random_state)
+    data = embedding if fit_rows is None else embedding[fit_rows]
+    result = SweepResult(inertia={}, labels={}, fit_rows=fit_rows)
     ks = range(cfg.k_min, cfg.k_max + 1)
-    for k in tqdm(ks, desc="k-means sweep", unit="k", disable=not progress):
-        model = _kmeans(k, cfg).fit(embedding)
-        inertia[k] = float(model.inertia_)
-        labels[k] = model.labels_
-    return SweepResult(inertia=inertia, labels=labels)
+    n_init = cfg.n_init if fit_rows is None else (cfg.sweep_n_init or cfg.n_init)
+    with threadpool_limits(cfg.n_jobs):
+        for k in tqdm(ks, desc="k-means sweep", unit="k", disable=not progress):
+            model = _kmeans(k, cfg, n_init).fit(data)
+            result.centers[k] = model.cluster_centers_
+            if fit_rows is None:
+                result.inertia[k] = float(model.inertia_)
+                result.labels[k] = model.labels_
+            else:
+                result.inertia[k] = assign(embedding, model.cluster_centers_)[1]
+    return result
 
 
 def choose_k(inertia: dict[int, float], cfg: ClusterConfig) -> int:
@@ -117,20 +180,52 @@ def _knee_locator(ks: list[int], inertia: dict[int, float], cfg: ClusterConfig):
     )
 
 
-def final_labels(embedding: np.ndarray, sweep: SweepResult, k: int, cfg: ClusterConfig):
-    if k in sweep.labels:
-        return sweep.labels[k]
-    return _kmeans(k, cfg).fit(embedding).labels_
+def final_clustering(
+    embedding: np.ndarray, sweep: SweepResult, k: int, cfg: ClusterConfig
+) -> FinalClustering:
+    """Labels and inertia of the final model at `k`, on all rows."""
+    with threadpool_limits(cfg.n_jobs):
+        return _final_clustering(embedding, sweep, k, cfg)
+
+
+def _final_clustering(
+    embedding: np.ndarray, sweep: SweepResult, k: int, cfg: ClusterConfig
+) -> FinalClustering:
+    if not sweep.sampled:
+        if k in sweep.labels:
+            return FinalClustering(sweep.labels[k], sweep.inertia[k], refined=False)
+        model = _kmeans(k, cfg).fit(embedding)
+        return FinalClustering(model.labels_, float(model.inertia_), refined=False)
+    centers = sweep.centers.get(k)
+    if centers is None:  # a given k outside the swept range
+        sample = embedding[sweep.fit_rows]
+        centers = _kmeans(k, cfg, cfg.sweep_n_init or cfg.n_init).fit(sample).cluster_centers_
+    # Lloyd on all rows from the sample's centers (one start: the restarts ran on the sample).
+    model = KMeans(n_clusters=k, init=centers, n_init=1, max_iter=cfg.max_iter, tol=cfg.tol).fit(
+        embedding
+    )
+    return FinalClustering(model.labels_, float(model.inertia_), refined=True)
 
 
 def score_clusters(
-    embedding: np.ndarray, labels: np.ndarray, hotel_ids: Sequence, room_types: Sequence[str]
+    embedding: np.ndarray,
+    labels: np.ndarray,
+    hotel_ids: Sequence,
+    room_types: Sequence[str],
+    silhouette_sample: int | None = None,
+    random_state: int = 0,
+    n_jobs: int = 1,
 ) -> dict[str, float | None]:
-    """Silhouette, and agreement (ARI, NMI) of clusters with hotels and with room types."""
+    """Silhouette (on a seeded sample above `silhouette_sample` rows), and agreement (ARI, NMI)
+    of clusters with hotels and with room types."""
     n_clusters = len(np.unique(labels))
-    silhouette = (
-        float(silhouette_score(embedding, labels)) if 2 <= n_clusters <= len(labels) - 1 else None
-    )
+    silhouette = None
+    if 2 <= n_clusters <= len(labels) - 1:
+        rows = seeded_rows(len(labels), silhouette_sample, random_state)
+        x, y = (embedding, labels) if rows is None else (embedding[rows], labels[rows])
+        if 2 <= len(np.unique(y)) <= len(y) - 1:
+            with threadpool_limits(n_jobs):
+                silhouette = float(silhouette_score(x, y))
     return {
         "silhouette": silhouette,
         "ari_hotel": float(adjusted_rand_score(hotel_ids, labels)),
@@ -141,31 +236,54 @@ def score_clusters(
 
 
 def class_tfidf_terms(
-    texts: Sequence[str], labels: np.ndarray, top_n: int, extra_stopwords: Sequence[str] = ()
+    texts: Sequence[str],
+    labels: np.ndarray,
+    top_n: int,
+    sample_size: int | None = None,
+    random_state: int = 0,
+    extra_stopwords: Sequence[str] = (),
 ) -> dict[int, list[str]]:
     """Top terms per cluster by class-based TF-IDF (BERTopic's c-TF-IDF).
 
     All documents of a cluster form one class document; a term's weight is its in-class
     frequency (L1-normalised) times log(1 + A / f_t), A the mean words per class and f_t the
-    term's frequency over all classes.
+    term's frequency over all classes. Above `sample_size` documents, each cluster contributes
+    a seeded share of its documents (at least 200) and its counts are scaled back to its size.
     """
+    labels = np.asarray(labels)
+    texts = np.asarray(texts, dtype=object)
+    clusters, inverse, sizes = np.unique(labels, return_inverse=True, return_counts=True)
+    rows = np.arange(len(labels))
+    weights = np.ones(len(labels))
+    if sample_size is not None and len(labels) > sample_size:
+        rng = np.random.default_rng(random_state)
+        picked = []
+        for c, size in enumerate(sizes):
+            members = np.flatnonzero(inverse == c)
+            take = min(size, max(200, round(sample_size * size / len(labels))))
+            chosen = rng.choice(members, size=take, replace=False)
+            weights[chosen] = size / take
+            picked.append(chosen)
+        rows = np.sort(np.concatenate(picked))
     from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
     stopwords = sorted(ENGLISH_STOP_WORDS | {w.lower() for w in extra_stopwords})
     vectorizer = CountVectorizer(stop_words=stopwords)
-    frame = pd.DataFrame({"text": list(texts), "cluster": labels})
-    joined = frame.groupby("cluster")["text"].apply(" ".join)
     try:
-        counts = vectorizer.fit_transform(joined.to_numpy()).toarray().astype(float)
+        doc_counts = vectorizer.fit_transform(texts[rows])
     except ValueError:  # every word is a stopword
-        return {int(c): [] for c in joined.index}
+        return {int(c): [] for c in clusters}
+    membership = sparse.csr_matrix(
+        (weights[rows], (inverse[rows], np.arange(len(rows)))), shape=(len(clusters), len(rows))
+    )
+    counts = np.asarray((membership @ doc_counts).todense(), dtype=float)
     tf = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1.0)
     avg_words = counts.sum() / len(counts)
     idf = np.log1p(avg_words / np.maximum(counts.sum(axis=0), 1.0))
     weights = tf * idf
     terms = vectorizer.get_feature_names_out()
     top: dict[int, list[str]] = {}
-    for row, cluster in enumerate(joined.index):
+    for row, cluster in enumerate(clusters):
         order = np.argsort(-weights[row], kind="stable")[:top_n]
         top[int(cluster)] = [terms[i] for i in order if weights[row, i] > 0]
     return top
@@ -183,7 +301,11 @@ def cluster_labels(
     }
 
 
-def _kmeans(k: int, cfg: ClusterConfig) -> KMeans:
+def _kmeans(k: int, cfg: ClusterConfig, n_init: int | None = None) -> KMeans:
     return KMeans(
-        n_clusters=k, random_state=cfg.random_state, n_init=cfg.n_init, max_iter=cfg.max_iter
+        n_clusters=k,
+        random_state=cfg.random_state,
+        n_init=n_init or cfg.n_init,
+        max_iter=cfg.max_iter,
+        tol=cfg.tol,
     )

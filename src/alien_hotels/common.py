@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
@@ -61,13 +62,24 @@ def write_text(text: str, target: str | Path) -> None:
     write_atomic(target, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
-def read_csv(path: str | Path, required: list[str], what: str) -> pd.DataFrame:
-    """Read a CSV and fail with a clear message if it is missing, empty or lacks columns."""
+def read_csv(
+    path: str | Path, required: list[str], what: str, usecols: list[str] | None = None
+) -> pd.DataFrame:
+    """Read a CSV and fail with a clear message if it is missing, empty or lacks columns.
+
+    `usecols`: parse only these columns (those present) and the required ones; much faster on
+    wide tables of a million rows. None: every column.
+    """
     path = Path(path)
     if not path.is_file():
         raise StageError(f"{what} not found: {path}")
+    wanted = None if usecols is None else {*required, *usecols}
     try:
-        df = pd.read_csv(path, keep_default_na=True)
+        df = pd.read_csv(
+            path,
+            keep_default_na=True,
+            usecols=None if wanted is None else (lambda col: col in wanted),
+        )
     except pd.errors.EmptyDataError:
         raise StageError(f"{what} is empty: {path}") from None
     missing = [col for col in required if col not in df.columns]
@@ -77,6 +89,14 @@ def read_csv(path: str | Path, required: list[str], what: str) -> pd.DataFrame:
             f"it has: {', '.join(map(str, df.columns))}"
         )
     return df
+
+
+def seeded_rows(n: int, size: int | None, random_state: int) -> np.ndarray | None:
+    """Sorted indices of a seeded sample of `size` of `n` rows; None when all rows fit."""
+    if size is None or n <= size:
+        return None
+    rng = np.random.default_rng(random_state)
+    return np.sort(rng.choice(n, size=size, replace=False))
 
 
 def _json_default(value: Any) -> Any:

@@ -13,6 +13,7 @@ import numpy as np
 from pydantic import Field, model_validator
 from sklearn.decomposition import TruncatedSVD
 from sklearn.feature_extraction.text import TfidfVectorizer
+from threadpoolctl import threadpool_limits
 
 from alien_hotels.common import Section, StageError
 
@@ -39,6 +40,9 @@ class FeaturesConfig(Section):
     algorithm: Literal["randomized", "arpack"] = "randomized"
     n_iter: int = Field(5, ge=1)
     random_state: int = 42
+    # BLAS threads for the SVD; 1 by default (see cluster.n_jobs: spinning threads on a shared
+    # machine cost more than they save).
+    n_jobs: int = Field(1, ge=1)
 
     @model_validator(mode="after")
     def _check(self) -> FeaturesConfig:
@@ -105,5 +109,6 @@ def fit_features(texts: Sequence[str], cfg: FeaturesConfig) -> TextFeatures:
         n_iter=cfg.n_iter,
         random_state=cfg.random_state,
     )
-    embedding = svd.fit_transform(tfidf).astype(np.float32)
+    with threadpool_limits(cfg.n_jobs):
+        embedding = svd.fit_transform(tfidf).astype(np.float32)
     return TextFeatures(vectorizer=vectorizer, svd=svd, embedding=embedding)

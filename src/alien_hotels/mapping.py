@@ -2,6 +2,10 @@
 
 The study drew `TSNE(perplexity=30, n_iter=300)` with bokeh. openTSNE's FFT-accelerated
 gradients keep this fast at Hotels-50K scale; scikit-learn's exact recipe stays selectable.
+
+Scale (see docs/performance.md): above `map.fit_sample` documents the map is fitted on a seeded
+sample and every other row is placed into it (`map.place`), so `clusters.csv` has coordinates for
+every row; the HTML and PNG draw a seeded subsample of at most `map.max_plot_points` points.
 """
 
 from __future__ import annotations
@@ -11,10 +15,12 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import Field
+from pydantic import Field, model_validator
+from threadpoolctl import threadpool_limits
 
-from alien_hotels.common import Section, StageError, atomic_path
+from alien_hotels.common import Section, StageError, atomic_path, seeded_rows
 
+OTHER_PREFIX = "~ "  # sorts after names, so the lumped group comes last in legends
 COLOR_BY = {"cluster": "cluster label", "hotel": "hotel", "room_type": "room type"}
 
 
@@ -27,6 +33,26 @@ class MapConfig(Section):
     random_state: int = 42
     n_jobs: int = Field(1, ge=1)
     point_size: int = Field(8, ge=1)
+    # t-SNE is fitted on at most this many rows (seeded); the others are placed into the fitted
+    # map (`place`). null: fit every row.
+    fit_sample: int | None = Field(3_000, ge=100)
+    # knn_median: the median map position of a row's `place_neighbors` nearest fitted rows in
+    # feature space (openTSNE's "median" initialisation; fast). transform: openTSNE's
+    # `transform`, which also optimises the placed rows against the fixed map (slower).
+    place: Literal["knn_median", "transform"] = "knn_median"
+    place_neighbors: int = Field(10, ge=1)
+    # The HTML and PNG maps draw a seeded subsample of at most this many points (a browser
+    # struggles with more); clusters.csv keeps every row. null: draw all.
+    max_plot_points: int | None = Field(20_000, ge=100)
+    # Colour groups per view (clusters, hotels, room types): the largest ones by points drawn;
+    # the rest share one "other" colour (thousands of hotels would mean thousands of traces).
+    max_groups: int = Field(20, ge=1)
+
+    @model_validator(mode="after")
+    def _check_place(self) -> MapConfig:
+        if self.place == "transform" and self.method != "opentsne":
+            raise ValueError("map.place=transform needs map.method=opentsne; use knn_median")
+        return self
 
 
 def embed_2d(embedding: np.ndarray, cfg: MapConfig) -> np.ndarray:
@@ -34,12 +60,53 @@ def embed_2d(embedding: np.ndarray, cfg: MapConfig) -> np.ndarray:
     n_docs = len(embedding)
     if n_docs < 4:
         raise StageError(f"map: t-SNE needs at least 4 documents, got {n_docs}")
-    if 3 * cfg.perplexity >= n_docs:
+    rows = seeded_rows(n_docs, cfg.fit_sample, cfg.random_state)
+    n_fit = n_docs if rows is None else len(rows)
+    if 3 * cfg.perplexity >= n_fit:
         raise StageError(
-            f"map.perplexity={cfg.perplexity} is too large for {n_docs} documents: "
-            f"t-SNE needs 3 * perplexity < number of documents"
+            f"map.perplexity={cfg.perplexity} is too large for {n_fit} documents: "
+            f"t-SNE needs 3 * perplexity < number of documents (map.fit_sample={cfg.fit_sample})"
         )
     data = np.asarray(embedding, dtype=np.float64)
+    with threadpool_limits(cfg.n_jobs):
+        return _embed(data, rows, cfg)
+
+
+def _embed(data: np.ndarray, rows: np.ndarray | None, cfg: MapConfig) -> np.ndarray:
+    n_docs = len(data)
+    if rows is None:
+        return _fit_tsne(data, cfg)[0]
+    rest = np.setdiff1d(np.arange(n_docs), rows, assume_unique=True)
+    fitted, model = _fit_tsne(data[rows], cfg)
+    coords = np.empty((n_docs, 2), dtype=np.float32)
+    coords[rows] = fitted
+    coords[rest] = place_rows(data[rest], data[rows], fitted, cfg, model)
+    return coords
+
+
+def place_rows(
+    new: np.ndarray, reference: np.ndarray, reference_coords: np.ndarray, cfg: MapConfig, model=None
+) -> np.ndarray:
+    """Map coordinates for rows not fitted, from the fitted reference rows (see `map.place`)."""
+    if cfg.place == "transform":
+        if model is None:
+            raise StageError("map.place=transform needs the fitted openTSNE embedding")
+        return np.asarray(model.transform(new), dtype=np.float32)
+    from sklearn.neighbors import NearestNeighbors
+
+    k = min(cfg.place_neighbors, len(reference))
+    index = NearestNeighbors(n_neighbors=k, algorithm="brute").fit(reference.astype(np.float32))
+    coords = np.empty((len(new), 2), dtype=np.float32)
+    step = 100_000  # bounds the neighbour arrays' memory
+    for start in range(0, len(new), step):
+        chunk = new[start : start + step].astype(np.float32)
+        neighbours = index.kneighbors(chunk, return_distance=False)
+        coords[start : start + step] = np.median(reference_coords[neighbours], axis=1)
+    return coords
+
+
+def _fit_tsne(data: np.ndarray, cfg: MapConfig):
+    """(coordinates, fitted model or None) for `data`."""
     if cfg.method == "sklearn":
         from sklearn.manifold import TSNE
 
@@ -50,7 +117,7 @@ def embed_2d(embedding: np.ndarray, cfg: MapConfig) -> np.ndarray:
             random_state=cfg.random_state,
             init="pca",
         )
-        return tsne.fit_transform(data).astype(np.float32)
+        return tsne.fit_transform(data).astype(np.float32), None
     from openTSNE import TSNE as OpenTSNE
 
     tsne = OpenTSNE(
@@ -61,13 +128,23 @@ def embed_2d(embedding: np.ndarray, cfg: MapConfig) -> np.ndarray:
         n_jobs=cfg.n_jobs,
         verbose=False,
     )
-    return np.asarray(tsne.fit(data), dtype=np.float32)
+    model = tsne.fit(data)
+    return np.asarray(model, dtype=np.float32), model
 
 
-def write_html_map(table: pd.DataFrame, target: str | Path, cfg: MapConfig) -> None:
+def plot_subsample(table: pd.DataFrame, cfg: MapConfig) -> pd.DataFrame:
+    """The rows the HTML and PNG maps draw: all, or a seeded sample of `max_plot_points`."""
+    rows = seeded_rows(len(table), cfg.max_plot_points, cfg.random_state)
+    return table if rows is None else table.iloc[rows]
+
+
+def write_html_map(
+    table: pd.DataFrame, target: str | Path, cfg: MapConfig, n_total: int | None = None
+) -> None:
     """Self-contained plotly map; a dropdown switches colour by cluster, hotel or room type.
 
-    `table` needs columns x, y, cluster_label, hotel_name, room_type, caption, text.
+    `table` needs columns x, y, cluster_label, hotel_name, room_type, caption, text; `n_total`
+    is the number of mapped rows when `table` is a subsample of them.
     """
     import plotly.graph_objects as go
 
@@ -79,7 +156,8 @@ def write_html_map(table: pd.DataFrame, target: str | Path, cfg: MapConfig) -> N
     fig = go.Figure()
     visibility: dict[str, list[bool]] = {}
     for view, column in columns.items():
-        for value, group in table.groupby(column, sort=True):
+        groups = lump_small_groups(table[column], cfg.max_groups, f"other {COLOR_BY[view]}s")
+        for value, group in table.groupby(groups, sort=True):
             fig.add_trace(
                 go.Scattergl(
                     x=group["x"],
@@ -88,7 +166,8 @@ def write_html_map(table: pd.DataFrame, target: str | Path, cfg: MapConfig) -> N
                     name=str(value),
                     legendgroup=view,
                     visible=view == "cluster",
-                    marker={"size": cfg.point_size, "opacity": 0.8},
+                    marker={"size": cfg.point_size, "opacity": 0.8}
+                    | ({"color": "lightgrey"} if str(value).startswith(OTHER_PREFIX) else {}),
                     customdata=np.stack(
                         [
                             group["cluster_label"].astype(str),
@@ -116,7 +195,10 @@ def write_html_map(table: pd.DataFrame, target: str | Path, cfg: MapConfig) -> N
         for view in columns
     ]
     fig.update_layout(
-        title={"text": f"Hotel photo captions, t-SNE map ({len(table)} images)", "x": 0.5},
+        title={
+            "text": f"Hotel photo captions, t-SNE map ({_count(len(table), n_total)})",
+            "x": 0.5,
+        },
         updatemenus=[
             {"buttons": buttons, "direction": "down", "x": 0, "xanchor": "left", "y": 1.1}
         ],
@@ -131,7 +213,7 @@ def write_html_map(table: pd.DataFrame, target: str | Path, cfg: MapConfig) -> N
         fig.write_html(tmp, include_plotlyjs=True, full_html=True, div_id="cluster-map")
 
 
-def write_png_map(table: pd.DataFrame, target: str | Path) -> None:
+def write_png_map(table: pd.DataFrame, target: str | Path, max_groups: int = 20) -> None:
     """Two panels side by side: coloured by cluster and by hotel, the study's comparison."""
     import matplotlib
 
@@ -143,12 +225,21 @@ def write_png_map(table: pd.DataFrame, target: str | Path) -> None:
         (axes[0], "cluster_label", "by cluster"),
         (axes[1], "hotel_name", "by hotel"),
     ):
-        groups = list(table.groupby(column, sort=True))
+        groups = lump_small_groups(table[column], max_groups, f"other {title[3:]}s")
+        named = groups.nunique() - int(groups.astype(str).str.startswith(OTHER_PREFIX).any())
         # tab10's hues are distinct; tab20 pairs similar hues, so only use it when needed.
-        cmap = plt.get_cmap("tab10" if len(groups) <= 10 else "tab20")
-        for i, (value, group) in enumerate(groups):
-            color = cmap(i % cmap.N)
-            ax.scatter(group["x"], group["y"], s=14, color=color, label=str(value)[:48])
+        cmap = plt.get_cmap("tab10" if named <= 10 else "tab20")
+        size = 14 if len(table) <= 2000 else 3  # dense maps need small points
+        for i, (value, group) in enumerate(table.groupby(groups, sort=True)):
+            lumped = str(value).startswith(OTHER_PREFIX)  # grey, under the named groups
+            ax.scatter(
+                group["x"],
+                group["y"],
+                s=size,
+                color="lightgrey" if lumped else cmap(i % cmap.N),
+                zorder=1 if lumped else 2,
+                label=str(value)[:48],
+            )
         ax.set_title(f"t-SNE of caption features, {title}")
         ax.set_xticks([])
         ax.set_yticks([])
@@ -156,6 +247,24 @@ def write_png_map(table: pd.DataFrame, target: str | Path) -> None:
     with atomic_path(target) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
+
+
+def lump_small_groups(values: pd.Series, keep: int, other: str) -> pd.Series:
+    """`values` as strings, with all but the `keep` most frequent replaced by `other (n)`."""
+    values = values.astype(str)
+    counts = values.value_counts()
+    if len(counts) <= keep:
+        return values
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    kept = {value for value, _ in ranked[:keep]}
+    label = f"{OTHER_PREFIX}{other} ({len(counts) - keep})"
+    return values.where(values.isin(kept), label)
+
+
+def _count(shown: int, total: int | None) -> str:
+    if total is None or total == shown:
+        return f"{shown} images"
+    return f"a seeded sample of {shown} of {total} images"
 
 
 def _wrap(text: str, width: int = 80) -> str:

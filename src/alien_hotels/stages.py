@@ -118,8 +118,10 @@ def run_caption(params: Params, paths: StagePaths = StagePaths()) -> pd.DataFram
 
 
 def run_preprocess(params: Params, paths: StagePaths = StagePaths()) -> pd.DataFrame:
-    sample = read_csv(paths.sample, ["image_id", "hotel_id"], what="sample table")
-    captions = read_csv(paths.captions, ["image_id", "caption"], what="captions table")
+    sample = read_csv(
+        paths.sample, ["image_id", "hotel_id"], what="sample table", usecols=["hotel_name"]
+    )
+    captions = read_csv(paths.captions, ["image_id", "caption"], what="captions table", usecols=[])
     meta = sample.drop(columns=[c for c in ("caption",) if c in sample.columns])
     if "hotel_name" not in meta.columns:
         meta = meta.assign(hotel_name=meta["hotel_id"].astype(str))
@@ -155,10 +157,11 @@ def run_preprocess(params: Params, paths: StagePaths = StagePaths()) -> pd.DataF
 
 
 def run_features(params: Params, paths: StagePaths = StagePaths()) -> features.TextFeatures:
-    texts = read_csv(paths.texts, ["image_id", "text"], what="preprocessed texts")
+    texts = read_csv(paths.texts, ["image_id", "text"], what="preprocessed texts", usecols=[])
     fitted = features.fit_features(texts["text"].fillna("").astype(str).tolist(), params.features)
+    # Uncompressed: SVD coordinates barely compress, and zlib cost seconds per million rows.
     with atomic_path(paths.features) as tmp, tmp.open("wb") as fh:
-        np.savez_compressed(fh, embedding=fitted.embedding, image_id=texts["image_id"])
+        np.savez(fh, embedding=fitted.embedding, image_id=texts["image_id"].to_numpy())
     write_json(
         {
             "n_docs": len(texts),
@@ -185,10 +188,24 @@ def run_cluster(params: Params, paths: StagePaths = StagePaths()) -> dict:
     texts = texts.set_index("image_id").loc[image_ids].reset_index()
     sweep = clustering.sweep_kmeans(embedding, cfg)
     k = clustering.choose_k(sweep.inertia, cfg)
-    labels = clustering.final_labels(embedding, sweep, k, cfg)
-    scores = clustering.score_clusters(embedding, labels, texts["hotel_id"], texts["room_type"])
+    final = clustering.final_clustering(embedding, sweep, k, cfg)
+    labels = final.labels
+    scores = clustering.score_clusters(
+        embedding,
+        labels,
+        texts["hotel_id"],
+        texts["room_type"],
+        silhouette_sample=cfg.silhouette_sample,
+        random_state=cfg.random_state,
+        n_jobs=cfg.n_jobs,
+    )
     top_terms = clustering.class_tfidf_terms(
-        texts["text"].fillna(""), labels, cfg.top_terms, cfg.label_stopwords
+        texts["text"].fillna("").astype(str),
+        labels,
+        cfg.top_terms,
+        sample_size=cfg.terms_sample,
+        random_state=cfg.random_state,
+        extra_stopwords=cfg.label_stopwords,
     )
     names = clustering.cluster_labels(top_terms, texts["room_type"], labels, cfg.label_terms)
     assigned = texts.assign(cluster=labels, cluster_label=[names[int(c)] for c in labels])
@@ -199,6 +216,9 @@ def run_cluster(params: Params, paths: StagePaths = StagePaths()) -> dict:
         "k_source": "given" if cfg.k is not None else "elbow",
         **scores,
         "inertia": {str(kk): v for kk, v in sweep.inertia.items()},
+        # The final model's inertia on all rows (below the sweep's value when it was refined).
+        "inertia_at_k": final.inertia,
+        "sweep_fit_rows": len(texts) if sweep.fit_rows is None else len(sweep.fit_rows),
     }
     elbow = pd.DataFrame({"k": list(sweep.inertia), "inertia": list(sweep.inertia.values())})
     report = clusters_markdown(assigned, top_terms, names, metrics)
@@ -218,8 +238,15 @@ def run_cluster(params: Params, paths: StagePaths = StagePaths()) -> dict:
 
 def run_map(params: Params, paths: StagePaths = StagePaths()) -> pd.DataFrame:
     embedding, image_ids = load_features(paths.features)
-    labels = read_csv(paths.labels, ["image_id", "cluster", "cluster_label"], what="cluster labels")
-    texts = read_csv(paths.texts, ["image_id", "text", "caption", "hotel_name"], what="texts")
+    labels = read_csv(
+        paths.labels,
+        ["image_id", "hotel_id", "room_type", "cluster", "cluster_label"],
+        what="cluster labels",
+        usecols=[],
+    )
+    texts = read_csv(
+        paths.texts, ["image_id", "text", "caption", "hotel_name"], what="texts", usecols=[]
+    )
     coords = mapping.embed_2d(embedding, params.map)
     table = (
         pd.DataFrame({"image_id": image_ids, "x": coords[:, 0], "y": coords[:, 1]})
@@ -228,8 +255,9 @@ def run_map(params: Params, paths: StagePaths = StagePaths()) -> pd.DataFrame:
         )
         .merge(texts[["image_id", "caption", "text", "hotel_name"]], on="image_id")
     )
-    mapping.write_html_map(table, paths.map_html, params.map)
-    mapping.write_png_map(table, paths.map_png)
+    drawn = mapping.plot_subsample(table, params.map)
+    mapping.write_html_map(drawn, paths.map_html, params.map, n_total=len(table))
+    mapping.write_png_map(drawn, paths.map_png, params.map.max_groups)
     columns = ["image_id", "hotel_id", "room_type", "cluster", "x", "y", "caption", "text"]
     write_csv(table[[*columns, "cluster_label", "hotel_name"]], paths.clusters)
     return table
