@@ -108,3 +108,16 @@ def test_failed_rerun_keeps_previous_outputs(workdir):
     with pytest.raises(StageError):
         stages.run_features(compose("features.n_components=5000"))
     assert Path("data/processed/features.npz").read_bytes() == before
+
+
+def test_outputs_get_the_usual_permissions(tmp_path):
+    import os
+
+    from alien_hotels.common import write_json
+
+    umask = os.umask(0o022)
+    try:
+        write_json({"a": 1}, tmp_path / "m.json")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "m.json").stat().st_mode & 0o777 == 0o644

@@ -39,6 +39,10 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # mkstemp creates files 0600; outputs should have the usual permissions (umask applies).
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp_path.chmod(0o666 & ~umask)
         tmp_path.replace(target)
     finally:
         tmp_path.unlink(missing_ok=True)
