@@ -11,18 +11,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from alien_hotels.testing.diffusion import RECIPE_KIND, tiny_edit_overrides
 from conftest import run
 
 pytestmark = [pytest.mark.slow, pytest.mark.ml]
-
-RECIPES = {
-    "neon": "img2img",
-    "green": "img2img",
-    "window_view": "inpaint",
-    "aliens": "inpaint",
-    "no_towels": "inpaint",
-    "neon_pix2pix": "instruct_pix2pix",
-}
 
 
 def write_manifest(repo: Path, ok_ids: list[str]) -> list[str]:
@@ -58,18 +50,10 @@ def test_dvc_repro_edits_with_tiny_models(project: Path, tmp_path: Path):
     write_manifest(project, ids)
 
     overrides = [
-        f"edit.scores.clipseg_model_id={models['clipseg']}",
-        f"edit.scores.clip_model_id={models['clip']}",
+        *tiny_edit_overrides(models, steps=3, resolution=64),
         "edit.sweep.grid={strength: [0.5, 1.0], guidance_scale: [1.0, 7.5]}",
         "edit.sweep.max_images=2",
     ]
-    for name, kind in RECIPES.items():
-        overrides += [
-            f"edit.recipes.{name}.model_id={models[kind]}",
-            f"edit.recipes.{name}.steps=3",
-            f"edit.recipes.{name}.resolution=64",
-            f"edit.recipes.{name}.mask.model_id={models['clipseg']}",
-        ]
     overrides.append("edit.recipes.window_view.mask.threshold=1.0")  # nothing to inpaint
     params = run(["alien-hotels", "compose", *overrides], project).stdout
     (project / "params.yaml").write_text(params)
@@ -79,8 +63,8 @@ def test_dvc_repro_edits_with_tiny_models(project: Path, tmp_path: Path):
     run(["dvc", "repro", "-s", "edit_report", "edit_sweep"], project)
 
     metrics = json.loads((project / "metrics/editing.json").read_text())
-    assert set(metrics["recipes"]) == set(RECIPES)
-    for name in RECIPES:
+    assert set(metrics["recipes"]) == set(RECIPE_KIND)
+    for name in RECIPE_KIND:
         m = metrics["recipes"][name]
         assert m["n_images"] == 3 and m["n_failed"] == 0, name
         assert sorted(p.stem for p in (project / f"data/edited/{name}").glob("*.png")) == sorted(

@@ -12,18 +12,10 @@ from PIL import Image
 
 from alien_hotels import stages
 from alien_hotels.editing import imaging, runner
+from alien_hotels.testing.diffusion import RECIPE_KIND, tiny_edit_overrides
 from conftest import compose
 
 pytestmark = pytest.mark.ml
-
-RECIPE_KIND = {
-    "neon": "img2img",
-    "green": "img2img",
-    "window_view": "inpaint",
-    "aliens": "inpaint",
-    "no_towels": "inpaint",
-    "neon_pix2pix": "instruct_pix2pix",
-}
 
 
 @pytest.fixture(scope="module")
@@ -34,23 +26,6 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
 
     torch.set_num_threads(1)
     return save_tiny_models(tmp_path_factory.mktemp("tiny_models"))
-
-
-def tiny_overrides(models: dict[str, Path], steps: int = 3, resolution: int = 64) -> list[str]:
-    """Point every shipped recipe and score model at the tiny local models."""
-    out = [
-        f"edit.scores.clipseg_model_id={models['clipseg']}",
-        f"edit.scores.clip_model_id={models['clip']}",
-        "edit.scores.on_missing_weights=error",
-    ]
-    for name, kind in RECIPE_KIND.items():
-        out += [
-            f"edit.recipes.{name}.model_id={models[kind]}",
-            f"edit.recipes.{name}.steps={steps}",
-            f"edit.recipes.{name}.resolution={resolution}",
-            f"edit.recipes.{name}.mask.model_id={models['clipseg']}",
-        ]
-    return out
 
 
 def synthetic_images(root: Path) -> list[dict]:
@@ -90,7 +65,7 @@ def pixels(path: Path) -> np.ndarray:
 
 
 def test_every_shipped_recipe_runs_and_keeps_source_size(workdir, tiny_models):
-    params = compose(*tiny_overrides(tiny_models))
+    params = compose(*tiny_edit_overrides(tiny_models))
     metrics = stages.run_edit(params)
     for name in RECIPE_KIND:
         assert metrics[name]["n_images"] == 3, name
@@ -122,14 +97,14 @@ def test_every_shipped_recipe_runs_and_keeps_source_size(workdir, tiny_models):
 
 
 def test_edits_are_deterministic_and_seeded(workdir, tiny_models):
-    params = compose(*tiny_overrides(tiny_models))
+    params = compose(*tiny_edit_overrides(tiny_models))
     first = runner.edit_recipe("neon", params.edit, manifest(), Path("a"))
     second = runner.edit_recipe("neon", params.edit, manifest(), Path("b"))
     assert (first.table["status"] == "edited").all()
     assert first.table["ssim"].tolist() == second.table["ssim"].tolist()
     for image_id in ("wide", "tall", "grey"):
         assert np.array_equal(pixels(Path(f"a/{image_id}.png")), pixels(Path(f"b/{image_id}.png")))
-    reseeded = compose(*tiny_overrides(tiny_models), "edit.recipes.neon.seed=7")
+    reseeded = compose(*tiny_edit_overrides(tiny_models), "edit.recipes.neon.seed=7")
     runner.edit_recipe("neon", reseeded.edit, manifest(), Path("c"))
     assert not np.array_equal(pixels(Path("a/wide.png")), pixels(Path("c/wide.png")))
 
@@ -142,7 +117,7 @@ def test_inpainting_preserves_pixels_outside_the_mask_exactly(workdir, tiny_mode
         m.paste(255, (5, 5, w // 2, h // 2))
         m.save(masks / f"{image_id}.png")
     params = compose(
-        *tiny_overrides(tiny_models),
+        *tiny_edit_overrides(tiny_models),
         "edit.recipes.no_towels.mask.source=files",
         f"edit.recipes.no_towels.mask.files_dir={masks}",
         "edit.recipes.no_towels.mask.dilate=2",
@@ -166,11 +141,15 @@ def test_inpainting_preserves_pixels_outside_the_mask_exactly(workdir, tiny_mode
 
 
 def test_text_masks_threshold_controls_the_edited_region(workdir, tiny_models):
-    everything = compose(*tiny_overrides(tiny_models), "edit.recipes.no_towels.mask.threshold=0.0")
+    everything = compose(
+        *tiny_edit_overrides(tiny_models), "edit.recipes.no_towels.mask.threshold=0.0"
+    )
     result = runner.edit_recipe("no_towels", everything.edit, manifest(), Path("all"))
     assert (result.table["mask_fraction"] == 1.0).all()
     assert (result.table["status"] == "edited").all()
-    nothing = compose(*tiny_overrides(tiny_models), "edit.recipes.no_towels.mask.threshold=1.0")
+    nothing = compose(
+        *tiny_edit_overrides(tiny_models), "edit.recipes.no_towels.mask.threshold=1.0"
+    )
     result = runner.edit_recipe("no_towels", nothing.edit, manifest(), Path("none"))
     assert (result.table["status"] == "unchanged").all()
     assert (result.table["reason"] == "empty mask: copied unchanged").all()
@@ -181,7 +160,7 @@ def test_text_masks_threshold_controls_the_edited_region(workdir, tiny_models):
 
 
 def test_resume_skips_done_images_and_redoes_changed_configs(workdir, tiny_models):
-    params = compose(*tiny_overrides(tiny_models))
+    params = compose(*tiny_edit_overrides(tiny_models))
     runner.edit_recipe("green", params.edit, manifest(), Path("out"))
     stamps = {p.name: p.stat().st_mtime_ns for p in Path("out").glob("*.png")}
     loaded = runner.load_models("green", params.edit.recipes["green"], params.edit)
@@ -190,7 +169,7 @@ def test_resume_skips_done_images_and_redoes_changed_configs(workdir, tiny_model
     assert again.table["resumed"].all()
     assert {p.name: p.stat().st_mtime_ns for p in Path("out").glob("*.png")} == stamps
     before = pixels(Path("out/wide.png"))
-    stronger = compose(*tiny_overrides(tiny_models), "edit.recipes.green.strength=0.9")
+    stronger = compose(*tiny_edit_overrides(tiny_models), "edit.recipes.green.strength=0.9")
     redone = runner.edit_recipe("green", stronger.edit, manifest(), Path("out"))
     assert not redone.table["resumed"].any()
     assert not np.array_equal(pixels(Path("out/wide.png")), before)
@@ -201,7 +180,7 @@ def test_resume_skips_done_images_and_redoes_changed_configs(workdir, tiny_model
 
 def test_unreadable_image_is_a_failed_row_not_a_crash(workdir, tiny_models):
     Path("data/images/wide.png").write_bytes(b"not a png")
-    params = compose(*tiny_overrides(tiny_models))
+    params = compose(*tiny_edit_overrides(tiny_models))
     result = runner.edit_recipe("neon", params.edit, manifest(), Path("out"))
     table = result.table.set_index("image_id")
     assert table.loc["wide", "status"] == "failed" and "cannot read" in table.loc["wide", "reason"]
@@ -210,7 +189,7 @@ def test_unreadable_image_is_a_failed_row_not_a_crash(workdir, tiny_models):
 
 def test_sweep_produces_the_tradeoff_table(workdir, tiny_models):
     params = compose(
-        *tiny_overrides(tiny_models),
+        *tiny_edit_overrides(tiny_models),
         "edit.sweep.grid={strength: [0.4, 1.0], guidance_scale: [1.0, 9.0]}",
         "edit.sweep.max_images=2",
     )
@@ -231,7 +210,7 @@ def test_sweep_produces_the_tradeoff_table(workdir, tiny_models):
 
 def test_score_models_are_optional(workdir, tiny_models, tmp_path):
     params = compose(
-        *tiny_overrides(tiny_models),
+        *tiny_edit_overrides(tiny_models),
         "edit.scores.on_missing_weights=skip",
         f"edit.scores.clip_model_id={tmp_path / 'no_clip_here'}",
         "edit.scores.clipseg_model_id=null",

@@ -237,3 +237,31 @@ def save_tiny_models(root: str | Path, seed: int = 0) -> dict[str, Path]:
         model.save_pretrained(out[name])
         processor.save_pretrained(out[name])
     return out
+
+
+# The pipeline kind of every shipped recipe (conf/edit/recipes/), to pick the matching tiny model.
+RECIPE_KIND = {
+    "neon": "img2img",
+    "green": "img2img",
+    "window_view": "inpaint",
+    "aliens": "inpaint",
+    "no_towels": "inpaint",
+    "neon_pix2pix": "instruct_pix2pix",
+}
+
+
+def tiny_edit_overrides(models: dict, steps: int = 3, resolution: int = 64) -> list[str]:
+    """Hydra overrides pointing every shipped recipe and score model at `save_tiny_models` dirs."""
+    out = [
+        f"edit.scores.clipseg_model_id={models['clipseg']}",
+        f"edit.scores.clip_model_id={models['clip']}",
+        "edit.scores.on_missing_weights=error",
+    ]
+    for name, kind in RECIPE_KIND.items():
+        out += [
+            f"edit.recipes.{name}.model_id={models[kind]}",
+            f"edit.recipes.{name}.steps={steps}",
+            f"edit.recipes.{name}.resolution={resolution}",
+            f"edit.recipes.{name}.mask.model_id={models['clipseg']}",
+        ]
+    return out
