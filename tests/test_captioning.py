@@ -369,54 +369,17 @@ def test_models_download_dry_run_lists_what_it_fetches(tmp_path):
     assert "https://huggingface.co/pharma/ci-preprocess/resolve/main/" in out
     assert str(tmp_path / "xdg" / "alien-hotels" / "labels") in out
 
-    no_labels = run(
-        [
-            "alien-hotels",
-            "models",
-            "download",
-            "--dry-run",
-            "--no-labels",
-            "--params",
-            "absent.yaml",
-        ],
-        tmp_path,
-        **env,
-    ).stdout
+    download = ["alien-hotels", "models", "download", "--dry-run", "--params", "absent.yaml"]
+    no_labels = run([*download, "--no-labels"], tmp_path, **env).stdout
     assert "Salesforce/blip-image-captioning-large" in no_labels
     assert "label_embeddings" not in no_labels
 
-    bad = run(
-        [
-            "alien-hotels",
-            "models",
-            "download",
-            "--dry-run",
-            "--params",
-            "absent.yaml",
-            "--caption-model",
-            "blip-huge",
-        ],
-        tmp_path,
-        check=False,
-        **env,
-    )
-    assert bad.returncode == 2 and "blip-large" in bad.stderr
-    bad_clip = run(
-        [
-            "alien-hotels",
-            "models",
-            "download",
-            "--dry-run",
-            "--params",
-            "absent.yaml",
-            "--clip-model",
-            "ViT-Q-99/nowhere",
-        ],
-        tmp_path,
-        check=False,
-        **env,
-    )
-    assert bad_clip.returncode == 2 and "not an open_clip pretrained model" in bad_clip.stderr
+    for option, value, message in (
+        ("--caption-model", "blip-huge", "blip-large"),
+        ("--clip-model", "ViT-Q-99/nowhere", "not an open_clip pretrained model"),
+    ):
+        bad = run([*download, option, value], tmp_path, check=False, **env)
+        assert bad.returncode == 2 and message in bad.stderr
 
 
 # -- the whole graph ---------------------------------------------------------------------------
