@@ -152,6 +152,18 @@ def tiny_pipeline(kind: Kind = "img2img", seed: int = 0):
     return pipe
 
 
+def _vision_config_kwargs(num_hidden_layers: int) -> dict:
+    """A tiny ViT on 32-pixel images, shared by the CLIPSeg and CLIP builders."""
+    return {
+        "hidden_size": HIDDEN,
+        "intermediate_size": 37,
+        "num_attention_heads": 4,
+        "num_hidden_layers": num_hidden_layers,
+        "image_size": 32,
+        "patch_size": 8,
+    }
+
+
 def tiny_clipseg(seed: int = 0):
     """(CLIPSegForImageSegmentation, CLIPSegProcessor) with 32-pixel inputs."""
     import torch
@@ -164,14 +176,7 @@ def tiny_clipseg(seed: int = 0):
 
     text = _text_config_kwargs()
     text.pop("projection_dim")
-    vision = {
-        "hidden_size": HIDDEN,
-        "intermediate_size": 37,
-        "num_attention_heads": 4,
-        "num_hidden_layers": 3,
-        "image_size": 32,
-        "patch_size": 8,
-    }
+    vision = _vision_config_kwargs(num_hidden_layers=3)
     config = CLIPSegConfig(
         text_config=text,
         vision_config=vision,
@@ -202,14 +207,7 @@ def tiny_clip(seed: int = 0):
 
     text = _text_config_kwargs()
     text.pop("projection_dim")
-    vision = {
-        "hidden_size": HIDDEN,
-        "intermediate_size": 37,
-        "num_attention_heads": 4,
-        "num_hidden_layers": 2,
-        "image_size": 32,
-        "patch_size": 8,
-    }
+    vision = _vision_config_kwargs(num_hidden_layers=2)
     torch.manual_seed(seed)
     model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=HIDDEN))
     processor = CLIPProcessor(
