@@ -43,7 +43,7 @@ class Params(Section):
     features: FeaturesConfig = FeaturesConfig()
     cluster: ClusterConfig = ClusterConfig()
     map: MapConfig = MapConfig()
-    edit: EditConfig = EditConfig()
+    edit: EditConfig
 
 
 def validate_params(raw: dict[str, Any] | None, source: str = "params") -> Params:

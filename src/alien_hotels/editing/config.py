@@ -12,10 +12,10 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from alien_hotels.common import Section
+from alien_hotels.editing.methods_config import Goal, ImagicConfig, TextualInversionConfig
 
 Pipeline = Literal["img2img", "inpaint", "instruct_pix2pix"]
 Scheduler = Literal["default", "ddim", "dpm", "euler", "euler_a", "pndm", "lms", "unipc"]
-Goal = Literal["neon", "green", "no_towels", "alien"]
 RECIPE_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
@@ -168,6 +168,9 @@ class EditConfig(Section):
     sheet_rows: int = Field(12, ge=1, le=200)
     scores: ScoresConfig = ScoresConfig()
     sweep: SweepConfig = SweepConfig()
+    # The trained edit methods (stages `textual_inversion` and `imagic`; values in conf/edit/).
+    textual_inversion: TextualInversionConfig
+    imagic: ImagicConfig
 
     @model_validator(mode="after")
     def _names(self) -> EditConfig:
