@@ -177,6 +177,18 @@ def edit_sweep(params: ParamsOption = Path("params.yaml")) -> None:
     _run(stages.run_edit_sweep, params)
 
 
+@app.command(name="textual-inversion")
+def textual_inversion(params: ParamsOption = Path("params.yaml")) -> None:
+    """Learn the style token from reference images (edit.textual_inversion.*)."""
+    _run(stages.run_textual_inversion, params)
+
+
+@app.command()
+def imagic(params: ParamsOption = Path("params.yaml")) -> None:
+    """Imagic edits of the images for every alpha (edit.imagic.*)."""
+    _run(stages.run_imagic, params)
+
+
 @app.command(name="edit-report")
 def edit_report(params: ParamsOption = Path("params.yaml")) -> None:
     """Per-recipe means (metrics/editing.json) and the hotel ranking for alien guests."""

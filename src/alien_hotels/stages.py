@@ -23,6 +23,7 @@ from alien_hotels.common import (
     write_text,
 )
 from alien_hotels.config import Params
+from alien_hotels.editing.textual_inversion import EMBEDDING_PATH
 from alien_hotels.reports import clusters_markdown
 
 log = logging.getLogger("alien_hotels")
@@ -60,6 +61,15 @@ class StagePaths:
     sweep_table: Path = Path("plots/edit_tradeoff.csv")
     sweep_plot: Path = Path("reports/edit_tradeoff.png")
     sweep_metrics: Path = Path("metrics/edit_sweep.json")
+    ti_embedding: Path = EMBEDDING_PATH
+    ti_checkpoints: Path = Path("data/checkpoints/textual_inversion")
+    ti_loss_plot: Path = Path("plots/textual_inversion_loss.csv")
+    ti_metrics: Path = Path("metrics/textual_inversion.json")
+    imagic_dir: Path = Path("data/imagic")
+    imagic_table: Path = Path("data/processed/imagic.csv")
+    imagic_sheets: Path = Path("reports/imagic")
+    imagic_plot: Path = Path("plots/imagic_alpha.csv")
+    imagic_metrics: Path = Path("metrics/imagic.json")
 
 
 def run_sample(params: Params, paths: StagePaths = StagePaths()) -> sampling.SampleStats:
@@ -361,3 +371,54 @@ def run_edit_sweep(params: Params, paths: StagePaths = StagePaths()) -> pd.DataF
         paths.sweep_metrics,
     )
     return table
+
+
+def run_textual_inversion(params: Params, paths: StagePaths = StagePaths(), on_step=None) -> dict:
+    """Stage `textual_inversion`: the learned token embedding, its loss curve and metrics."""
+    from alien_hotels.editing import textual_inversion
+
+    cfg = params.edit.textual_inversion
+    paths.ti_checkpoints.mkdir(parents=True, exist_ok=True)
+    result = textual_inversion.train(cfg, params.edit, paths.ti_checkpoints, on_step)
+    textual_inversion.save_embedding(result, cfg, paths.ti_embedding)
+    steps = list(range(1, len(result.losses) + 1))
+    write_csv(pd.DataFrame({"step": steps, "loss": result.losses}), paths.ti_loss_plot)
+    metrics = textual_inversion.loss_metrics(result, cfg)
+    write_json(metrics, paths.ti_metrics)
+    log.info("textual_inversion: %d steps, final loss %s", metrics["steps"], metrics["final_loss"])
+    return metrics
+
+
+def run_imagic(params: Params, paths: StagePaths = StagePaths()) -> dict:
+    """Stage `imagic`: images per alpha, a contact sheet per image, the per-alpha curve."""
+    from alien_hotels.editing import imagic, report
+
+    cfg = params.edit
+    result = imagic.run(cfg, _images_manifest(paths), paths.imagic_dir)
+    paths.imagic_sheets.mkdir(parents=True, exist_ok=True)
+    for stale in paths.imagic_sheets.glob("*.jpg"):
+        if stale.stem not in result.sheets:
+            stale.unlink()
+    for image_id, sheet in result.sheets.items():
+        with atomic_path(paths.imagic_sheets / f"{image_id}.jpg") as tmp:
+            sheet.save(tmp, format="JPEG", quality=88)
+    curve = imagic.alpha_curve(result.table)
+    write_csv(result.table, paths.imagic_table)
+    write_csv(curve, paths.imagic_plot)
+    table = result.table
+    per_image = table.drop_duplicates("image_id")
+    metrics = report.clean(
+        {
+            "n_images": len(per_image),
+            "n_failed": int((per_image["status"] == "failed").sum()),
+            "n_trained": int(per_image["trained"].fillna(False).astype(bool).sum()),
+            "alphas": list(cfg.imagic.alphas),
+            "per_alpha": {
+                f"{row.alpha:g}": {"ssim": row.ssim, "success": row.success}
+                for row in curve.itertuples(index=False)
+            },
+        }
+    )
+    write_json(metrics, paths.imagic_metrics)
+    log.info("imagic: %d images, %d trained", metrics["n_images"], metrics["n_trained"])
+    return metrics

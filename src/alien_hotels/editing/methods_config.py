@@ -96,7 +96,8 @@ class ImagicConfig(Section):
         bad = [a for a in alphas if not 0.0 <= a <= 1.0]
         if bad:
             raise ValueError(
-                f"alpha must lie in [0, 1] (0: the optimised embedding, 1: the target text); got {bad}"
+                "alpha must lie in [0, 1] (0: the optimised embedding, 1: the target text); "
+                f"got {bad}"
             )
         if len(set(alphas)) != len(alphas):
             raise ValueError(f"alphas must be distinct; got {alphas}")

@@ -22,7 +22,7 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from alien_hotels.editing import imaging, models
+from alien_hotels.editing import imaging, models, textual_inversion
 from alien_hotels.editing.config import EditConfig, RecipeConfig
 from alien_hotels.editing.scores import Scorer, success
 
@@ -71,6 +71,7 @@ class Models:
     segmenter: Any
     scorer: Scorer
     dtype: str
+    key_extra: str = ""  # the learned embedding's digest when the prompt uses its token
     _pipe: Any = None
 
     @property
@@ -98,10 +99,28 @@ def check_weights(name: str, recipe: RecipeConfig, cfg: EditConfig) -> tuple[str
     models.require_weights(recipe.model_id, f"{key}.model_id", "model_index.json")
     if recipe.mask.source == "text":
         models.require_weights(recipe.mask.model_id, f"{key}.mask.model_id", "config.json")
+    if textual_inversion.uses_token(recipe, cfg):
+        textual_inversion.check_embedding(name, textual_inversion.EMBEDDING_PATH, cfg)
+    return score_models(cfg)
+
+
+def score_models(cfg: EditConfig) -> tuple[str | None, str | None]:
+    """(CLIPSeg id, CLIP id) of the score models to load; None where skipped."""
     scores = cfg.scores
     return (
         _score_model(scores.clipseg_model_id, "edit.scores.clipseg_model_id", cfg),
         _score_model(scores.clip_model_id, "edit.scores.clip_model_id", cfg),
+    )
+
+
+def load_scorer(cfg: EditConfig) -> Scorer:
+    """The scores alone (for stages that bring their own generator, e.g. imagic)."""
+    clipseg_id, clip_id = score_models(cfg)
+    device, _ = models.resolve_device(cfg)
+    return Scorer(
+        cfg.scores,
+        segmenter=models.Segmenter(clipseg_id, device) if clipseg_id else None,
+        clip=models.ClipScorer(clip_id, device) if clip_id else None,
     )
 
 
@@ -121,11 +140,21 @@ def load_models(name: str, recipe: RecipeConfig, cfg: EditConfig) -> Models:
         segmenter=segmenter(clipseg_id) if clipseg_id else None,
         clip=models.ClipScorer(clip_id, device) if clip_id else None,
     )
+    embedding = textual_inversion.EMBEDDING_PATH
+    uses_token = textual_inversion.uses_token(recipe, cfg)
+
+    def load_pipe() -> Any:
+        pipe = models.load_pipeline(recipe, f"edit.recipes.{name}", cfg)
+        if uses_token:  # the prompt names the learned token: load it into the pipeline
+            textual_inversion.attach(pipe, embedding, cfg)
+        return pipe
+
     return Models(
-        lambda: models.load_pipeline(recipe, f"edit.recipes.{name}", cfg),
+        load_pipe,
         mask_seg,
         scorer,
         str(dtype).removeprefix("torch."),
+        key_extra=f"|ti:{imaging.file_md5(embedding)}" if uses_token else "",
     )
 
 
@@ -193,7 +222,7 @@ def edit_recipe(
         log.info("edit %s: no images to edit (manifest has no status=ok rows)", name)
         return result
     loaded = loaded or load_models(name, recipe, cfg)
-    base_key = recipe_hash(recipe, loaded.dtype)
+    base_key = recipe_hash(recipe, loaded.dtype + loaded.key_extra)
     rows: list[dict[str, Any]] = []
     bar = tqdm(images.itertuples(index=False), total=len(images), desc=f"edit {name}", unit="img")
     for item in bar:

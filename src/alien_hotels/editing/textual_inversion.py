@@ -35,6 +35,8 @@ CHECKPOINT_FILE = "checkpoint.pt"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 VERSION = "ti-v1"
 PROBE_SIZE = 16
+# Where the stage writes the embedding and the edit stages read it (dvc.yaml declares both).
+EMBEDDING_PATH = Path("data/textual_inversion") / EMBEDDING_FILE
 
 
 @dataclass
@@ -136,8 +138,12 @@ def train(
 
     handle = embeddings.register_forward_hook(swap_in)
     try:
-        pixels = torch.cat([training.pixels(square(img, cfg.resolution), (cfg.resolution,) * 2)
-                            for _, img in references])
+        pixels = torch.cat(
+            [
+                training.pixels(square(img, cfg.resolution), (cfg.resolution,) * 2)
+                for _, img in references
+            ]
+        )
         latents = torch.cat([training.encode_latents(parts, p[None]) for p in pixels])
         probe_start = _probe_loss(cfg, parts, latents)
         result = _optimise(cfg, parts, latents, learned, references, checkpoint_dir, on_step)
@@ -202,11 +208,14 @@ def _optimise(cfg, parts, latents, learned, references, checkpoint_dir, on_step)
     return result
 
 
-def _probe_loss(cfg: TextualInversionConfig, parts: Any, latents: Any, n: int = PROBE_SIZE) -> float:
+def _probe_loss(
+    cfg: TextualInversionConfig, parts: Any, latents: Any, n: int = PROBE_SIZE
+) -> float:
     """Mean loss over `n` fixed draws from their own generator (training RNG untouched)."""
     import torch
 
     generator = torch.Generator().manual_seed(cfg.seed + 1)
+    n = PROBE_SIZE
     losses = []
     with torch.no_grad():
         for start in range(0, n, cfg.batch_size):
