@@ -119,15 +119,20 @@ def train(
     edit_cfg: EditConfig,
     checkpoint_dir: Path,
     on_step: Callable[[int], None] | None = None,
+    parts: training.DiffusionParts | None = None,
 ) -> TrainResult:
-    """Train (or continue) the embedding; nothing is loaded when reference_dir is null."""
+    """Train (or continue) the embedding; nothing is loaded when reference_dir is null.
+
+    `parts`: already loaded components (benchmarks); by default loaded from cfg.model_id.
+    """
     if cfg.reference_dir is None:
         log.info("textual_inversion: reference_dir is null, nothing to learn")
         return TrainResult()
     references = load_references(cfg)
     import torch
 
-    parts = training.load_parts(cfg.model_id, f"{KEY}.model_id", edit_cfg, cfg.mixed_precision)
+    if parts is None:
+        parts = training.load_parts(cfg.model_id, f"{KEY}.model_id", edit_cfg, cfg.mixed_precision)
     token_id, init_id = add_placeholder(parts.tokenizer, cfg, cfg.model_id)
     parts.text_encoder.resize_token_embeddings(len(parts.tokenizer))
     embeddings = parts.text_encoder.get_input_embeddings()

@@ -52,6 +52,13 @@ def load_parts(model_id: str, key: str, cfg: EditConfig, mixed_precision: str) -
         )
     except (OSError, ValueError) as exc:
         raise StageError(f"{key}: cannot load {model_id!r}: {exc}") from exc
+    return parts_from_pipeline(pipe, device, autocast_dtype)
+
+
+def parts_from_pipeline(pipe: Any, device: str, autocast_dtype: Any = None) -> DiffusionParts:
+    """A loaded (or, in benchmarks, built) pipeline on `device`, every module frozen."""
+    import diffusers
+
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     for module in (pipe.text_encoder, pipe.vae, pipe.unet):

@@ -1,0 +1,202 @@
+"""Seconds per Textual Inversion step and per Imagic image on the real Stable Diffusion 1.5
+architecture (random weights, CPU, reduced resolution).
+
+    python -m benchmarks.bench_training [--resolution 128] [--ti-steps 3]
+
+Builds diffusers' `UNet2DConditionModel`, `AutoencoderKL` and transformers' `CLIPTextModel` with
+the SD 1.5 configs written below (860M + 84M + 123M parameters) and runs the stages' own code
+(`textual_inversion.train`, `imagic.optimise` / `imagic.generate`, LoRA rank 16) on it. Printed:
+seconds per TI optimizer step (batch 1), per Imagic embedding step, per Imagic LoRA step and per
+generated alpha image (DDIM, CFG), each also as a ratio to the baseline measured in the same run:
+one plain UNet forward pass (inference, batch 1) at the same resolution. Then the extrapolation to
+the shipped defaults (3000 TI steps; Imagic 500 + 1000 steps and 7 alphas x 50 DDIM steps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+# Stable Diffusion 1.5 (runwayml/stable-diffusion-v1-5 unet/vae config.json; CLIP ViT-L/14 text).
+UNET = {
+    "sample_size": 64,
+    "in_channels": 4,
+    "out_channels": 4,
+    "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+    "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
+    "block_out_channels": [320, 640, 1280, 1280],
+    "layers_per_block": 2,
+    "cross_attention_dim": 768,
+    "attention_head_dim": 8,
+}
+VAE = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "block_out_channels": [128, 256, 512, 512],
+    "layers_per_block": 2,
+    "latent_channels": 4,
+    "sample_size": 512,
+}
+TEXT = {
+    "vocab_size": 49408,
+    "hidden_size": 768,
+    "intermediate_size": 3072,
+    "num_attention_heads": 12,
+    "num_hidden_layers": 12,
+    "max_position_embeddings": 77,
+    "hidden_act": "quick_gelu",
+}
+
+
+def sd15_pipeline():
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        PNDMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from alien_hotels.testing.diffusion import tiny_tokenizer
+
+    torch.manual_seed(0)
+    scheduler = PNDMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True
+    )
+    return StableDiffusionPipeline(
+        unet=UNet2DConditionModel(**UNET),
+        vae=AutoencoderKL(**VAE),
+        text_encoder=CLIPTextModel(CLIPTextConfig(**TEXT)),
+        tokenizer=tiny_tokenizer(),  # the real BPE, first merges only: same token ids shape
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--resolution", type=int, default=128)
+    parser.add_argument("--ti-steps", type=int, default=3)
+    args = parser.parse_args()
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from alien_hotels.config import compose_params, validate_params
+    from alien_hotels.editing import imagic, textual_inversion, training
+
+    res = args.resolution
+    parts = training.parts_from_pipeline(sd15_pipeline(), "cpu")
+    n_params = sum(p.numel() for p in parts.unet.parameters()) / 1e6
+    print(
+        f"SD 1.5 architecture, random weights, CPU, torch threads {torch.get_num_threads()}, "
+        f"{res}x{res} px ({res // 8}x{res // 8} latents), UNet {n_params:.0f}M parameters"
+    )
+    conf = Path(__file__).resolve().parents[1] / "conf"
+
+    # baseline: one UNet forward pass, batch 1, inference
+    latents = torch.randn(1, 4, res // 8, res // 8)
+    cond = training.text_embeddings(parts, ["a hotel room"])
+    with torch.no_grad():
+        parts.unet(latents, 500, cond)  # warm-up
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            parts.unet(latents, 500, cond)
+            times.append(time.perf_counter() - start)
+    base = statistics.median(times)
+
+    def show(name: str, seconds: float) -> None:
+        print(f"{name:32s}{seconds:8.2f} s   x{seconds / base:5.1f} baseline")
+
+    print(f"baseline UNet forward           {base:8.2f} s")
+
+    with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp):
+        refs = Path("data/references/bench")
+        refs.mkdir(parents=True)
+        for i in range(3):
+            arr = np.random.default_rng(i).integers(0, 256, (res, res, 3), dtype=np.uint8)
+            Image.fromarray(arr).save(refs / f"r{i}.png")
+        cfg = validate_params(
+            compose_params(
+                [
+                    "edit.device=cpu",
+                    f"edit.textual_inversion.reference_dir={refs}",
+                    f"edit.textual_inversion.resolution={res}",
+                    f"edit.textual_inversion.steps={args.ti_steps + 1}",
+                    "edit.textual_inversion.batch_size=1",
+                    "edit.textual_inversion.gradient_accumulation=1",
+                    "edit.textual_inversion.initializer_token=a",  # one token of the short BPE
+                ],
+                conf,
+            )
+        ).edit
+        stamps: list[float] = []
+        textual_inversion.train(
+            cfg.textual_inversion,
+            cfg,
+            Path("ckpt"),
+            on_step=lambda _: stamps.append(time.perf_counter()),
+            parts=parts,
+        )
+        ti_step = statistics.median(np.diff(stamps))  # the first step (warm-up) is excluded
+        show("textual inversion step", ti_step)
+
+        image = Image.fromarray(np.random.default_rng(9).integers(0, 256, (res, res, 3), np.uint8))
+
+        def imagic_cfg(emb: int, unet: int, steps: int):
+            overrides = [
+                f"edit.imagic.embedding_steps={emb}",
+                f"edit.imagic.unet_steps={unet}",
+                f"edit.imagic.inference_steps={steps}",
+                f"edit.imagic.resolution={res}",
+            ]
+            return validate_params(compose_params(overrides, conf)).edit.imagic
+
+        def optimise_seconds(emb: int, unet: int) -> float:
+            icfg = imagic_cfg(emb, unet, 1)
+            with imagic.tuned(parts, icfg, None):
+                start = time.perf_counter()
+                imagic.optimise(parts, icfg, image)
+                return time.perf_counter() - start
+
+        one = optimise_seconds(1, 1)
+        emb_step = (optimise_seconds(3, 1) - one) / 2
+        lora_step = (optimise_seconds(1, 3) - one) / 2
+        icfg = imagic_cfg(1, 1, 2)
+        with imagic.tuned(parts, icfg, None):
+            state = imagic.optimise(parts, icfg, image)
+            gen = []
+            for steps in (2, 4):
+                start = time.perf_counter()
+                imagic.generate(parts, imagic_cfg(1, 1, steps), state, 0.7, (res, res))
+                gen.append(time.perf_counter() - start)
+        ddim_step = (gen[1] - gen[0]) / 2
+        show("imagic embedding step", emb_step)
+        show("imagic LoRA step", lora_step)
+        show("imagic DDIM step (CFG, batch 2)", ddim_step)
+
+        shipped = validate_params(compose_params([], conf)).edit
+        ti_total = shipped.textual_inversion.steps * shipped.textual_inversion.gradient_accumulation
+        im = shipped.imagic
+        train = im.embedding_steps * emb_step + im.unet_steps * lora_step
+        generate = len(im.alphas) * im.inference_steps * ddim_step
+        print(
+            f"shipped defaults at {res} px on this CPU: textual inversion "
+            f"{ti_total * ti_step / 3600:.1f} h; imagic per image {train / 3600:.1f} h training "
+            f"+ {generate / 60:.1f} min for {len(im.alphas)} alphas"
+        )
+
+
+if __name__ == "__main__":
+    main()
