@@ -276,3 +276,72 @@ def test_recipe_using_the_token_needs_a_learned_embedding(workdir: Path, tiny_sd
     )
     with pytest.raises(StageError, match="edit.recipes.neon: the prompt uses '<alien-style>'"):
         runner.check_weights("neon", params.edit.recipes["neon"], params.edit)
+
+
+IMAGIC_TINY = [
+    "edit.imagic.resolution=64",
+    "edit.imagic.embedding_steps=3",
+    "edit.imagic.unet_steps=3",
+    "edit.imagic.lora_rank=4",
+    "edit.imagic.lora_alpha=4",
+    "edit.imagic.inference_steps=2",
+    "edit.imagic.alphas=[0.0,0.5,1.0]",
+    "edit.scores.clipseg_model_id=null",
+    "edit.scores.clip_model_id=null",
+    "edit.device=cpu",
+]
+
+
+@pytest.mark.ml
+def test_imagic_outputs_per_alpha_and_alpha_changes_reuse_the_trained_state(
+    workdir: Path, tiny_sd: Path
+):
+    rows = []
+    for i, size in enumerate([(72, 48), (40, 56)]):
+        arr = np.random.default_rng(i).integers(0, 256, (size[1], size[0], 3), np.uint8)
+        arr[:10] = (0, 255, 0)
+        Path("data/images").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(arr).save(f"data/images/img{i}.png")
+        rows.append((f"img{i}", f"data/images/img{i}.png", "ok"))
+    Path("data/images/broken.png").write_bytes(b"not a png")
+    rows += [("broken", "data/images/broken.png", "ok"), ("gone", "", "missing")]
+    Path("data/interim").mkdir(parents=True)
+    frame = pd.DataFrame(rows, columns=["image_id", "path", "status"]).assign(reason="")
+    frame.to_csv("data/interim/images.csv", index=False)
+
+    params = compose(*IMAGIC_TINY, f"edit.imagic.model_id={tiny_sd}")
+    metrics = stages.run_imagic(params)
+    assert (metrics["n_images"], metrics["n_failed"], metrics["n_trained"]) == (3, 1, 2)
+    table = pd.read_csv("data/processed/imagic.csv")
+    assert "cannot read" in table.loc[table.image_id == "broken", "reason"].iloc[0]
+    done = table[table.status == "edited"]
+    assert sorted(done.alpha.unique()) == [0.0, 0.5, 1.0] and done.ssim.notna().all()
+    for image_id, size in (("img0", (72, 48)), ("img1", (40, 56))):
+        names = sorted(p.name for p in Path(f"data/imagic/images/{image_id}").glob("*.png"))
+        assert names == ["alpha_0.000.png", "alpha_0.500.png", "alpha_1.000.png"]
+        assert Image.open(f"data/imagic/images/{image_id}/alpha_0.500.png").size == size
+        assert Path(f"reports/imagic/{image_id}.jpg").is_file()
+    state = Path("data/imagic/state/img0.safetensors")
+    assert state.stat().st_size < 1_000_000  # LoRA weights and two embeddings, not a UNet
+    curve = pd.read_csv("plots/imagic_alpha.csv")
+    assert curve.alpha.tolist() == [0.0, 0.5, 1.0] and (curve.n_images == 2).all()
+    # alpha 0 and 1 condition on different embeddings: different images
+    a0 = np.asarray(Image.open("data/imagic/images/img0/alpha_0.000.png"), dtype=float)
+    a1 = np.asarray(Image.open("data/imagic/images/img0/alpha_1.000.png"), dtype=float)
+    assert np.abs(a0 - a1).mean() > 0
+    kept = Path("data/imagic/images/img0/alpha_0.500.png").read_bytes()
+
+    # only the alphas change: nothing is retrained, the kept alpha is not regenerated
+    state_before = state.read_bytes()
+    params = compose(
+        *IMAGIC_TINY, f"edit.imagic.model_id={tiny_sd}", "edit.imagic.alphas=[0.5,0.7]"
+    )
+    metrics = stages.run_imagic(params)
+    assert metrics["n_trained"] == 0 and state.read_bytes() == state_before
+    names = sorted(p.name for p in Path("data/imagic/images/img0").glob("*.png"))
+    assert names == ["alpha_0.500.png", "alpha_0.700.png"]
+    assert Path("data/imagic/images/img0/alpha_0.500.png").read_bytes() == kept
+    # the same alpha generated from the cached state equals a fresh generation
+    Path("data/imagic/images/img0/alpha_0.500.png").unlink()
+    stages.run_imagic(params)
+    assert Path("data/imagic/images/img0/alpha_0.500.png").read_bytes() == kept
