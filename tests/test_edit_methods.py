@@ -120,7 +120,7 @@ def test_bundled_sample_writes_valid_empty_outputs_without_models(workdir: Path)
     assert metrics["n_images"] == 0 and metrics["per_alpha"] == {}
     assert pd.read_csv("plots/imagic_alpha.csv").empty
     assert "ssim" in pd.read_csv("data/processed/imagic.csv").columns
-    assert Path("reports/imagic").is_dir()
+    assert Path("reports/imagic").is_dir() and Path("data/imagic").is_dir()
     assert json.loads(Path("metrics/imagic.json").read_text())["alphas"] == [
         0.0,
         0.5,

@@ -261,6 +261,7 @@ def run(
     imagic = cfg.imagic
     images = select_images(manifest, imagic.max_images)
     result = ImagicResult(pd.DataFrame(columns=TABLE_COLUMNS), {})
+    out_dir.mkdir(parents=True, exist_ok=True)  # a DVC output even when there is nothing to do
     if images.empty:
         _remove_stale(out_dir, set(), imagic.alphas)
         log.info("imagic: no images (manifest has no status=ok rows)")
