@@ -20,7 +20,12 @@ from pydantic import BaseModel, ConfigDict
 
 
 class Section(BaseModel):
-    """Base of every params section: unknown keys are errors, values are immutable."""
+    """Base of every params section: unknown keys are errors, values are immutable.
+
+    Sections validate (types, ranges, choices, cross-field rules) but hold no default values:
+    every value comes from `conf/` (composed into `params.yaml`), the one source of defaults, so
+    a missing key is an error rather than a silent second default.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 

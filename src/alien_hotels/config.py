@@ -35,15 +35,15 @@ class ConfigError(ValueError):
 class Params(Section):
     """Everything a stage may read from `params.yaml`."""
 
-    data: DataConfig = DataConfig()
-    images: ImagesConfig = ImagesConfig()
-    caption: CaptionConfig = CaptionConfig()
-    text: TextConfig = TextConfig()
-    room_types: RoomTypesConfig = RoomTypesConfig()
-    features: FeaturesConfig = FeaturesConfig()
-    cluster: ClusterConfig = ClusterConfig()
-    map: MapConfig = MapConfig()
-    edit: EditConfig = EditConfig()
+    data: DataConfig
+    images: ImagesConfig
+    caption: CaptionConfig
+    text: TextConfig
+    room_types: RoomTypesConfig
+    features: FeaturesConfig
+    cluster: ClusterConfig
+    map: MapConfig
+    edit: EditConfig
 
 
 def validate_params(raw: dict[str, Any] | None, source: str = "params") -> Params:
