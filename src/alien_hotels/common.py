@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import pandas as pd
@@ -28,6 +28,10 @@ class Section(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    def updated(self, **changes: Any) -> Self:
+        """A validated copy with `changes` applied (pydantic's `model_copy` skips validation)."""
+        return self.model_validate({**self.model_dump(), **changes})
 
 
 class StageError(RuntimeError):

@@ -39,7 +39,7 @@ from urllib.parse import urlsplit
 import pandas as pd
 from pydantic import Field
 
-from alien_hotels.common import Section, StageError, atomic_path
+from alien_hotels.common import Section, atomic_path
 
 log = logging.getLogger("alien_hotels.images")
 

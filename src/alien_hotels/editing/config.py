@@ -179,7 +179,8 @@ class EditConfig(Section):
                 f"recipes: {', '.join(sorted(self.recipes))}"
             )
         swept = self.recipes.get(self.sweep.recipe)
-        if swept and "image_guidance_scale" in self.sweep.grid and swept.pipeline != "instruct_pix2pix":
+        pix2pix = swept is not None and swept.pipeline == "instruct_pix2pix"
+        if swept and "image_guidance_scale" in self.sweep.grid and not pix2pix:
             raise ValueError(
                 f"sweep.grid.image_guidance_scale needs an instruct_pix2pix recipe; "
                 f"sweep.recipe={self.sweep.recipe!r} is {swept.pipeline}"
