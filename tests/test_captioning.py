@@ -23,7 +23,7 @@ from alien_hotels.captioning.checkpoint import Checkpoint, config_key
 from alien_hotels.captioning.images import load_image
 from alien_hotels.config import ConfigError
 from alien_hotels.images import relative_image_path
-from conftest import compose, run, subprocess_env
+from conftest import ROOT, compose, run, subprocess_env
 
 pytestmark = [pytest.mark.ml, pytest.mark.filterwarnings("ignore::FutureWarning")]
 
@@ -358,7 +358,7 @@ def test_models_download_dry_run_lists_what_it_fetches(tmp_path):
             "--clip-model",
             "ViT-B-32/openai",
         ],
-        tmp_path,
+        ROOT,  # without a params file the defaults come from conf/
         **env,
     )
     out = result.stdout
@@ -370,7 +370,7 @@ def test_models_download_dry_run_lists_what_it_fetches(tmp_path):
     assert str(tmp_path / "xdg" / "alien-hotels" / "labels") in out
 
     download = ["alien-hotels", "models", "download", "--dry-run", "--params", "absent.yaml"]
-    no_labels = run([*download, "--no-labels"], tmp_path, **env).stdout
+    no_labels = run([*download, "--no-labels"], ROOT, **env).stdout
     assert "Salesforce/blip-image-captioning-large" in no_labels
     assert "label_embeddings" not in no_labels
 
@@ -378,7 +378,7 @@ def test_models_download_dry_run_lists_what_it_fetches(tmp_path):
         ("--caption-model", "blip-huge", "blip-large"),
         ("--clip-model", "ViT-Q-99/nowhere", "not an open_clip pretrained model"),
     ):
-        bad = run([*download, option, value], tmp_path, check=False, **env)
+        bad = run([*download, option, value], ROOT, check=False, **env)
         assert bad.returncode == 2 and message in bad.stderr
 
 

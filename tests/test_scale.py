@@ -165,8 +165,8 @@ def test_class_tfidf_terms_match_joined_class_documents():
 
 def test_cluster_config_rejects_a_sweep_sample_too_small_for_k_max():
     with pytest.raises(ConfigError, match=r"cluster\.sweep_sample"):
-        validate_params({"cluster": {"k_max": 29, "sweep_sample": 200}})
-    assert validate_params({"cluster": {"sweep_sample": None}}).cluster.sweep_sample is None
+        compose("cluster.k_max=29", "cluster.sweep_sample=200")
+    assert compose("cluster.sweep_sample=null").cluster.sweep_sample is None
 
 
 # --- map at scale ---------------------------------------------------------------------------
@@ -189,7 +189,7 @@ def test_map_on_a_sample_places_every_row(blobs, place):
 
 def test_map_config_place_transform_needs_opentsne():
     with pytest.raises(ConfigError, match=r"map\.place=transform"):
-        validate_params({"map": {"method": "sklearn", "place": "transform"}})
+        compose("map.method=sklearn", "map.place=transform")
 
 
 def test_plots_draw_a_capped_seeded_subsample_with_few_colour_groups(tmp_path):

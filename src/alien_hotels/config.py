@@ -76,6 +76,11 @@ def compose_params(
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
+    if not (Path(conf_dir) / "config.yaml").is_file():
+        raise ConfigError(
+            f"{Path(conf_dir) / 'config.yaml'} not found: run from the project root (conf/ holds "
+            "every default), or pass a params file"
+        )
     with initialize_config_dir(config_dir=str(Path(conf_dir).resolve()), version_base="1.3"):
         cfg = compose(config_name="config", overrides=list(overrides or []))
     return OmegaConf.to_container(cfg, resolve=True)
