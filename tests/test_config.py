@@ -1,3 +1,4 @@
+import re
 import shutil
 from pathlib import Path
 from typing import get_args
@@ -215,3 +216,77 @@ def test_recipe_without_a_prompt_names_the_key(tmp_path):
     (conf / "edit/recipes/bare.yaml").write_text("defaults:\n  - base\n  - _self_\n")
     with pytest.raises(ConfigError, match=r"edit\.recipes\.bare\.prompt: no value"):
         compose_params(["+edit/recipes@edit.recipes.bare=bare"], conf)
+
+
+# --- docs tables against conf/ -----------------------------------------------------------------
+
+# (doc, section prefix, Hydra overrides): tables with a "default" column, checked row by row.
+DOCUMENTED_DEFAULTS = [
+    ("README.md", None, []),  # the group column names the section
+    ("docs/captioning.md", "caption", []),
+    ("docs/hotels50k.md", "", ["data=hotels50k"]),
+]
+# Rows whose default is described in words rather than listed value by value.
+PROSE_ROWS = {
+    ("README.md", "`rules`, `scope`, `default`"),
+    ("README.md", "`tfidf.*`"),
+    ("README.md", "`elbow.*`"),
+}
+CELL_ITEM = re.compile(r"`[^`]*`|[^,\s][^,]*")
+
+
+def _cells(line: str) -> list[str]:
+    return [cell.strip() for cell in line.strip().strip("|").split("|")]
+
+
+def _doc_value(item: str) -> str:
+    item = item.strip().strip("`")
+    return item[1:-1] if len(item) >= 2 and item[0] == item[-1] == '"' else item
+
+
+def _conf_value(value) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return "[]" if value == [] else str(value)
+
+
+def _documented_defaults(doc: str, prefix: str | None):
+    """(key cell, dotted key, documented value) for each default table row of `doc`."""
+    lines = (ROOT / doc).read_text(encoding="utf-8").splitlines()
+    for i, line in enumerate(lines):
+        header = _cells(line) if line.startswith("|") else []
+        if not any(cell.startswith("default") for cell in header) or "key" not in header:
+            continue
+        key_col = header.index("key")
+        default_col = next(j for j, cell in enumerate(header) if cell.startswith("default"))
+        section = prefix
+        for row in lines[i + 2 :]:
+            if not row.startswith("|"):
+                break
+            cells = _cells(row)
+            if prefix is None and cells[0]:
+                section = re.match(r"`([^`]+)`", cells[0]).group(1)
+            keys = re.findall(r"`([^`]+)`", cells[key_col])
+            values = [_doc_value(item) for item in CELL_ITEM.findall(cells[default_col])]
+            if (doc, cells[key_col]) in PROSE_ROWS:
+                continue
+            assert len(values) in (1, len(keys)), f"{doc}: cannot read row {row!r}"
+            spread = values * len(keys) if len(values) == 1 else values
+            for key, value in zip(keys, spread, strict=True):
+                yield ".".join(filter(None, [section, key])), value
+
+
+@pytest.mark.parametrize(("doc", "prefix", "overrides"), DOCUMENTED_DEFAULTS)
+def test_documented_defaults_equal_the_composed_config(doc, prefix, overrides):
+    composed = compose_params(overrides, ROOT / "conf")
+    checked = 0
+    for dotted, documented in _documented_defaults(doc, prefix):
+        value = composed
+        for part in dotted.split("."):
+            assert part in value, f"{doc} documents {dotted}, which conf/ does not have"
+            value = value[part]
+        assert _conf_value(value) == documented, f"{doc}: {dotted}"
+        checked += 1
+    assert checked >= 8  # the tables were found and read
