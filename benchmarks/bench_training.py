@@ -97,7 +97,7 @@ def main() -> None:
     from PIL import Image
 
     from alien_hotels.config import compose_params, validate_params
-    from alien_hotels.editing import imagic, textual_inversion, training
+    from alien_hotels.methods import imagic, textual_inversion, training
 
     res = args.resolution
     parts = training.parts_from_pipeline(sd15_pipeline(), "cpu")

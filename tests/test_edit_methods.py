@@ -14,9 +14,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from alien_hotels import stages
 from alien_hotels.common import StageError
 from alien_hotels.config import ConfigError
+from alien_hotels.stages import imagic as imagic_stage
+from alien_hotels.stages import textual_inversion as ti_stage
 from conftest import ROOT, compose, subprocess_env
 
 # Small settings: 64-pixel images, a few steps.
@@ -93,7 +94,7 @@ def test_bad_reference_folder_fails_before_any_model_is_loaded(workdir: Path, ca
     # a model that does not exist: reaching the loader would fail with another message
     params = compose(*TI_TINY, "edit.textual_inversion.model_id=./no_such_model")
     with pytest.raises(StageError) as err:
-        stages.run_textual_inversion(params)
+        ti_stage.run(params)
     text = str(err.value)
     assert "edit.textual_inversion.reference_dir" in text
     expected = {"missing": "is not a folder", "empty": "holds no images", "unreadable": "broken"}
@@ -108,15 +109,19 @@ def test_bundled_sample_writes_valid_empty_outputs_without_models(workdir: Path)
     pd.DataFrame(
         {"image_id": ["1", "2"], "path": ["", ""], "status": "missing", "reason": ""}
     ).to_csv("data/interim/images.csv", index=False)
+    from alien_hotels.methods.textual_inversion import EMBEDDING_PATH
+    from alien_hotels.stages.paths import StagePaths
+
+    assert StagePaths().ti_embedding == EMBEDDING_PATH  # written there, read there by edits
     params = compose("edit.imagic.model_id=./no_such_model")
-    ti = stages.run_textual_inversion(params)
+    ti = ti_stage.run(params)
     assert ti["steps"] == 0 and ti["final_loss"] is None
     raw = Path("data/textual_inversion/learned_embeds.safetensors").read_bytes()
     size = int.from_bytes(raw[:8], "little")
     header = json.loads(raw[8 : 8 + size])
     assert set(header) == {"__metadata__"} and header["__metadata__"]["status"] == "empty"
     assert list(pd.read_csv("plots/textual_inversion_loss.csv").columns) == ["step", "loss"]
-    metrics = stages.run_imagic(params)
+    metrics = imagic_stage.run(params)
     assert metrics["n_images"] == 0 and metrics["per_alpha"] == {}
     assert pd.read_csv("plots/imagic_alpha.csv").empty
     assert "ssim" in pd.read_csv("data/processed/imagic.csv").columns
@@ -176,14 +181,14 @@ import os, signal, sys
 sys.path.insert(0, {str(ROOT / "tests")!r})
 os.chdir(sys.argv[1])
 from conftest import compose
-from alien_hotels import stages
+from alien_hotels.stages import textual_inversion as ti_stage
 from test_edit_methods import TI_TINY
 kill = int(sys.argv[3]) if sys.argv[3] else None
 def on_step(step):
     if step == kill:
         os.kill(os.getpid(), signal.SIGKILL)
 params = compose(*TI_TINY, "edit.textual_inversion.model_id=" + sys.argv[2])
-stages.run_textual_inversion(params, on_step=on_step)
+ti_stage.run(params, on_step=on_step)
 """
 
 
@@ -259,7 +264,7 @@ def test_placeholder_already_in_vocabulary_fails_before_training(workdir: Path, 
         "edit.textual_inversion.placeholder_token=a",  # "a</w>" is a token of the vocabulary
     )
     with pytest.raises(StageError, match="placeholder_token: 'a' is already in the vocabulary"):
-        stages.run_textual_inversion(params)
+        ti_stage.run(params)
     assert not Path("data/checkpoints/textual_inversion/checkpoint.pt").exists()
     assert not Path("data/textual_inversion").exists()
 
@@ -269,7 +274,7 @@ def test_recipe_using_the_token_needs_a_learned_embedding(workdir: Path, tiny_sd
     from alien_hotels.editing import runner
 
     Path("data/textual_inversion").mkdir(parents=True)
-    stages.run_textual_inversion(compose())  # reference_dir null: an empty embedding file
+    ti_stage.run(compose())  # reference_dir null: an empty embedding file
     params = compose(
         f"edit.recipes.neon.model_id={tiny_sd}",
         "edit.recipes.neon.prompt='a room in the style of <alien-style>'",
@@ -310,7 +315,7 @@ def test_imagic_outputs_per_alpha_and_alpha_changes_reuse_the_trained_state(
     frame.to_csv("data/interim/images.csv", index=False)
 
     params = compose(*IMAGIC_TINY, f"edit.imagic.model_id={tiny_sd}")
-    metrics = stages.run_imagic(params)
+    metrics = imagic_stage.run(params)
     assert (metrics["n_images"], metrics["n_failed"], metrics["n_trained"]) == (3, 1, 2)
     table = pd.read_csv("data/processed/imagic.csv")
     assert "cannot read" in table.loc[table.image_id == "broken", "reason"].iloc[0]
@@ -336,12 +341,12 @@ def test_imagic_outputs_per_alpha_and_alpha_changes_reuse_the_trained_state(
     params = compose(
         *IMAGIC_TINY, f"edit.imagic.model_id={tiny_sd}", "edit.imagic.alphas=[0.5,0.7]"
     )
-    metrics = stages.run_imagic(params)
+    metrics = imagic_stage.run(params)
     assert metrics["n_trained"] == 0 and state.read_bytes() == state_before
     names = sorted(p.name for p in Path("data/imagic/images/img0").glob("*.png"))
     assert names == ["alpha_0.500.png", "alpha_0.700.png"]
     assert Path("data/imagic/images/img0/alpha_0.500.png").read_bytes() == kept
     # the same alpha generated from the cached state equals a fresh generation
     Path("data/imagic/images/img0/alpha_0.500.png").unlink()
-    stages.run_imagic(params)
+    imagic_stage.run(params)
     assert Path("data/imagic/images/img0/alpha_0.500.png").read_bytes() == kept

@@ -22,9 +22,10 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from alien_hotels.editing import imaging, models, textual_inversion
+from alien_hotels.editing import imaging, models
 from alien_hotels.editing.config import EditConfig, RecipeConfig
 from alien_hotels.editing.scores import Scorer, success
+from alien_hotels.methods import textual_inversion
 
 log = logging.getLogger(__name__)
 

@@ -25,11 +25,12 @@ import pandas as pd
 from PIL import Image, ImageDraw, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from alien_hotels.editing import imaging, models, training
+from alien_hotels.editing import imaging, models
 from alien_hotels.editing.config import EditConfig
-from alien_hotels.editing.methods_config import ImagicConfig
 from alien_hotels.editing.runner import SCORE_KEYS, load_scorer, score_models, select_images
 from alien_hotels.editing.scores import success
+from alien_hotels.methods import training
+from alien_hotels.methods.config import ImagicConfig
 
 log = logging.getLogger(__name__)
 

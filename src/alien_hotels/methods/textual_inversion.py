@@ -23,9 +23,10 @@ from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from alien_hotels.common import StageError, atomic_path
-from alien_hotels.editing import imaging, training
+from alien_hotels.editing import imaging
 from alien_hotels.editing.config import EditConfig, RecipeConfig
-from alien_hotels.editing.methods_config import TextualInversionConfig
+from alien_hotels.methods import training
+from alien_hotels.methods.config import TextualInversionConfig
 
 log = logging.getLogger(__name__)
 
