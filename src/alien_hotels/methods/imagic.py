@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,7 +110,12 @@ def image_key(state: str, alpha: float, cfg: ImagicConfig) -> str:
     return training.digest(state, alpha, cfg.guidance_scale, cfg.inference_steps, cfg.seed)
 
 
-def optimise(parts: training.DiffusionParts, cfg: ImagicConfig, image: Image.Image) -> dict:
+def optimise(
+    parts: training.DiffusionParts,
+    cfg: ImagicConfig,
+    image: Image.Image,
+    on_step: Callable[[str, int], None] | None = None,
+) -> dict:
     """Phases 1 and 2: {e_target, e_optimised, unet.<weight>...} (tuned weights on CPU).
 
     Leaves the tuned UNet in place (LoRA adapter attached / full weights changed) for
@@ -122,19 +128,23 @@ def optimise(parts: training.DiffusionParts, cfg: ImagicConfig, image: Image.Ima
     e_target = training.text_embeddings(parts, [cfg.target_text])
     e_opt = torch.nn.Parameter(e_target.detach().clone().float())
     optimizer = torch.optim.Adam([e_opt], lr=cfg.embedding_lr)
-    for _ in tqdm(range(cfg.embedding_steps), desc="imagic embedding", unit="step", leave=False):
+    for step in tqdm(range(cfg.embedding_steps), desc="imagic embedding", unit="step", leave=False):
         loss = training.denoising_loss(parts, latents, e_opt, generator)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if on_step is not None:
+            on_step("embedding", step)
     e_opt = e_opt.detach()
     trainable = _trainable(parts, cfg)
     optimizer = torch.optim.Adam(trainable, lr=cfg.unet_lr)
-    for _ in tqdm(range(cfg.unet_steps), desc="imagic unet", unit="step", leave=False):
+    for step in tqdm(range(cfg.unet_steps), desc="imagic unet", unit="step", leave=False):
         loss = training.denoising_loss(parts, latents, e_opt, generator)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if on_step is not None:
+            on_step("unet", step)
     for param in trainable:
         param.requires_grad_(False)
     state = {"e_target": e_target.cpu(), "e_optimised": e_opt.cpu()}
