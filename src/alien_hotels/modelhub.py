@@ -215,7 +215,7 @@ def locate(ref: ModelRef) -> Located:
             found = _cached(ref.source, name)
             if found is not None and _nonempty(found):
                 return Located(ref, found, f"{ref.source}@{found.parent.name}")
-        raise MissingWeights(f"{ref.source} ({' or '.join(ref.files)}) is not in {cache}")
+        raise MissingWeights(f"{' or '.join(ref.files)} not in the Hugging Face cache {cache}")
     if ref.layout == "files":
         folder = Path(ref.dest or cache)
         missing = [f for f in ref.files if not _nonempty(folder / f)]
@@ -224,11 +224,11 @@ def locate(ref: ModelRef) -> Located:
         return Located(ref, folder, str(folder))
     marker = _cached(ref.source, MARKER[ref.layout])
     if marker is None:
-        raise MissingWeights(f"{ref.source} is not in the Hugging Face cache {cache}")
+        raise MissingWeights(f"not in the Hugging Face cache {cache}")
     snapshot = marker.parent
     problems = folder_problems(snapshot, ref.layout)
     if problems:
-        raise MissingWeights(f"{ref.source} is incomplete in the cache: " + "; ".join(problems))
+        raise MissingWeights("incomplete in the Hugging Face cache: " + "; ".join(problems))
     return Located(ref, snapshot, f"{ref.source}@{snapshot.name}")
 
 
@@ -236,15 +236,14 @@ def require(refs: Iterable[ModelRef], section: str, hint: str) -> dict[str, Loca
     """Locate every ref; one StageError listing every missing required model. Optional ones
     that are missing are left out of the result (with a warning)."""
     found: dict[str, Located] = {}
-    problems = []
+    problems, skipped = [], []
     for ref in refs:
         try:
             found[ref.key] = locate(ref)
         except MissingWeights as exc:
-            if ref.required:
-                problems.append(f"{ref.key}={ref.source}: {exc}")
-            else:
-                log.warning("%s=%s unavailable (%s); running without it", ref.key, ref.source, exc)
+            (problems if ref.required else skipped).append(f"{ref.key}={ref.source}: {exc}")
+    for line in [] if problems else skipped:
+        log.warning("%s; running without it", line)
     if problems:
         offline = " (HF_HUB_OFFLINE is set)" if hub_offline() else ""
         raise StageError(
