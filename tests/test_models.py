@@ -315,8 +315,8 @@ def test_incomplete_edit_weights_fail_before_any_image(
 # -- no network unless asked; the download fetches the minimal set --------------------------
 
 
-def test_presence_checks_make_no_network_call(hub_repos, tmp_path):
-    repos, _ = hub_repos
+def test_presence_checks_make_no_network_call_and_downloads_need_consent(hub_repos, tmp_path):
+    repos, wanted = hub_repos
     root = project(tmp_path, *hub_overrides())
     with FakeHub(repos) as hub:
         env = hub_env(hub, tmp_path)  # online, the hub serves every model, downloads not allowed
@@ -326,7 +326,14 @@ def test_presence_checks_make_no_network_call(hub_repos, tmp_path):
             assert "not in the Hugging Face cache" in result.stderr
             assert "alien-hotels models download" in result.stderr
         assert hub.requests == []
-    assert not (tmp_path / "hf/hub").exists() or not any((tmp_path / "hf/hub").glob("models--*"))
+        assert not any((tmp_path / "hf").glob("hub/models--*"))
+        # allowed: the stage fetches the minimal set of what this recipe needs, then runs
+        project(tmp_path, *hub_overrides(), "edit.allow_download=true")
+        run(["alien-hotels", "edit", "neon"], root, **env)
+    fetched = set(hub.downloads())
+    needed = ("tiny/img2img", "tiny/clipseg", "tiny/clip")
+    assert fetched == {f"{repo}/{name}" for repo in needed for name in wanted[repo]}
+    assert json.loads((root / "metrics/edits/neon.json").read_text())["n_edited"] == 1
 
 
 def test_models_download_dry_run_lists_files_and_sizes(hub_repos, tmp_path):

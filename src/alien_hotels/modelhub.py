@@ -371,25 +371,32 @@ def plan(refs: Iterable[ModelRef]) -> list[Planned]:
         except MissingWeights as exc:
             if ref.local:
                 raise StageError(f"{', '.join(keys)}={ref.source}: {exc}") from None
-        if hub_offline():
-            raise StageError(f"{ref.source}: cannot list its files, HF_HUB_OFFLINE is set")
         try:
-            listing = repo_listing(ref.source)
-        except Exception as exc:  # network, auth, unknown repo: name the model
-            raise StageError(
-                f"{', '.join(keys)}: cannot list {ref.source} on the hub: "
-                f"{type(exc).__name__}: {exc}"
-            ) from None
-        chosen = select_files(ref, listing)
-        wanted = ref.files if ref.layout == "files" else ()
-        lacking = [f for f in wanted if f not in listing]
-        if not chosen or lacking:
-            raise StageError(
-                f"{', '.join(keys)}: the hub repo {ref.source} has no "
-                f"{', '.join(lacking) or 'weights this loader can read'}"
-            )
-        out.append(Planned(keys, ref, tuple((f, listing[f]) for f in chosen)))
+            out.append(_plan_hub(ref, keys))
+        except StageError as exc:
+            if ref.required:
+                raise
+            log.warning("%s; skipped (optional)", exc)
     return out
+
+
+def _plan_hub(ref: ModelRef, keys: tuple[str, ...]) -> Planned:
+    if hub_offline():
+        raise StageError(f"{', '.join(keys)}: cannot list {ref.source}, HF_HUB_OFFLINE is set")
+    try:
+        listing = repo_listing(ref.source)
+    except Exception as exc:  # network, auth, unknown repo: name the model
+        raise StageError(
+            f"{', '.join(keys)}: cannot list {ref.source} on the hub: {type(exc).__name__}: {exc}"
+        ) from None
+    chosen = select_files(ref, listing)
+    lacking = [f for f in ref.files if f not in listing] if ref.layout == "files" else []
+    if not chosen or lacking:
+        raise StageError(
+            f"{', '.join(keys)}: the hub repo {ref.source} has no "
+            f"{', '.join(lacking) or 'weights this loader can read'}"
+        )
+    return Planned(keys, ref, tuple((f, listing[f]) for f in chosen))
 
 
 def download(entries: list[Planned]) -> list[Path]:
