@@ -13,9 +13,10 @@ import pytest
 import yaml
 from PIL import Image
 
-from alien_hotels import modelhub, stages
+from alien_hotels import modelhub
 from alien_hotels.common import StageError
 from alien_hotels.modelhub import ModelRef
+from alien_hotels.stages import edit as edit_stage
 from alien_hotels.testing.diffusion import tiny_edit_overrides
 from alien_hotels.testing.fakehub import FakeHub
 from conftest import compose, run
@@ -307,7 +308,7 @@ def test_incomplete_edit_weights_fail_before_any_image(
     mask = ["edit.recipes.neon.mask.source=text", "edit.recipes.neon.mask.prompt=bed"]
     params = compose(*tiny_edit_overrides(tiny_edit), *mask, f"{key}={broken}")
     with pytest.raises(StageError) as error:
-        stages.run_edit(params, "neon")
+        edit_stage.run(params, "neon")
     assert f"{key}={broken}: " in str(error.value) and message in str(error.value)
     assert not Path("data/edited").exists() and not Path("metrics").exists()
 
