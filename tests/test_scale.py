@@ -252,7 +252,9 @@ def test_benchmark_smoke_run(tmp_path):
     clusters = pd.read_csv(tmp_path / "scale_1500/data/processed/clusters.csv")
     assert len(clusters) == 1500 and clusters[["x", "y"]].notna().all().all()
     summary = results["compare"]["summary"]
-    assert summary["speedup_wall"] > 0 and abs(summary["inertia_gap"]) < 0.5
+    # The quality goal of docs/performance.md: inertia at the chosen k within 2% of the recipe's.
+    # (Speed is the benchmark's printout, never a test assertion.)
+    assert abs(summary["inertia_gap"]) < 0.02, summary
     saved = json.loads(
         (tmp_path / "results_scale_1500_compare_1200.json").read_text(encoding="utf-8")
     )
