@@ -360,6 +360,23 @@ def test_models_download_dry_run_lists_files_and_sizes(hub_repos, tmp_path):
     assert not any((root / "hf").glob("hub/models--*/snapshots/*"))
 
 
+def test_models_download_names_unknown_models_and_parts(tmp_path):
+    from typer.testing import CliRunner
+
+    from alien_hotels.cli import app
+
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(compose().model_dump(mode="json")))
+    download = ["models", "download", "--dry-run", "--params", str(params)]
+    for option, value, message in (
+        ("--caption-model", "blip-huge", "'blip-base', 'blip-large'"),
+        ("--clip-model", "ViT-Q-99/nowhere", "is not an open_clip pretrained model"),
+        ("--only", "text", "--only text: choose from caption, edit"),
+    ):
+        bad = CliRunner().invoke(app, [*download, option, value])
+        assert bad.exit_code == 2 and message in bad.output, bad.output
+
+
 @pytest.mark.slow
 def test_models_download_fetches_the_minimal_set_then_stages_run_offline(
     hub_repos, tmp_path, monkeypatch
