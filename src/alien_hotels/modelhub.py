@@ -413,7 +413,10 @@ def download(entries: list[Planned]) -> list[Path]:
         else:
             path = snapshot_download(entry.ref.source, allow_patterns=names, cache_dir=entry.dest)
         fetched.append(Path(path))
-        locate(entry.ref)  # what was fetched must pass the same check the stages run
+        try:  # what was fetched must pass the same check the stages run
+            locate(entry.ref)
+        except MissingWeights as exc:
+            raise StageError(f"{', '.join(entry.keys)}: {entry.ref.source}: {exc}") from None
     return fetched
 
 
