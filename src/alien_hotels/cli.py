@@ -130,7 +130,7 @@ def models_download(
     from alien_hotels.captioning.models import download_refs
     from alien_hotels.editing.models import weight_refs
 
-    try:
+    with _reported_errors():
         parts = only or list(MODEL_PARTS)
         unknown = sorted(set(parts) - set(MODEL_PARTS))
         if unknown:
@@ -153,9 +153,6 @@ def models_download(
         if not dry_run:
             for path in modelhub.download(entries):
                 typer.echo(f"ok {path}")
-    except (ConfigError, StageError) as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(code=2) from None
 
 
 datagen_app = typer.Typer(
