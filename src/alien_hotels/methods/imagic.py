@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from alien_hotels.editing import imaging, models
 from alien_hotels.editing.config import EditConfig
-from alien_hotels.editing.runner import SCORE_KEYS, load_scorer, score_models, select_images
+from alien_hotels.editing.runner import SCORE_KEYS, load_scorer, select_images
 from alien_hotels.editing.scores import success
 from alien_hotels.methods import training
 from alien_hotels.methods.config import ImagicConfig
@@ -96,9 +96,8 @@ class Loaded:
 
 
 def check_weights(cfg: EditConfig) -> None:
-    """Fail before any work when the base model (or a required score model) is missing."""
+    """Fail before any work when the base model is missing (score models: `load_scorer`)."""
     models.require_weights(cfg.imagic.model_id, f"{KEY}.model_id", "model_index.json")
-    score_models(cfg)
 
 
 def state_key(cfg: EditConfig, source_md5: str) -> str:

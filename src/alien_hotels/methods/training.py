@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from alien_hotels import modelhub
 from alien_hotels.common import StageError, atomic_path
 from alien_hotels.editing import models
 from alien_hotels.editing.config import EditConfig
@@ -38,17 +39,23 @@ class DiffusionParts:
 def load_parts(model_id: str, key: str, cfg: EditConfig, mixed_precision: str) -> DiffusionParts:
     """Check the weights, load the pipeline in float32 on edit.device, everything frozen.
 
-    The one place these stages load a model (to be pointed at the shared model module).
+    The one place these stages load a model; presence checks and the device rule are the
+    shared ones (`editing.models` over `modelhub`).
     """
     import diffusers
     import torch
 
-    models.require_weights(model_id, key, "model_index.json")
+    folder = models.require_weights(model_id, key, "model_index.json")
+    modelhub.set_torch_threads(cfg.n_jobs)
     device, _ = models.resolve_device(cfg.model_copy(update={"dtype": "float32"}))
     autocast_dtype = resolve_precision(mixed_precision, device, key)
     try:
         pipe = diffusers.StableDiffusionPipeline.from_pretrained(
-            model_id, dtype=torch.float32, safety_checker=None, requires_safety_checker=False
+            folder,
+            dtype=torch.float32,
+            safety_checker=None,
+            requires_safety_checker=False,
+            local_files_only=True,
         )
     except (OSError, ValueError) as exc:
         raise StageError(f"{key}: cannot load {model_id!r}: {exc}") from exc
