@@ -345,7 +345,13 @@ def test_models_download_dry_run_lists_files_and_sizes(hub_repos, tmp_path):
         result = run(dry_run, root, **hub_env(hub, root))
         assert hub.downloads() == []  # listings only
     out = result.stdout
-    assert "edit.recipes.neon.model_id, edit.recipes.green.model_id: tiny/img2img" in out
+    img2img = [
+        "edit.recipes.neon.model_id",
+        "edit.recipes.green.model_id",
+        "edit.textual_inversion.model_id",  # the trained methods' base model
+        "edit.imagic.model_id",
+    ]
+    assert f"{', '.join(img2img)}: tiny/img2img" in out
     unet = (repos["tiny/img2img"] / "unet/diffusion_pytorch_model.safetensors").stat().st_size
     assert f"    unet/diffusion_pytorch_model.safetensors  {modelhub.human_size(unet)}" in out
     assert f"caption.caption_model_name: {BLIP_REPO}" in out

@@ -249,7 +249,8 @@ RECIPE_KIND = {
 
 
 def tiny_edit_overrides(models: dict, steps: int = 3, resolution: int = 64) -> list[str]:
-    """Hydra overrides pointing every shipped recipe and score model at `save_tiny_models` dirs."""
+    """Hydra overrides pointing every shipped recipe, score model and trained method's base model
+    at `save_tiny_models` dirs."""
     out = [
         f"edit.scores.clipseg_model_id={models['clipseg']}",
         f"edit.scores.clip_model_id={models['clip']}",
@@ -262,4 +263,9 @@ def tiny_edit_overrides(models: dict, steps: int = 3, resolution: int = 64) -> l
             f"edit.recipes.{name}.resolution={resolution}",
             f"edit.recipes.{name}.mask.model_id={models['clipseg']}",
         ]
+    # the trained methods' base model (a StableDiffusionPipeline reads the img2img folder)
+    out += [
+        f"edit.textual_inversion.model_id={models['img2img']}",
+        f"edit.imagic.model_id={models['img2img']}",
+    ]
     return out
