@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -261,3 +262,40 @@ def test_untested_library_version_fails_loudly(ci0, monkeypatch, distribution):
 
 def test_installed_versions_are_the_tested_ones():
     libcompat.check_private_apis()  # the pinned versions pass
+
+
+def test_stage_records_chain_fallbacks_per_image(tmp_path, monkeypatch):
+    """Every step forced into a near tie: the stage's strings stay the library's and
+    metrics/captioning.json counts the fallbacks and rescored candidates per image."""
+    from alien_hotels.captioning import fastchain
+    from alien_hotels.captioning.run import caption_images
+    from alien_hotels.testing.interrogator import tiny_overrides
+    from conftest import compose
+
+    paths = save_tiny_models(tmp_path / "tiny", seed=0)
+    rng = np.random.default_rng(3)
+    (tmp_path / "img").mkdir()
+    rows = []
+    for i in range(3):
+        pixels = rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(tmp_path / f"img/{i}.png")
+        rows.append({"image_id": i, "path": f"img/{i}.png", "status": "ok", "reason": ""})
+    cfg = compose(
+        *tiny_overrides(paths),
+        "caption.flavor_intermediate_count=32",
+        "caption.min_flavors=2",
+        "caption.max_flavors=4",
+        "caption.batch_size=3",
+        "caption.progress=false",
+        f"caption.checkpoint_dir={tmp_path / 'ckpt'}",
+    ).caption
+    monkeypatch.setitem(fastchain.MARGINS, "float32", 10.0)  # every candidate in the band
+    result = caption_images(pd.DataFrame(rows), cfg, tmp_path)
+    m = result.metrics
+    assert m["chain_steps_per_image_max"] >= 2
+    assert m["chain_fallbacks_total"] == m["chain_steps_total"]
+    assert m["chain_fallbacks_per_image_mean"] == m["chain_steps_per_image_mean"]
+    assert m["chain_rescored_per_image_max"] > 2 * m["chain_fallbacks_per_image_max"]
+    ci = library_interrogator(paths, flavor_intermediate_count=32)
+    expected = [ci.interrogate(Image.open(tmp_path / r["path"]).convert("RGB"), 2, 4) for r in rows]
+    assert result.captions["caption"].tolist() == expected

@@ -126,19 +126,26 @@ def _run_batches(cfg, device, dtype, root, ids, paths, todo, checkpoint, already
                     }
                 )
                 bar.update(1)
-            for j, r in enumerate(good):
-                if checkpoint.done(r.image_id, r.path):
-                    continue
-                t0 = time.perf_counter()
-                prompt = engine.prompt(features[j : j + 1], captions[j], cfg.mode)
+            todo_ok = [j for j, r in enumerate(good) if not checkpoint.done(r.image_id, r.path)]
+            t0 = time.perf_counter()
+            # The batch's flavor chains advance together (same strings as one by one).
+            prompted = (
+                engine.prompts(features[todo_ok], [captions[j] for j in todo_ok], cfg.mode)
+                if todo_ok
+                else []
+            )
+            search = (time.perf_counter() - t0) / max(1, len(todo_ok))
+            for j, result in zip(todo_ok, prompted, strict=True):
+                r = good[j]
                 checkpoint.add(
                     {
                         "image_id": r.image_id,
                         "path": r.path,
                         "status": "ok",
-                        "caption": prompt,
+                        "caption": result.prompt,
                         "blip_caption": captions[j],
-                        "seconds": shared + time.perf_counter() - t0,
+                        "seconds": shared + search,
+                        **result.stats.as_dict(),
                     }
                 )
                 computed += 1
@@ -171,6 +178,10 @@ def _collect(rows, ids, paths, checkpoint, cfg, skipped, device, dtype, computed
         columns=FAILURE_COLUMNS,
     )
     seconds = [done[i].get("seconds", 0.0) for i in ok]
+    chain = {
+        key: [done[i].get(key, 0) for i in ok]
+        for key in ("chain_steps", "chain_fallbacks", "chain_rescored")
+    }
     metrics = {
         "images": len(ids),
         "ok": len(ok),
@@ -183,6 +194,14 @@ def _collect(rows, ids, paths, checkpoint, cfg, skipped, device, dtype, computed
         "wall_seconds": wall,
         "mode": cfg.mode,
         "chain": cfg.chain,
+        # Flavor-chain steps, near-tie steps the library decided and candidates it rescored:
+        # per image (mean, max over the captioned images) and in total.
+        **{
+            f"{key}_per_image_{stat}": (fn(values) if values else None)
+            for key, values in chain.items()
+            for stat, fn in (("mean", lambda v: round(sum(v) / len(v), 3)), ("max", max))
+        },
+        **{f"{key}_total": sum(values) for key, values in chain.items()},
         "caption_model": cfg.caption_model_name,
         "caption_model_id": model_id,
         "clip_model": cfg.clip_model_name,
