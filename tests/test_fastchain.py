@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from alien_hotels.captioning import CaptionConfig, libcompat
+from alien_hotels.captioning import libcompat
 from alien_hotels.captioning.fastchain import (
     MARGINS,
     ChainJob,
@@ -26,6 +26,7 @@ from alien_hotels.captioning.fastchain import (
 from alien_hotels.captioning.interrogate import BatchInterrogator
 from alien_hotels.common import StageError
 from alien_hotels.testing.interrogator import library_interrogator, save_tiny_models
+from conftest import compose
 
 pytestmark = [pytest.mark.ml, pytest.mark.filterwarnings("ignore::FutureWarning")]
 
@@ -50,7 +51,8 @@ def images(n: int, seed: int):
 
 
 def engine(ci, chain: str, **cfg) -> BatchInterrogator:
-    return BatchInterrogator(ci, CaptionConfig(method="clip_interrogator", chain=chain, **cfg))
+    overrides = [f"caption.{key}={value}" for key, value in {"chain": chain, **cfg}.items()]
+    return BatchInterrogator(ci, compose("caption=clip_interrogator", *overrides).caption)
 
 
 def in_precision(ci, dtype):
@@ -270,7 +272,6 @@ def test_stage_records_chain_fallbacks_per_image(tmp_path, monkeypatch):
     from alien_hotels.captioning import fastchain
     from alien_hotels.captioning.run import caption_images
     from alien_hotels.testing.interrogator import tiny_overrides
-    from conftest import compose
 
     paths = save_tiny_models(tmp_path / "tiny", seed=0)
     rng = np.random.default_rng(3)
