@@ -16,6 +16,7 @@ compared. The chain is bounded (`--candidates`, `--steps`: the library's default
 reader scale to the defaults.
 
     PYTHONPATH=src python benchmarks/bench_best_real.py [--images 2] [--candidates 256] [--steps 3]
+        [--min-steps N] [--device cuda] [--dtype float16]     (benchmarks/gpu_check.sh on a GPU)
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def reduced_labels(dest: Path) -> Path:
     return dest
 
 
-def build(workdir: Path, candidates: int, caption_tokens: int):
+def build(workdir: Path, candidates: int, caption_tokens: int, device: str, dtype: str):
     import open_clip
     import torch
     from clip_interrogator import Config, Interrogator
@@ -87,28 +88,49 @@ def build(workdir: Path, candidates: int, caption_tokens: int):
     from alien_hotels.captioning.fastchain import encode_text_grouped
 
     blip, processor = blip_large(workdir, caption_tokens)
+    blip = blip.to(device, getattr(torch, dtype))
     torch.manual_seed(0)
-    clip, _, preprocess = open_clip.create_model_and_transforms("ViT-L-14", pretrained=None)
+    precision = "fp16" if dtype == "float16" else "fp32"  # as models.load_interrogator does
+    clip, _, preprocess = open_clip.create_model_and_transforms(
+        "ViT-L-14", pretrained=None, precision=precision, device=device
+    )
     clip.eval()
     cfg = Config(caption_model_name="blip-large", clip_model_name="ViT-L-14/random",
                  cache_path=str(workdir / "cache"), download_cache=False,
-                 data_path=str(reduced_labels(workdir / "labels")), device="cpu", quiet=True,
+                 data_path=str(reduced_labels(workdir / "labels")), device=device, quiet=True,
                  caption_max_length=caption_tokens,
                  flavor_intermediate_count=candidates)  # fmt: skip
     cfg.caption_model, cfg.caption_processor = blip, processor
     cfg.clip_model, cfg.clip_preprocess = clip, preprocess
+
     # Setup only: the label tables' embeddings through the packed encoder (the library's own
     # 77-token encode of ~2,900 phrases would take the better part of an hour here).
-    clip.encode_text = lambda tokens, normalize=False: encode_text_grouped(clip, [tokens])
+    def packed_encode(tokens, normalize=False):
+        return torch.cat([encode_text_grouped(clip, [t]) for t in tokens.split(256)])
+
+    clip.encode_text = packed_encode
     try:
         ci = Interrogator(cfg)
     finally:
         del clip.encode_text
+    ci.dtype = getattr(torch, dtype)  # caption inputs, as models.load_interrogator sets it
     return ci
 
 
+def sync() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+# CPU: process CPU time (one torch thread), so other jobs on a shared machine do not inflate
+# the figures; CUDA: wall time (after synchronising).
+CLOCKS = {"cpu": time.process_time, "cuda": time.perf_counter}
+
+
 @contextmanager
-def timing(obj, name: str, times: dict, key: str):
+def timing(obj, name: str, times: dict, key: str, clock):
     """Add the wall time of every `obj.name(...)` call (not nested in another timed call of the
     same key) to `times[key]`."""
     original = getattr(obj, name)
@@ -116,13 +138,15 @@ def timing(obj, name: str, times: dict, key: str):
 
     def timed(*args, **kwargs):
         depth[0] += 1
-        start = time.perf_counter()
+        sync()
+        start = clock()
         try:
             return original(*args, **kwargs)
         finally:
             depth[0] -= 1
+            sync()
             if depth[0] == 0:
-                times[key] += time.perf_counter() - start
+                times[key] += clock() - start
 
     setattr(obj, name, timed)
     try:
@@ -147,10 +171,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=2)
     parser.add_argument("--candidates", type=int, default=256, help="flavor_intermediate_count")
-    parser.add_argument("--steps", type=int, default=3, help="min_flavors = max_flavors")
+    parser.add_argument("--steps", type=int, default=3, help="max_flavors")
+    parser.add_argument("--min-steps", type=int, default=None, help="min_flavors (--steps)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16"])
     parser.add_argument("--caption-tokens", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    clock = CLOCKS[args.device]
+    min_steps = args.steps if args.min_steps is None else args.min_steps
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     images = [
@@ -158,64 +187,70 @@ def main() -> None:
         for _ in range(args.images)
     ]
     with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
-        ci = build(Path(tmp), args.candidates, args.caption_tokens)
+        start = clock()
+        ci = build(Path(tmp), args.candidates, args.caption_tokens, args.device, args.dtype)
         n_labels = sum(len(t.labels) for t in (ci.artists, ci.flavors, ci.mediums,
                                                ci.movements, ci.trendings))  # fmt: skip
         print(f"setup (random BLIP-large + ViT-L-14, {n_labels} label phrases embedded): "
-              f"{time.perf_counter() - start:.0f} s")  # fmt: skip
+              f"{clock() - start:.0f} s")  # fmt: skip
 
         lib = defaultdict(float)
         lib_out = []
         with (
-            timing(ci, "generate_caption", lib, "caption"),
-            timing(ci, "image_to_features", lib, "image features"),
-            timing(LabelTable, "rank", lib, "label ranking"),
-            timing(ci, "chain", lib, "chain"),
+            timing(ci, "generate_caption", lib, "caption", clock),
+            timing(ci, "image_to_features", lib, "image features", clock),
+            timing(LabelTable, "rank", lib, "label ranking", clock),
+            timing(ci, "chain", lib, "chain", clock),
         ):
-            start = time.perf_counter()
+            start = clock()
             for image in images:
-                lib_out.append(ci.interrogate(image, args.steps, args.steps))
-            lib["total"] = time.perf_counter() - start
+                lib_out.append(ci.interrogate(image, min_steps, args.steps))
+            sync()
+            lib["total"] = clock() - start
 
         overrides = ["caption=clip_interrogator", "caption.chain=fast",
-                     f"caption.min_flavors={args.steps}", f"caption.max_flavors={args.steps}",
+                     f"caption.min_flavors={min_steps}", f"caption.max_flavors={args.steps}",
                      f"caption.flavor_intermediate_count={args.candidates}"]  # fmt: skip
         cfg = validate_params(compose_params(overrides, CONF)).caption
         engine = BatchInterrogator(ci, cfg)
         ours = defaultdict(float)
         with (
-            timing(LabelTable, "rank", ours, "label ranking"),
-            timing(FastChain, "chains", ours, "chain"),
+            timing(LabelTable, "rank", ours, "label ranking", clock),
+            timing(FastChain, "chains", ours, "chain", clock),
         ):
-            start = time.perf_counter()
-            t0 = time.perf_counter()
+            start = clock()
+            t0 = clock()
             captions = engine.captions(images)
-            ours["caption"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
+            ours["caption"] = clock() - t0
+            t0 = clock()
             feats = engine.image_features(images)
-            ours["image features"] = time.perf_counter() - t0
+            ours["image features"] = clock() - t0
             results = engine.prompts(feats, captions, "best")
-            ours["total"] = time.perf_counter() - start
+            sync()
+            ours["total"] = clock() - start
     ours_out = [r.prompt for r in results]
     n = args.images
     print(
-        f"mode=best per image, {n} images 640x480, CPU float32, torch threads "
-        f"{torch.get_num_threads()}, chain: {args.candidates} candidates x {args.steps} steps"
+        f"mode=best per image, {n} images 640x480, {args.device} {args.dtype}, torch threads "
+        f"{torch.get_num_threads()}, chain: {args.candidates} candidates, "
+        f"{min_steps}..{args.steps} steps"
     )
-    print(f"  {'part':16} {'library s':>10} {'ours s':>10} {'speed-up':>9}")
+    what = "wall s" if args.device == "cuda" else "CPU s"
+    print(f"  {'part (' + what + ')':22} {'library':>9} {'ours':>9} {'speed-up':>9}")
     for part in ("caption", "image features", "label ranking", "chain", "total"):
         a, b = lib[part] / n, ours[part] / n
-        print(f"  {part:16} {a:10.2f} {b:10.2f} {a / b if b else float('inf'):8.1f}x")
+        print(f"  {part:22} {a:9.2f} {b:9.2f} {a / b if b else float('inf'):8.1f}x")
     other_lib = lib["total"] - sum(lib[p] for p in ("caption", "image features",
                                                     "label ranking", "chain"))  # fmt: skip
     print(f"  (library other: {other_lib / n:.2f} s/image: tokenizing, the final 4-way pick)")
     stats = [r.stats for r in results]
     steps = sum(s.steps for s in stats)
+    fallbacks = sum(s.fallbacks for s in stats)
+    same = sum(a == b for a, b in zip(ours_out, lib_out, strict=True))
     print(
-        f"  same strings as the library: {ours_out == lib_out}; chain steps {steps}, "
-        f"near-tie fallbacks {sum(s.fallbacks for s in stats)}, "
-        f"rescored candidates {sum(s.rescored for s in stats)}"
+        f"  same strings as the library: {same}/{n} images; chain steps {steps}, near-tie "
+        f"fallbacks {fallbacks} ({fallbacks / max(1, steps):.1%} of steps), rescored "
+        f"candidates {sum(s.rescored for s in stats)} (margin {engine.chain.margin:g})"
     )
     lib_step = lib["chain"] / max(1, steps)
     ours_step = ours["chain"] / max(1, steps)

@@ -224,6 +224,19 @@ def test_low_precision_deviation_within_half_margin_and_same_choices(ci0, dtype)
     assert fast.chains(jobs) == expected
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_library_scores_of_a_band_equal_its_full_batch_scores(ci0, dtype):
+    """Contract condition: rescoring the band alone reproduces the library's full-step scores
+    bit for bit (here, on CPU), so the band's decision is the library's."""
+    model = in_precision(ci0, dtype).clip_model
+    tokens = ci0.tokenize([f"a room, {x}" for x in ci0.flavors.labels[:150]])
+    with torch.no_grad():
+        full = model.encode_text(tokens)
+        for k in (2, 3, 8, 33):
+            band = sorted(np.random.default_rng(k).choice(150, k, replace=False).tolist())
+            assert torch.equal(model.encode_text(tokens[band]), full[band])
+
+
 def test_margin_follows_the_precision_scores_are_computed_in(ci0):
     assert score_precision(ci0.clip_model, on_cuda=False) == "float32"
     assert FastChain(ci0).margin == MARGINS["float32"]
