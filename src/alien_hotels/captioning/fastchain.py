@@ -67,6 +67,17 @@ class ChainJob:
     stats: ChainStats = field(default_factory=ChainStats)
 
 
+@dataclass
+class _Running:
+    """A chain in progress: candidates left, current prompt and similarity, step index."""
+
+    job: ChainJob
+    phrases: set[str]
+    curr: str = ""
+    curr_sim: float = 0
+    idx: int = 0
+
+
 def score_precision(model, on_cuda: bool) -> str:
     """The dtype similarities are computed in: the library runs CUDA under autocast (float16
     matmuls whatever the weights), elsewhere in the text tower's own dtype."""
@@ -91,8 +102,17 @@ class FastChain:
         precision = score_precision(self.ci.clip_model, str(self.ci.device).startswith("cuda"))
         return MARGINS.get(precision, max(MARGINS.values()))
 
-    def __call__(self, image_features, phrases, best_prompt="", best_sim=0, min_count=8,
-                 max_count=32, desc="Chaining", reverse=False) -> str:  # fmt: skip
+    def __call__(
+        self,
+        image_features,
+        phrases: list[str],
+        best_prompt: str = "",
+        best_sim: float = 0,
+        min_count: int = 8,
+        max_count: int = 32,
+        desc: str = "Chaining",
+        reverse: bool = False,
+    ) -> str:
         """`Interrogator.chain` for one image (same signature)."""
         job = ChainJob(
             image_features, phrases, best_prompt, best_sim, min_count, max_count, reverse
@@ -106,43 +126,40 @@ class FastChain:
 
         ci = self.ci
         ci._prepare_clip()
-        states = []
-        for job in jobs:
-            phrases = set(job.phrases)  # the library's iteration order decides ties: keep it
-            states.append({"job": job, "phrases": phrases, "idx": 0})
-        fresh = [s for s in states if not s["job"].best_prompt]
-        firsts = self.rank_many([(s["job"], list(s["phrases"])) for s in fresh])
-        for s, first in zip(fresh, firsts, strict=True):
-            s["job"].best_prompt = first
-            s["job"].best_sim = ci.similarity(s["job"].features, first)
-            s["phrases"].remove(first)
-        for s in states:
-            s["curr"], s["curr_sim"] = s["job"].best_prompt, s["job"].best_sim
-        active = [s for s in states if s["job"].max_count > 0]
+        # The library's set iteration order decides ties: keep it.
+        runs = [_Running(job, set(job.phrases)) for job in jobs]
+        fresh = [r for r in runs if not r.job.best_prompt]
+        firsts = self.rank_many([(r.job, list(r.phrases)) for r in fresh])
+        for r, first in zip(fresh, firsts, strict=True):
+            r.job.best_prompt = first
+            r.job.best_sim = ci.similarity(r.job.features, first)
+            r.phrases.remove(first)
+        for r in runs:
+            r.curr, r.curr_sim = r.job.best_prompt, r.job.best_sim
+        active = [r for r in runs if r.job.max_count > 0]
         while active:
-            tops = self.rank_many([(s["job"], [f"{s['curr']}, {f}" for f in s["phrases"]])
-                                   for s in active])  # fmt: skip
+            tops = self.rank_many([(r.job, [f"{r.curr}, {f}" for f in r.phrases]) for r in active])
             still = []
-            for s, best in zip(active, tops, strict=True):
-                job, curr = s["job"], s["curr"]
-                flave = best[len(curr) + 2 :]
-                prompt = curr + ", " + flave
+            for r, best in zip(active, tops, strict=True):
+                job = r.job
+                flave = best[len(r.curr) + 2 :]
+                prompt = r.curr + ", " + flave
                 sim = ci.similarity(job.features, prompt)
                 if job.reverse:
                     sim = -sim
                 if sim > job.best_sim:
                     job.best_prompt, job.best_sim = prompt, sim
-                if not (sim > s["curr_sim"] or s["idx"] < job.min_count):
-                    continue
-                s["curr"], s["curr_sim"] = prompt, sim
+                if not (sim > r.curr_sim or r.idx < job.min_count):
+                    continue  # the library's `break`: this chain is done
+                r.curr, r.curr_sim = prompt, sim
                 if _prompt_at_max_len(prompt, ci.tokenize):
                     continue
-                s["phrases"].remove(flave)
-                s["idx"] += 1
-                if s["idx"] < job.max_count:
-                    still.append(s)
+                r.phrases.remove(flave)
+                r.idx += 1
+                if r.idx < job.max_count:
+                    still.append(r)
             active = still
-        return [s["job"].best_prompt for s in states]
+        return [r.job.best_prompt for r in runs]
 
     # -- ranking --------------------------------------------------------------------------------
 
