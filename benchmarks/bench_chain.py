@@ -120,11 +120,11 @@ def bench_e2e(images: int) -> None:
             Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
             for _ in range(images)
         ]
+        # The caption settings a user gets from conf/.
+        caption = validate_params(compose_params(["caption=clip_interrogator"], CONF)).caption
         results = {}
         for chain in ("library", "fast"):
-            overrides = ["caption=clip_interrogator", f"caption.chain={chain}"]
-            caption = validate_params(compose_params(overrides, CONF)).caption
-            engine = BatchInterrogator(ci, caption)
+            engine = BatchInterrogator(ci, caption.updated(chain=chain))
             captions = engine.captions(imgs)
             with torch.no_grad():
                 feats = engine.image_features(imgs)

@@ -51,8 +51,8 @@ def images(n: int, seed: int):
 
 
 def engine(ci, chain: str, **cfg) -> BatchInterrogator:
-    overrides = [f"caption.{key}={value}" for key, value in {"chain": chain, **cfg}.items()]
-    return BatchInterrogator(ci, compose("caption=clip_interrogator", *overrides).caption)
+    config = compose("caption=clip_interrogator").caption.updated(chain=chain, **cfg)
+    return BatchInterrogator(ci, config)
 
 
 def in_precision(ci, dtype):
