@@ -58,10 +58,10 @@ def blip_large(workdir: Path, caption_tokens: int):
               "num_attention_heads": 16, "image_size": 384, "patch_size": 16}  # fmt: skip
     torch.manual_seed(0)
     model = BlipForConditionalGeneration(BlipConfig(text_config=text, vision_config=vision))
-    with torch.no_grad():  # no special token first: captions of `caption_tokens` words
+    with torch.no_grad():  # captions of `caption_tokens` hotel words, as a trained captioner's
         bias = model.text_decoder.cls.predictions.decoder.bias
-        for token_id in [*range(len(SPECIAL)), vocab_size - 1]:
-            bias[token_id] = -1e4
+        bias.fill_(-1e4)  # (fillers would make captions of 77+ CLIP tokens: a truncated chain)
+        bias[len(SPECIAL) : len(SPECIAL) + len(WORDS)] = 0.0
     processor = BlipProcessor(
         image_processor=BlipImageProcessor(size={"height": 384, "width": 384}),
         tokenizer=tokenizer,
