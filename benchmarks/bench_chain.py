@@ -102,7 +102,7 @@ def bench_e2e(images: int) -> None:
         ]
         results = {}
         for chain in ("library", "fast"):
-            engine = BatchInterrogator(ci, CaptionConfig(method="clip_interrogator", chain=chain))
+            engine = BatchInterrogator(ci, CaptionConfig(method="clip_interrogator", executor="local", chain=chain))
             captions = engine.captions(imgs)
             with torch.no_grad():
                 feats = engine.image_features(imgs)

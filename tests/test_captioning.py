@@ -242,7 +242,7 @@ def test_bad_images_never_stop_the_run(tiny, tmp_path):
 
 
 def test_checkpoint_drops_a_cut_line_and_keys_on_config(tmp_path):
-    cfg = CaptionConfig(method="clip_interrogator")
+    cfg = CaptionConfig(method="clip_interrogator", executor="local")
     key = config_key(cfg, "cpu", "float32")
     assert key != config_key(cfg.model_copy(update={"max_flavors": 31}), "cpu", "float32")
     assert key == config_key(cfg.model_copy(update={"loader_workers": 7}), "cpu", "float32")

@@ -36,7 +36,7 @@ def images(n: int, seed: int):
 
 
 def engine(ci, chain: str, **cfg) -> BatchInterrogator:
-    return BatchInterrogator(ci, CaptionConfig(method="clip_interrogator", chain=chain, **cfg))
+    return BatchInterrogator(ci, CaptionConfig(method="clip_interrogator", executor="local", chain=chain, **cfg))
 
 
 def test_shared_prefix_encoding_equals_encode_text(ci):

@@ -106,7 +106,7 @@ def models_download(
     from alien_hotels.captioning.models import download_plan, run_download
 
     try:
-        base = load_params(params).caption if params.is_file() else CaptionConfig()
+        base = load_params(params).caption if params.is_file() else CaptionConfig(executor="local")
         overrides = {}
         if caption_model is not None:
             overrides["caption_model_name"] = caption_model

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 from alien_hotels.captioning import CaptionConfig
 from alien_hotels.clustering import ClusterConfig
 from alien_hotels.common import Section
+from alien_hotels.distributed import RayConfig
 from alien_hotels.editing.config import EditConfig
 from alien_hotels.features import FeaturesConfig
 from alien_hotels.images import ImagesConfig
@@ -37,13 +38,15 @@ class Params(Section):
 
     data: DataConfig = DataConfig()
     images: ImagesConfig = ImagesConfig()
-    caption: CaptionConfig = CaptionConfig()
+    caption: CaptionConfig = CaptionConfig(executor="local")
     text: TextConfig = TextConfig()
     room_types: RoomTypesConfig = RoomTypesConfig()
     features: FeaturesConfig = FeaturesConfig()
     cluster: ClusterConfig = ClusterConfig()
     map: MapConfig = MapConfig()
-    edit: EditConfig = EditConfig()
+    edit: EditConfig = EditConfig(executor="local")
+    # Only read when an executor is `ray`; absent from a params file composed without it.
+    ray: RayConfig | None = None
 
 
 def validate_params(raw: dict[str, Any] | None, source: str = "params") -> Params:

@@ -157,6 +157,8 @@ class EditConfig(Section):
     """`edit.*`: the recipes that run, where they run and how results are judged."""
 
     recipes: dict[str, RecipeConfig] = Field(default_factory=dict)
+    # Where recipes run: this process, or a pool of Ray actors (`ray.*`).
+    executor: Literal["local", "ray"]
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     # auto: float16 on CUDA, float32 elsewhere.
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
