@@ -101,7 +101,7 @@ def run_caption(params: Params, paths: StagePaths = StagePaths()) -> pd.DataFram
         from alien_hotels.captioning.run import MANIFEST_COLUMNS, caption_images
 
         manifest = read_csv(paths.images_manifest, MANIFEST_COLUMNS, what="images manifest")
-        result = caption_images(manifest, cfg, root=Path("."))
+        result = caption_images(manifest, cfg, root=Path("."), ray_cfg=params.ray)
         captions, failures, metrics = result.captions, result.failures, result.metrics
         metrics = {"method": cfg.method, **metrics}
         n_images = metrics["images"]
