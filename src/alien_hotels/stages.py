@@ -284,13 +284,17 @@ def run_edit(
             f"{', '.join(cfg.recipes) or '(none)'}"
         )
     manifest = _images_manifest(paths)
-    for name in names:  # every model is checked before any image is edited
-        if not runner.select_images(manifest, cfg.max_images).empty:
+    for name in names:  # every model is checked before any image is edited (ray: on workers)
+        if cfg.executor == "local" and not runner.select_images(manifest, cfg.max_images).empty:
             runner.check_weights(name, cfg.recipes[name], cfg)
     out: dict[str, dict] = {}
     for name in names:
-        result = runner.edit_recipe(name, cfg, manifest, paths.edited_dir / name)
-        metrics = report.clean({"recipe": name, **runner.recipe_metrics(result.table)})
+        result = runner.edit_recipe(
+            name, cfg, manifest, paths.edited_dir / name, ray_cfg=params.ray
+        )
+        metrics = report.clean(
+            {"recipe": name, **runner.recipe_metrics(result.table), **result.executor}
+        )
         sheet = imaging.contact_sheet(result.sheet, title=f"recipe {name}")
         with atomic_path(paths.edit_sheets / f"{name}.jpg") as tmp:
             sheet.save(tmp, format="JPEG", quality=88)
