@@ -27,7 +27,7 @@ from alien_hotels.common import StageError
 from alien_hotels.stages import StagePaths
 from alien_hotels.testing.diffusion import tiny_edit_overrides
 from alien_hotels.testing.interrogator import tiny_overrides
-from conftest import BIN, compose, run, subprocess_env
+from conftest import BIN, compose, subprocess_env
 
 pytestmark = [
     pytest.mark.ml,
@@ -56,7 +56,16 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def ray_address(tmp_path_factory):
-    """host:port of a Ray head started for this module (stopped, with its workers, after)."""
+    """host:port of a Ray head started for this module (stopped, with its workers, after).
+
+    The head uses Ray's default token authentication (~/.ray/auth_token); drivers connect with
+    RAY_AUTH_MODE=token, as a cluster's users do."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("RAY_AUTH_MODE", "token")
+        yield from _ray_head(tmp_path_factory)
+
+
+def _ray_head(tmp_path_factory):
     port = free_port()
     log = tmp_path_factory.mktemp("ray") / "head.log"
     with log.open("w") as out:
@@ -167,25 +176,37 @@ def write_manifest(root: Path, rows: list[dict]) -> None:
 # -- caption ------------------------------------------------------------------------------------
 
 
-def test_caption_on_ray_equals_local_with_bad_images_and_a_killed_worker(
-    ray_address, caption_models, tmp_path, monkeypatch
-):
+@pytest.fixture(scope="module")
+def caption_project(tmp_path_factory, caption_models):
+    """Bad and good images, their manifest, and the local executor's outputs (`local/`)."""
     from test_captioning import write_bad_images
 
-    monkeypatch.chdir(tmp_path)
-    expected = write_bad_images(tmp_path)
+    root = tmp_path_factory.mktemp("caption_project")
+    expected = write_bad_images(root)
     rows = [
         {"image_id": i, "path": f"data/images/{name}", "status": "ok", "reason": ""}
         for i, name in enumerate(expected)
     ]
-    write_manifest(tmp_path, [*rows, *random_images(tmp_path, 9, seed=1)])
-    base = [*tiny_overrides(caption_models), *CAPTION]
-    local = compose(*base, "caption.checkpoint_dir=ckpt/local")
-    stages.run_caption(local, caption_paths("local"))
+    write_manifest(root, [*rows, *random_images(root, 9, seed=1)])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        local = compose(*tiny_overrides(caption_models), *CAPTION, "caption.checkpoint_dir=ckpt")
+        stages.run_caption(local, caption_paths("local"))
+    return root
 
+
+def checkpoint_rows(directory: Path) -> list[dict]:
+    return [json.loads(x) for x in next(directory.glob("*.jsonl")).read_text().splitlines()]
+
+
+def test_caption_on_ray_equals_local_with_bad_images_and_a_killed_worker(
+    ray_address, caption_models, caption_project, monkeypatch
+):
+    monkeypatch.chdir(caption_project)
     on_ray = compose(
-        *base,
-        "caption.checkpoint_dir=ckpt/ray",
+        *tiny_overrides(caption_models),
+        *CAPTION,
+        "caption.checkpoint_dir=ckpt_ray",
         "caption.executor=ray",
         f"ray.address={ray_address}",
     )
@@ -204,53 +225,48 @@ def test_caption_on_ray_equals_local_with_bad_images_and_a_killed_worker(
     assert metrics["executor"] == "ray"
     assert metrics["ray_workers_lost"] >= 1 and metrics["ray_tasks_retried"] >= 1
     # every image exactly once in the checkpoint, though a task was computed twice
-    lines = [json.loads(x) for x in next(Path("ckpt/ray").glob("*.jsonl")).read_text().splitlines()]
-    ids = [x["image_id"] for x in lines]
+    ids = [row["image_id"] for row in checkpoint_rows(Path("ckpt_ray"))]
     assert len(ids) == len(set(ids)) == 22
 
 
 def test_caption_driver_killed_resumes_from_the_checkpoint(
-    ray_address, caption_models, tmp_path, monkeypatch
+    ray_address, caption_models, caption_project, monkeypatch
 ):
-    root = tmp_path / "proj"
-    write_manifest(root, random_images(root, 12, seed=2))
-    base = [*tiny_overrides(caption_models), *CAPTION, "caption.batch_size=1"]
-    local = compose(*base, f"caption.checkpoint_dir={tmp_path / 'ckpt_local'}")
-    monkeypatch.chdir(root)
-    stages.run_caption(local, caption_paths(str(tmp_path / "local")))
-
-    write_params(root, *base, "caption.executor=ray", f"ray.address={ray_address}")
+    root = caption_project
+    overrides = [*tiny_overrides(caption_models), *CAPTION, "caption.executor=ray"]
+    write_params(root, *overrides, f"ray.address={ray_address}")
     driver = subprocess.Popen(
         ["alien-hotels", "caption"],
         cwd=root,
-        env=subprocess_env(OMP_NUM_THREADS="1"),
+        env=subprocess_env(OMP_NUM_THREADS="1", RAY_AUTH_MODE="token"),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
     ckpt_dir = root / "data/checkpoints/caption"
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + 300
     try:
         while time.monotonic() < deadline and driver.poll() is None:
             files = list(ckpt_dir.glob("*.jsonl"))
-            if files and files[0].read_text().count("\n") >= 2:
+            if files and files[0].read_text().count("\n") >= 4:
                 break
             time.sleep(0.02)
     finally:
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()
-    done = next(ckpt_dir.glob("*.jsonl")).read_text().count("\n")
-    assert 2 <= done < 12, "the driver was not killed mid-run"
+    done = checkpoint_rows(ckpt_dir)
+    assert 4 <= len(done) < 22, "the driver was not killed mid-run"
     assert not (root / "data/processed").exists()
 
-    run(["alien-hotels", "caption"], root, OMP_NUM_THREADS="1")
+    monkeypatch.chdir(root)  # the rerun: the same stage, here in this process
+    stages.run_caption(compose(*overrides, f"ray.address={ray_address}"))
     for name in ("captions.csv", "caption_failures.csv"):
-        assert (root / "data/processed" / name).read_bytes() == (
-            tmp_path / "local" / name
-        ).read_bytes()
+        assert (root / "data/processed" / name).read_bytes() == (root / "local" / name).read_bytes()
     metrics = json.loads((root / "metrics/captioning.json").read_text())
-    assert metrics["resumed_from_checkpoint"] == done
-    assert metrics["computed_this_run"] == 12 - done
+    assert metrics["resumed_from_checkpoint"] == len(done)
+    ok_done = sum(row["status"] == "ok" for row in done)
+    assert metrics["computed_this_run"] == metrics["ok"] - ok_done
+    assert len(checkpoint_rows(ckpt_dir)) == 22
 
 
 def test_worker_without_the_model_fails_naming_node_and_model(
@@ -269,7 +285,7 @@ def test_worker_without_the_model_fails_naming_node_and_model(
     with pytest.raises(StageError) as err:
         stages.run_caption(params)
     message = str(err.value)
-    assert "the Ray worker on node" in message and "127.0.0.1" in message
+    assert f"the Ray worker on node {socket.gethostname()} (" in message
     assert "caption.caption_model_path=/nowhere/blip" in message
     assert not Path("data/checkpoints").exists() and not Path("data/processed").exists()
 
@@ -337,14 +353,24 @@ def assert_same_edits(got: Path, want: Path, recipe: str) -> pd.DataFrame:
     return table
 
 
+@pytest.fixture(scope="module")
+def edit_project(tmp_path_factory, edit_models):
+    """Images (one unreadable), their manifest, and recipe aliens by the local executor."""
+    root = tmp_path_factory.mktemp("edit_project")
+    write_manifest(root, edit_images(root))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        stages.run_edit(compose(*tiny_edit_overrides(edit_models)), "aliens", edit_paths("local"))
+    return root
+
+
 def test_edit_on_ray_equals_local_with_a_bad_image_and_a_killed_worker(
-    ray_address, edit_models, tmp_path, monkeypatch
+    ray_address, edit_models, edit_project, monkeypatch
 ):
-    monkeypatch.chdir(tmp_path)
-    write_manifest(tmp_path, edit_images(tmp_path))
-    base = tiny_edit_overrides(edit_models)
-    stages.run_edit(compose(*base), "aliens", edit_paths("local"))
-    on_ray = compose(*base, "edit.executor=ray", f"ray.address={ray_address}")
+    monkeypatch.chdir(edit_project)
+    on_ray = compose(
+        *tiny_edit_overrides(edit_models), "edit.executor=ray", f"ray.address={ray_address}"
+    )
     killer = WorkerKiller("EditWorker")
     killer.start()
     try:
@@ -352,7 +378,7 @@ def test_edit_on_ray_equals_local_with_a_bad_image_and_a_killed_worker(
     finally:
         killer.stop.set()
     assert killer.killed is not None, "no worker was killed mid-task"
-    table = assert_same_edits(tmp_path / "ray", tmp_path / "local", "aliens")
+    table = assert_same_edits(edit_project / "ray", edit_project / "local", "aliens")
     assert table.set_index("image_id").loc["broken", "status"] == "failed"
     assert metrics["n_failed"] == 1 and metrics["n_images"] == 7
     assert metrics["ray_workers_lost"] >= 1 and metrics["ray_tasks_retried"] >= 1
@@ -361,25 +387,21 @@ def test_edit_on_ray_equals_local_with_a_bad_image_and_a_killed_worker(
 
 
 def test_edit_driver_killed_resumes_what_is_missing(
-    ray_address, edit_models, tmp_path, monkeypatch
+    ray_address, edit_models, edit_project, monkeypatch
 ):
-    root = tmp_path / "proj"
-    write_manifest(root, edit_images(root))
-    base = [*tiny_edit_overrides(edit_models, steps=6)]
-    monkeypatch.chdir(root)
-    stages.run_edit(compose(*base), "neon", edit_paths(str(tmp_path / "local")))
-
-    write_params(root, *base, "edit.executor=ray", f"ray.address={ray_address}")
+    root = edit_project
+    overrides = [*tiny_edit_overrides(edit_models), "edit.executor=ray"]
+    write_params(root, *overrides, f"ray.address={ray_address}")
     driver = subprocess.Popen(
-        ["alien-hotels", "edit", "neon"],
+        ["alien-hotels", "edit", "aliens"],
         cwd=root,
-        env=subprocess_env(OMP_NUM_THREADS="1"),
+        env=subprocess_env(OMP_NUM_THREADS="1", RAY_AUTH_MODE="token"),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    edited = root / "data/edited/neon"
-    deadline = time.monotonic() + 240
+    edited = root / "data/edited/aliens"
+    deadline = time.monotonic() + 300
     try:
         while time.monotonic() < deadline and driver.poll() is None:
             if len(list(edited.glob("*.png"))) >= 2:
@@ -391,10 +413,8 @@ def test_edit_driver_killed_resumes_what_is_missing(
     done = len(list(edited.glob("*.png")))
     assert 2 <= done < 6, "the driver was not killed mid-run"
 
-    run(["alien-hotels", "edit", "neon"], root, OMP_NUM_THREADS="1")
-    metrics = json.loads((root / "metrics/edits/neon.json").read_text())
-    assert metrics["n_resumed"] == done and metrics["n_edited"] == 6
-    got = root / "data"
-    (got / "tables").mkdir()
-    (got / "processed/edits/neon.csv").rename(got / "tables/neon.csv")
-    assert_same_edits(got, tmp_path / "local", "neon")
+    monkeypatch.chdir(root)  # the rerun: the same stage, here in this process
+    paths = edit_paths("data")
+    metrics = stages.run_edit(compose(*overrides, f"ray.address={ray_address}"), "aliens", paths)
+    assert metrics["aliens"]["n_resumed"] == done
+    assert_same_edits(root / "data", root / "local", "aliens")

@@ -88,8 +88,14 @@ def ray_session(cfg: RayConfig | None, what: str) -> Iterator[None]:
     try:
         ray.init(address=cfg.address, **kwargs)
     except (ConnectionError, TimeoutError, RuntimeError) as exc:
+        hint = ""
+        if cfg.address is not None and os.environ.get("RAY_AUTH_MODE") != "token":
+            hint = (
+                " If the cluster uses token authentication (Ray's default), set "
+                "RAY_AUTH_MODE=token and provide its token (RAY_AUTH_TOKEN or ~/.ray/auth_token)."
+            )
         raise StageError(
-            f"ray.address={cfg.address}: cannot connect to the Ray cluster ({exc}). "
+            f"ray.address={cfg.address}: cannot connect to the Ray cluster ({exc}).{hint} "
             "Nothing was computed or written."
         ) from None
     try:
