@@ -1,4 +1,4 @@
-# The full stack (text half + CLIP Interrogator + diffusers) on CUDA, running `dvc repro` with real
+# The full stack (text half + CLIP Interrogator + diffusers + Ray) on CUDA, running `dvc repro` with real
 # models. Weights are not baked in: mount a cache volume at /cache and fill it once (needs internet)
 #   docker run --rm -v ah-cache:/cache alien-hotels \
 #     alien-hotels models download --caption-model blip-large --clip-model ViT-L-14/openai
@@ -30,7 +30,7 @@ COPY pyproject.toml README.md ./
 COPY src ./src
 # Every dependency is pinned (==) in pyproject.toml; torch's PyPI wheels bring their CUDA libraries.
 # hadolint ignore=DL3013
-RUN pip install ".[ml]"
+RUN pip install ".[ml,ray]"
 
 VOLUME ["/cache"]
 WORKDIR /work
