@@ -179,6 +179,13 @@ class ActorPool:
             self._spawn()
         deadline = time.monotonic() + self.cfg.startup_timeout_s
         while len(self.ready) < self.cfg.min_workers:
+            if not self.starting:
+                raise StageError(
+                    f"{self.what}: Ray workers died while loading the models "
+                    f"({self.workers_lost} lost, ray.max_worker_restarts="
+                    f"{self.cfg.max_worker_restarts} used up); see the worker logs above "
+                    "(out of memory? ray.memory_per_worker)"
+                )
             left = deadline - time.monotonic()
             done, _ = ray.wait(list(self.starting), num_returns=1, timeout=max(0.0, left))
             if not done:
