@@ -1,6 +1,6 @@
 """Captions per second: the local executor against Ray with 1 and 2 workers, same images.
 
-    python -m benchmarks.bench_ray [--images 24] [--flavors 512]
+    python -m benchmarks.bench_ray [--images 8] [--flavors 256]
 
 CLIP Interrogator `best` mode on the tiny random-weight models (real open_clip / BLIP classes),
 with a flavor pool large enough that each image costs about a second of model work (the flavor
@@ -25,8 +25,8 @@ from pathlib import Path
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=24)
-    parser.add_argument("--flavors", type=int, default=512)
+    parser.add_argument("--images", type=int, default=8)
+    parser.add_argument("--flavors", type=int, default=256)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 

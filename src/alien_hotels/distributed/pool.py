@@ -86,7 +86,8 @@ def ray_session(cfg: RayConfig | None, what: str) -> Iterator[None]:
     elif cfg.address != "auto":
         _check_reachable(cfg.address, cfg.connect_timeout_s)
     try:
-        ray.init(address=cfg.address, **kwargs)
+        # "local": always a new instance here, never a stale /tmp/ray/ray_current_cluster
+        ray.init(address=cfg.address or "local", **kwargs)
     except (ConnectionError, TimeoutError, RuntimeError) as exc:
         hint = ""
         if cfg.address is not None and os.environ.get("RAY_AUTH_MODE") != "token":
