@@ -10,12 +10,16 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from pydantic import ValidationError
 
-from alien_hotels import stages
+from alien_hotels.common import StageError
 from alien_hotels.config import ConfigError, validate_params
 from alien_hotels.editing import imaging, scores
-from alien_hotels.editing.config import RecipeConfig, ScoresConfig
 from alien_hotels.editing.runner import TABLE_COLUMNS, select_images
+from alien_hotels.stages import edit as edit_stage
+from alien_hotels.stages import edit_report as edit_report_stage
+from alien_hotels.stages import edit_sweep as edit_sweep_stage
+from alien_hotels.stages.paths import StagePaths
 from conftest import compose, run
 
 GREEN, DARK_GREEN, RED, GREY = (0, 255, 0), (0, 100, 0), (255, 0, 0), (128, 128, 128)
@@ -30,20 +34,21 @@ def striped(counts: dict[tuple[int, int, int], int], width: int = 10) -> Image.I
 
 def test_colour_scores_are_exact_on_known_regions():
     img = striped({GREEN: 30, DARK_GREEN: 20, RED: 10, GREY: 40})
-    got = scores.colour_scores(img, ScoresConfig())
+    got = scores.colour_scores(img, compose().edit.scores)
     # bright green: green and neon; dark green: green only; red: neon only; grey: neither.
     assert got == {"green_share": 0.5, "neon_share": 0.4}
 
 
 def test_colour_scores_follow_thresholds():
     img = striped({DARK_GREEN: 50, GREY: 50})
-    assert scores.colour_scores(img, ScoresConfig(green_min_value=0.5))["green_share"] == 0.0
-    assert scores.colour_scores(img, ScoresConfig(green_hue_min=130))["green_share"] == 0.0
-    assert scores.colour_scores(img.convert("L"), ScoresConfig())["green_share"] == 0.0
+    cfg = compose().edit.scores
+    assert scores.colour_scores(img, cfg.updated(green_min_value=0.5))["green_share"] == 0.0
+    assert scores.colour_scores(img, cfg.updated(green_hue_min=130))["green_share"] == 0.0
+    assert scores.colour_scores(img.convert("L"), compose().edit.scores)["green_share"] == 0.0
 
 
 def test_alien_score_is_weighted_mean_of_available_components():
-    cfg = ScoresConfig(green_target=0.5, neon_target=0.2, towel_tolerance=0.1)
+    cfg = compose().edit.scores.updated(green_target=0.5, neon_target=0.2, towel_tolerance=0.1)
     colour_only = {"green_share": 0.25, "neon_share": 0.4}
     # green 0.25/0.5 = 0.5, neon capped at 1.0; towels and clip unavailable
     assert scores.alien_score(colour_only, cfg) == pytest.approx(0.75)
@@ -190,16 +195,17 @@ def test_bad_recipe_config_names_the_key(override: str, message: str):
     assert message in str(err.value)
 
 
-def test_recipe_defaults_validate():
-    recipe = RecipeConfig(prompt="neon")
-    assert recipe.pipeline == "img2img" and recipe.mask.source == "none"
+def test_image_guidance_scale_only_on_instruct_pix2pix():
+    recipes = compose().edit.recipes
+    assert recipes["neon_pix2pix"].image_guidance_scale == 1.5
+    with pytest.raises(ValidationError, match="instruct_pix2pix only"):
+        recipes["neon"].updated(image_guidance_scale=1.5)
+    with pytest.raises(ValidationError, match="needs image_guidance_scale"):
+        recipes["neon_pix2pix"].updated(image_guidance_scale=None)
 
 
-def write_manifest(root: Path, rows: list[dict]) -> stages.StagePaths:
-    paths = stages.StagePaths()
-    paths = stages.StagePaths(
-        **{name: root / getattr(paths, name) for name in paths.__dataclass_fields__}
-    )
+def write_manifest(root: Path, rows: list[dict]) -> StagePaths:
+    paths = StagePaths().under(root)
     paths.images_manifest.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows, columns=["image_id", "path", "status", "reason"]).to_csv(
         paths.images_manifest, index=False
@@ -216,7 +222,7 @@ def test_no_images_writes_valid_empty_outputs_without_models(tmp_path: Path):
         paths.sample, index=False
     )
     params = compose()
-    metrics = stages.run_edit(params, paths=paths)
+    metrics = edit_stage.run(params, paths=paths)
     assert set(metrics) == set(params.edit.recipes)
     for name in params.edit.recipes:
         table = pd.read_csv(paths.edit_tables / f"{name}.csv")
@@ -224,11 +230,11 @@ def test_no_images_writes_valid_empty_outputs_without_models(tmp_path: Path):
         assert json.loads((paths.edit_recipe_metrics / f"{name}.json").read_text())["n_images"] == 0
         assert (paths.edited_dir / name).is_dir()
         assert Image.open(paths.edit_sheets / f"{name}.jpg").size[0] > 0
-    report = stages.run_edit_report(params, paths)
+    report = edit_report_stage.run(params, paths)
     assert report["n_hotels_ranked"] == 0 and report["best_hotel"] is None
     assert json.loads(paths.edit_metrics.read_text())["recipes"]["neon"]["n_images"] == 0
     assert "No images were edited" in paths.alien_ranking.read_text()
-    sweep = stages.run_edit_sweep(params, paths)
+    sweep = edit_sweep_stage.run(params, paths)
     assert sweep.empty
     assert list(pd.read_csv(paths.sweep_table).columns)[:2] == ["strength", "guidance_scale"]
     assert Image.open(paths.sweep_plot).size[0] > 0
@@ -236,8 +242,8 @@ def test_no_images_writes_valid_empty_outputs_without_models(tmp_path: Path):
 
 def test_unknown_recipe_is_a_stage_error(tmp_path: Path):
     paths = write_manifest(tmp_path, [])
-    with pytest.raises(stages.StageError, match="unknown recipe 'nope'"):
-        stages.run_edit(compose(), "nope", paths)
+    with pytest.raises(StageError, match="unknown recipe 'nope'"):
+        edit_stage.run(compose(), "nope", paths)
 
 
 def test_missing_weights_fail_before_any_work(tmp_path: Path):
@@ -267,5 +273,5 @@ def test_missing_local_model_dir_is_named(tmp_path: Path):
 
     found, why = models.weights_available(str(tmp_path / "nowhere"), "model_index.json")
     assert not found and "does not exist" in why
-    with pytest.raises(stages.StageError, match="nowhere"):
+    with pytest.raises(StageError, match="nowhere"):
         models.require_weights(str(tmp_path / "nowhere"), "edit.recipes.x.model_id", "x.json")

@@ -22,9 +22,10 @@ import pytest
 import yaml
 from PIL import Image
 
-from alien_hotels import stages
 from alien_hotels.common import StageError
-from alien_hotels.stages import StagePaths
+from alien_hotels.stages import caption as caption_stage
+from alien_hotels.stages import edit as edit_stage
+from alien_hotels.stages.paths import StagePaths
 from alien_hotels.testing.diffusion import tiny_edit_overrides
 from alien_hotels.testing.interrogator import tiny_overrides
 from conftest import BIN, compose, subprocess_env
@@ -191,7 +192,7 @@ def caption_project(tmp_path_factory, caption_models):
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         local = compose(*tiny_overrides(caption_models), *CAPTION, "caption.checkpoint_dir=ckpt")
-        stages.run_caption(local, caption_paths("local"))
+        caption_stage.run(local, caption_paths("local"))
     return root
 
 
@@ -213,7 +214,7 @@ def test_caption_on_ray_equals_local_with_bad_images_and_a_killed_worker(
     killer = WorkerKiller("CaptionWorker")
     killer.start()
     try:
-        stages.run_caption(on_ray, caption_paths("ray"))
+        caption_stage.run(on_ray, caption_paths("ray"))
     finally:
         killer.stop.set()
     assert killer.killed is not None, "no worker was killed mid-task"
@@ -259,7 +260,7 @@ def test_caption_driver_killed_resumes_from_the_checkpoint(
     assert not (root / "data/processed").exists()
 
     monkeypatch.chdir(root)  # the rerun: the same stage, here in this process
-    stages.run_caption(compose(*overrides, f"ray.address={ray_address}"))
+    caption_stage.run(compose(*overrides, f"ray.address={ray_address}"))
     for name in ("captions.csv", "caption_failures.csv"):
         assert (root / "data/processed" / name).read_bytes() == (root / "local" / name).read_bytes()
     metrics = json.loads((root / "metrics/captioning.json").read_text())
@@ -283,7 +284,7 @@ def test_worker_without_the_model_fails_naming_node_and_model(
         "ray.num_workers=1",
     )
     with pytest.raises(StageError) as err:
-        stages.run_caption(params)
+        caption_stage.run(params)
     message = str(err.value)
     assert f"the Ray worker on node {socket.gethostname()} (" in message
     assert "caption.caption_model_path=/nowhere/blip" in message
@@ -304,9 +305,9 @@ def test_unreachable_address_fails_before_any_work(stage, tmp_path, monkeypatch)
     started = time.monotonic()
     with pytest.raises(StageError, match=rf"ray.address={address}: cannot reach"):
         if stage == "caption":
-            stages.run_caption(params)
+            caption_stage.run(params)
         else:
-            stages.run_edit(params, "neon")
+            edit_stage.run(params, "neon")
     assert time.monotonic() - started < 30
     left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
     assert all(p.startswith(("data/images/", "data/interim/")) for p in left), left
@@ -360,7 +361,7 @@ def edit_project(tmp_path_factory, edit_models):
     write_manifest(root, edit_images(root))
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
-        stages.run_edit(compose(*tiny_edit_overrides(edit_models)), "aliens", edit_paths("local"))
+        edit_stage.run(compose(*tiny_edit_overrides(edit_models)), "aliens", edit_paths("local"))
     return root
 
 
@@ -374,7 +375,7 @@ def test_edit_on_ray_equals_local_with_a_bad_image_and_a_killed_worker(
     killer = WorkerKiller("EditWorker")
     killer.start()
     try:
-        metrics = stages.run_edit(on_ray, "aliens", edit_paths("ray"))["aliens"]
+        metrics = edit_stage.run(on_ray, "aliens", edit_paths("ray"))["aliens"]
     finally:
         killer.stop.set()
     assert killer.killed is not None, "no worker was killed mid-task"
@@ -415,6 +416,6 @@ def test_edit_driver_killed_resumes_what_is_missing(
 
     monkeypatch.chdir(root)  # the rerun: the same stage, here in this process
     paths = edit_paths("data")
-    metrics = stages.run_edit(compose(*overrides, f"ray.address={ray_address}"), "aliens", paths)
+    metrics = edit_stage.run(compose(*overrides, f"ray.address={ray_address}"), "aliens", paths)
     assert metrics["aliens"]["n_resumed"] == done
     assert_same_edits(root / "data", root / "local", "aliens")

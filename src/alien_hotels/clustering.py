@@ -13,6 +13,7 @@ use seeded samples too (`cluster.silhouette_sample`, `cluster.terms_sample`).
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -35,46 +36,48 @@ from tqdm.auto import tqdm
 
 from alien_hotels.common import Section, StageError, seeded_rows
 
+log = logging.getLogger(__name__)
+
 
 class ElbowConfig(Section):
     """`cluster.elbow.*`: Kneedle settings (see `kneed.KneeLocator`)."""
 
-    sensitivity: float = Field(1.0, gt=0)
-    interp_method: Literal["interp1d", "polynomial"] = "polynomial"
-    polynomial_degree: int = Field(7, ge=1)
-    online: bool = False
+    sensitivity: float = Field(gt=0)
+    interp_method: Literal["interp1d", "polynomial"]
+    polynomial_degree: int = Field(ge=1)
+    online: bool
 
 
 class ClusterConfig(Section):
     """`cluster.*`: the sweep range, the final k (null: the elbow) and k-means settings."""
 
-    k_min: int = Field(1, ge=1)
-    k_max: int = Field(29, ge=1)
-    k: int | None = Field(None, ge=1)
-    random_state: int = 42
+    k_min: int = Field(ge=1)
+    k_max: int = Field(ge=1)
+    k: int | None = Field(ge=1)
+    random_state: int
     # k-means++ restarts per k; the best (lowest inertia) restart is kept.
-    n_init: int = Field(10, ge=1)
-    max_iter: int = Field(300, ge=1)
-    tol: float = Field(1e-4, ge=0)
+    n_init: int = Field(ge=1)
+    max_iter: int = Field(ge=1)
+    tol: float = Field(ge=0)
     # Above this many documents the sweep fits each k on a seeded sample of this size, scores the
     # centers on every row, and the chosen k is refined on all rows; null: always fit all rows.
-    sweep_sample: int | None = Field(10_000, ge=100)
+    sweep_sample: int | None = Field(ge=100)
     # k-means++ restarts per k when the sweep runs on a sample (the refinement on all rows then
     # polishes the chosen k); null: n_init.
-    sweep_n_init: int | None = Field(3, ge=1)
+    sweep_n_init: int | None = Field(ge=1)
     # Silhouette is O(n^2): above this many documents it is computed on a seeded sample.
-    silhouette_sample: int | None = Field(10_000, ge=100)
+    silhouette_sample: int | None = Field(ge=100)
     # Documents used for the c-TF-IDF cluster terms (stratified by cluster); null: all.
-    terms_sample: int | None = Field(200_000, ge=100)
+    terms_sample: int | None = Field(ge=100)
     # Threads for k-means and distances (OpenMP and BLAS). 1 by default: on a small or shared
     # machine, idle OpenMP threads spin-wait at every Lloyd iteration and cost more than they
     # save; raise it on a dedicated many-core machine.
-    n_jobs: int = Field(1, ge=1)
-    elbow: ElbowConfig = ElbowConfig()
-    top_terms: int = Field(8, ge=1)
-    label_terms: int = Field(3, ge=1)
+    n_jobs: int = Field(ge=1)
+    elbow: ElbowConfig
+    top_terms: int = Field(ge=1)
+    label_terms: int = Field(ge=1)
     # Words left out of cluster terms and labels, on top of English stopwords: BLIP artefacts.
-    label_stopwords: list[str] = ["arafed", "araffe", "arafe"]
+    label_stopwords: list[str]
 
     @model_validator(mode="after")
     def _check_range(self) -> ClusterConfig:
@@ -123,16 +126,30 @@ def assign(embedding: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, floa
 def sweep_kmeans(embedding: np.ndarray, cfg: ClusterConfig, progress: bool = True) -> SweepResult:
     """Fit k-means for every k in [k_min, k_max]; inertia on all rows per k."""
     n_docs = len(embedding)
-    if cfg.k_max > n_docs:
-        raise StageError(
-            f"cluster.k_max={cfg.k_max} is larger than the number of documents ({n_docs})"
-        )
     if cfg.k is not None and cfg.k > n_docs:
         raise StageError(f"cluster.k={cfg.k} is larger than the number of documents ({n_docs})")
+    k_max = min(cfg.k_max, n_docs)  # k-means cannot have more clusters than documents
+    if cfg.k_min > k_max:
+        raise StageError(
+            f"cluster.k_min={cfg.k_min} is larger than the number of documents ({n_docs})"
+        )
+    if cfg.k is None and k_max - cfg.k_min < 2:
+        raise StageError(
+            f"only {n_docs} documents: cluster.k_min..k_max leaves fewer than 3 values of k, "
+            "too few for an elbow; set cluster.k explicitly"
+        )
+    if k_max < cfg.k_max:
+        log.warning(
+            "cluster.k_max=%d exceeds the %d documents: sweeping k=%d..%d",
+            cfg.k_max,
+            n_docs,
+            cfg.k_min,
+            k_max,
+        )
     fit_rows = seeded_rows(n_docs, cfg.sweep_sample, cfg.random_state)
     data = embedding if fit_rows is None else embedding[fit_rows]
     result = SweepResult(inertia={}, labels={}, fit_rows=fit_rows)
-    ks = range(cfg.k_min, cfg.k_max + 1)
+    ks = range(cfg.k_min, k_max + 1)
     n_init = cfg.n_init if fit_rows is None else (cfg.sweep_n_init or cfg.n_init)
     with threadpool_limits(cfg.n_jobs):
         for k in tqdm(ks, desc="k-means sweep", unit="k", disable=not progress):

@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import pandas as pd
@@ -20,9 +20,18 @@ from pydantic import BaseModel, ConfigDict
 
 
 class Section(BaseModel):
-    """Base of every params section: unknown keys are errors, values are immutable."""
+    """Base of every params section: unknown keys are errors, values are immutable.
+
+    Sections validate (types, ranges, choices, cross-field rules) but hold no default values:
+    every value comes from `conf/` (composed into `params.yaml`), the one source of defaults, so
+    a missing key is an error rather than a silent second default.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    def updated(self, **changes: Any) -> Self:
+        """A validated copy with `changes` applied (pydantic's `model_copy` skips validation)."""
+        return self.model_validate({**self.model_dump(), **changes})
 
 
 class StageError(RuntimeError):
@@ -109,3 +118,20 @@ def _json_default(value: Any) -> Any:
     if hasattr(value, "tolist"):
         return value.tolist()
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def rounded(obj: Any, digits: int = 4) -> Any:
+    """Floats in `obj` (nested dicts and lists) rounded to `digits` significant digits.
+
+    Reported metrics carry the precision that is meaningful, not float32 summation noise: the
+    last digits of an inertia or a silhouette differ between BLAS builds and thread counts, and
+    tracked metrics files must not change when a fresh clone reruns the pipeline elsewhere.
+    """
+    if isinstance(obj, dict):
+        return {key: rounded(value, digits) for key, value in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [rounded(value, digits) for value in obj]
+    if isinstance(obj, float | np.floating):
+        value = float(obj)
+        return value if value == 0 or not np.isfinite(value) else float(f"{value:.{digits}g}")
+    return obj

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -15,34 +16,34 @@ from sklearn.decomposition import TruncatedSVD
 from sklearn.feature_extraction.text import TfidfVectorizer
 from threadpoolctl import threadpool_limits
 
-from alien_hotels.common import Section, StageError
+from alien_hotels.common import Section, StageError, atomic_path
 
 
 class TfidfConfig(Section):
     """`features.tfidf.*`: the `TfidfVectorizer` parameters users tune most."""
 
-    min_df: int | float = Field(1, ge=0)
-    max_df: int | float = Field(1.0, gt=0)
-    max_features: int | None = Field(None, ge=1)
-    ngram_max: int = Field(1, ge=1, le=3)
-    sublinear_tf: bool = False
-    use_idf: bool = True
-    smooth_idf: bool = True
-    norm: Literal["l2", "l1", "none"] = "l2"
-    token_pattern: str = r"(?u)\b\w\w+\b"
+    min_df: int | float = Field(ge=0)
+    max_df: int | float = Field(gt=0)
+    max_features: int | None = Field(ge=1)
+    ngram_max: int = Field(ge=1, le=3)
+    sublinear_tf: bool
+    use_idf: bool
+    smooth_idf: bool
+    norm: Literal["l2", "l1", "none"]
+    token_pattern: str
 
 
 class FeaturesConfig(Section):
     """`features.*`: TF-IDF settings and the SVD that reduces them."""
 
-    tfidf: TfidfConfig = TfidfConfig()
-    n_components: int = Field(50, ge=1)
-    algorithm: Literal["randomized", "arpack"] = "randomized"
-    n_iter: int = Field(5, ge=1)
-    random_state: int = 42
+    tfidf: TfidfConfig
+    n_components: int = Field(ge=1)
+    algorithm: Literal["randomized", "arpack"]
+    n_iter: int = Field(ge=1)
+    random_state: int
     # BLAS threads for the SVD; 1 by default (see cluster.n_jobs: spinning threads on a shared
     # machine cost more than they save).
-    n_jobs: int = Field(1, ge=1)
+    n_jobs: int = Field(ge=1)
 
     @model_validator(mode="after")
     def _check(self) -> FeaturesConfig:
@@ -112,3 +113,18 @@ def fit_features(texts: Sequence[str], cfg: FeaturesConfig) -> TextFeatures:
     with threadpool_limits(cfg.n_jobs):
         embedding = svd.fit_transform(tfidf).astype(np.float32)
     return TextFeatures(vectorizer=vectorizer, svd=svd, embedding=embedding)
+
+
+def save_features(target: Path, embedding: np.ndarray, image_ids: np.ndarray) -> None:
+    """`features.npz`, written by the features stage and read by cluster and map."""
+    # Uncompressed: SVD coordinates barely compress, and zlib costs seconds per million rows.
+    with atomic_path(target) as tmp, tmp.open("wb") as fh:
+        np.savez(fh, embedding=embedding, image_id=image_ids)
+
+
+def load_features(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The SVD vectors and their image ids, as `save_features` wrote them."""
+    if not path.is_file():
+        raise StageError(f"features not found: {path} (run the features stage first)")
+    with np.load(path, allow_pickle=False) as data:
+        return data["embedding"], data["image_id"]

@@ -59,27 +59,24 @@ IMAGE_EXTENSIONS = {"jpg", "jpeg", "png", "webp", "gif", "bmp"}
 class DataConfig(Section):
     """`data.*`: which dataset to read and how to sample hotels from it."""
 
-    name: str = "bundled"
-    format: Literal["sample_csv", "hotels50k"] = "sample_csv"
+    format: Literal["sample_csv", "hotels50k"]
     # sample_csv: the CSV file; hotels50k: the directory with the four metadata CSVs.
-    path: str = "data/bundled/hotels_sample.csv"
+    path: str
     # hotels50k: which image table to sample from (`train_set.csv` or `test_set.csv`).
-    split: Literal["train", "test"] = "train"
+    split: Literal["train", "test"]
     # The dataset's local image tree `<chain_id>/<hotel_id>/<source>/<image_id>.<ext>`, if any
     # (read by the images stage; it need not exist).
-    images_dir: str | None = "data/raw/hotels50k/images/train"
-    n_hotels: int = Field(10, ge=1)
-    min_images: int = Field(30, ge=1)
-    max_images: int = Field(60, ge=1)
-    seed: int = 42
+    images_dir: str | None
+    n_hotels: int = Field(ge=1)
+    min_images: int = Field(ge=1)
+    max_images: int = Field(ge=1)
+    seed: int
     # Optional filters, applied before images are counted; empty means no filter.
-    image_sources: list[str] = Field(default_factory=list)
-    chains: list[int | str] = Field(
-        default_factory=list
-    )  # chain ids (numbers) or exact chain names (text)
-    hotel_ids: list[int] = Field(default_factory=list)
+    image_sources: list[str]
+    chains: list[int | str]  # chain ids (numbers) or exact chain names (text)
+    hotel_ids: list[int]
     # Column holding captions that ship with the dataset (used by `caption=precomputed`).
-    caption_column: str | None = "description"
+    caption_column: str | None
 
     @model_validator(mode="after")
     def _check_range(self) -> DataConfig:
@@ -120,14 +117,12 @@ def read_dataset(cfg: DataConfig) -> Dataset:
     """The dataset's image rows with what loading dropped (and, for Hotels-50K, the hotels)."""
     if cfg.format == "hotels50k":
         return load_hotels50k(cfg)
-    rows = load_dataset(cfg)
+    rows = _read_sample_csv(cfg)
     return Dataset(rows, {**_no_drops(), "rows_read": len(rows)}, what=cfg.path)
 
 
-def load_dataset(cfg: DataConfig) -> pd.DataFrame:
-    """The rows of a `sample_csv` dataset, checked; Hotels-50K rows (without hotel info) else."""
-    if cfg.format == "hotels50k":
-        return load_hotels50k(cfg).rows
+def _read_sample_csv(cfg: DataConfig) -> pd.DataFrame:
+    """The rows of a `sample_csv` dataset, checked."""
     required = ["image_id", "hotel_id"]
     if cfg.caption_column:
         required.append(cfg.caption_column)
@@ -141,14 +136,8 @@ def load_dataset(cfg: DataConfig) -> pd.DataFrame:
     return df
 
 
-def sample_hotels(
-    data: Dataset | pd.DataFrame, cfg: DataConfig
-) -> tuple[pd.DataFrame, SampleStats]:
+def sample_hotels(data: Dataset, cfg: DataConfig) -> tuple[pd.DataFrame, SampleStats]:
     """Pick `cfg.n_hotels` hotels with `min_images..max_images` rows, seeded; keep usable rows."""
-    if isinstance(data, pd.DataFrame):
-        if cfg.format == "hotels50k":
-            raise TypeError("sample_hotels needs read_dataset(cfg) for data.format=hotels50k")
-        data = Dataset(data, {**_no_drops(), "rows_read": len(data)}, what=cfg.path)
     df = _apply_filters(data.rows, cfg, data)
     counts = df["hotel_id"].value_counts(sort=False)
     eligible = np.sort(counts[(counts >= cfg.min_images) & (counts <= cfg.max_images)].index)
