@@ -10,11 +10,11 @@ worker (the local run too), a fresh checkpoint, and must return the same caption
 an instance started here (`ray.address=null`, 2 CPUs).
 
 Printed: start-up (connecting and loading the models on the workers; paid once per stage run),
-the compute phase's wall time and images/s, speed-up against local, and per image the wall time
-not spent in model work (compute wall minus the workers' own per-image model seconds: decoding,
-transfers, scheduling, checkpoint writes, idle workers). Ray's overhead per image is that figure
-for Ray with 1 worker minus the local one; unlike raw wall-time differences it stays meaningful on
-a machine shared with other jobs.
+the compute phase's wall time and images/s, speed-up against local, and per image the worker time
+not spent in model work (compute wall x workers minus the workers' own per-image model seconds:
+decoding, transfers, scheduling, checkpoint writes, idle workers). Ray's overhead per image is
+that figure for Ray with 1 worker minus the local one; it is less exposed than raw wall-time
+differences to other jobs sharing the machine.
 """
 
 from __future__ import annotations
@@ -85,9 +85,11 @@ def main() -> None:
             run = caption_images(manifest, params.caption, root, params.ray)
             total = time.perf_counter() - start
             compute = run.metrics["wall_seconds"]
-            # model work: each image's own seconds on its worker (batch share + prompt search)
+            # model work: each image's own seconds on its worker (batch share + prompt search);
+            # the rest of the workers' wall time went to decoding, transfers, scheduling, idling
             model = run.metrics["seconds_per_image"] * run.metrics["ok"]
-            results[name] = (run, compute, (compute - model) / args.images)
+            workers = run.metrics.get("ray_workers", 1)
+            results[name] = (run, compute, (compute * workers - model) / args.images)
             print(
                 f"{name:15s} start-up {total - compute:6.1f} s  compute {compute:6.1f} s  "
                 f"{args.images / compute:5.2f} img/s  "
