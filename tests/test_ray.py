@@ -234,7 +234,13 @@ def test_caption_driver_killed_resumes_from_the_checkpoint(
     ray_address, caption_models, caption_project, monkeypatch
 ):
     root = caption_project
-    overrides = [*tiny_overrides(caption_models), *CAPTION, "caption.executor=ray"]
+    # one worker: the resume is under test here, parallelism in the test above
+    overrides = [
+        *tiny_overrides(caption_models),
+        *CAPTION,
+        "caption.executor=ray",
+        "ray.num_workers=1",
+    ]
     write_params(root, *overrides, f"ray.address={ray_address}")
     driver = subprocess.Popen(
         ["alien-hotels", "caption"],
@@ -391,7 +397,7 @@ def test_edit_driver_killed_resumes_what_is_missing(
     ray_address, edit_models, edit_project, monkeypatch
 ):
     root = edit_project
-    overrides = [*tiny_edit_overrides(edit_models), "edit.executor=ray"]
+    overrides = [*tiny_edit_overrides(edit_models), "edit.executor=ray", "ray.num_workers=1"]
     write_params(root, *overrides, f"ray.address={ray_address}")
     driver = subprocess.Popen(
         ["alien-hotels", "edit", "aliens"],
