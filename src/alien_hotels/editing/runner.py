@@ -5,6 +5,10 @@ resolution (multiple of 8), resize back, paste the source back outside the mask,
 `<out_dir>/<image_id>.png` with a resume key (recipe config + source content) in its metadata,
 and score the source and the result. An image whose output already carries the same key is not
 edited again. Nothing loads a model when there is nothing to edit.
+
+Each image goes through `plan_job` (no model: readable?, resume key, output already there?),
+`run_job` (the models: mask, edit, scores) and `store` (the PNG). `edit.executor=local` runs all
+three here; `ray` runs `run_job` on Ray actors (`alien_hotels.distributed.edit`).
 """
 
 from __future__ import annotations
