@@ -30,6 +30,7 @@ OPERATIONAL = {
     "allow_download",
     "device",
     "dtype",
+    "n_jobs",
 }
 
 

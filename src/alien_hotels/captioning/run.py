@@ -25,12 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from alien_hotels.captioning import (
-    CAPTION_COLUMNS,
-    CAPTION_MODELS,
-    FAILURE_COLUMNS,
-    CaptionConfig,
-)
+from alien_hotels.captioning import CAPTION_COLUMNS, FAILURE_COLUMNS, CaptionConfig
 from alien_hotels.captioning.checkpoint import Checkpoint, config_key
 from alien_hotels.captioning.images import Loaded, load_row, prefetch
 from alien_hotels.common import StageError
@@ -74,7 +69,7 @@ def caption_images(
     else:
         executor = LocalCaptioner(cfg)  # checks the models, before any work
     with executor:
-        device, dtype = executor.device, executor.dtype
+        device, dtype, weights = executor.device, executor.dtype, executor.weights
         key = config_key(cfg, device, dtype)
         checkpoint = Checkpoint(root / cfg.checkpoint_dir, key, enabled=cfg.resume)
         ids = [str(i) for i in rows["image_id"]]
@@ -93,7 +88,7 @@ def caption_images(
             computed = executor.run(root, ids, paths, todo, checkpoint, already)
         wall = time.perf_counter() - started
     run = _collect(
-        rows, ids, paths, checkpoint, cfg, skipped, device, dtype, computed, already, wall
+        rows, ids, paths, checkpoint, cfg, skipped, device, dtype, weights, computed, already, wall
     )
     run.metrics.update(executor.metrics())
     return run
@@ -135,11 +130,11 @@ def caption_batch(engine, cfg: CaptionConfig, loaded: list[Loaded], done) -> Ite
         }
 
 
-def load_engine(cfg: CaptionConfig, device: str, dtype: str):
+def load_engine(cfg: CaptionConfig, device: str, dtype: str, weights):
     from alien_hotels.captioning.interrogate import BatchInterrogator
     from alien_hotels.captioning.models import load_interrogator
 
-    return BatchInterrogator(load_interrogator(cfg, device, dtype), cfg)
+    return BatchInterrogator(load_interrogator(cfg, device, dtype, weights), cfg)
 
 
 class LocalCaptioner:
@@ -150,7 +145,7 @@ class LocalCaptioner:
 
         self.cfg = cfg
         self.device, self.dtype = resolve_device(cfg)
-        check_models(cfg)
+        self.weights = check_models(cfg)
 
     def __enter__(self) -> LocalCaptioner:
         return self
@@ -165,7 +160,7 @@ class LocalCaptioner:
         from tqdm import tqdm
 
         cfg = self.cfg
-        engine = load_engine(cfg, self.device, self.dtype)
+        engine = load_engine(cfg, self.device, self.dtype, self.weights)
         items = [
             (root, ids[i], paths[i], cfg.max_image_side, cfg.max_image_pixels)
             for b in todo
@@ -190,18 +185,20 @@ class LocalCaptioner:
         return computed
 
 
-def _collect(rows, ids, paths, checkpoint, cfg, skipped, device, dtype, computed, already, wall):
+def _collect(
+    rows, ids, paths, checkpoint, cfg, skipped, device, dtype, weights, computed, already, wall
+):
     done = [checkpoint.rows[i] for i in ids]
     ok = [i for i, row in enumerate(done) if row["status"] == "ok"]
     failed = [i for i, row in enumerate(done) if row["status"] != "ok"]
-    model_id = cfg.caption_model_path or CAPTION_MODELS[cfg.caption_model_name]
+    # The weights that ran (`<repo>@<commit>` or a local path), not the configured names.
     captions = pd.DataFrame(
         {
             "image_id": rows["image_id"].iloc[ok].to_numpy(),
             "caption": [done[i]["caption"] for i in ok],
             "caption_mode": cfg.mode,
-            "caption_model": cfg.caption_model_name,
-            "clip_model": cfg.clip_model_name,
+            "caption_model": weights.caption.label,
+            "clip_model": weights.clip.label,
         },
         columns=CAPTION_COLUMNS,
     )
@@ -228,9 +225,10 @@ def _collect(rows, ids, paths, checkpoint, cfg, skipped, device, dtype, computed
         "mode": cfg.mode,
         "chain": cfg.chain,
         "caption_model": cfg.caption_model_name,
-        "caption_model_id": model_id,
+        "caption_weights": weights.caption.label,
         "clip_model": cfg.clip_model_name,
-        "clip_model_path": cfg.clip_model_path,
+        "clip_weights": weights.clip.label,
+        "torch_threads": cfg.n_jobs,
         "device": device,
         "dtype": dtype,
         "batch_size": cfg.batch_size,

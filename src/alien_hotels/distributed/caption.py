@@ -53,9 +53,11 @@ class CaptionWorker(Worker):
         from alien_hotels.captioning.run import load_engine
 
         device, dtype = resolve_device(self.cfg)
-        check_models(self.cfg)
-        self.engine = load_engine(self.cfg, device, dtype)
-        return {"device": device, "dtype": dtype}
+        weights = check_models(self.cfg)
+        self.engine = load_engine(self.cfg, device, dtype, weights)
+        # the labels (`repo@commit` or path) go into captions.csv: every node must have the same
+        labels = [weights.caption.label, weights.clip.label]
+        return {"device": device, "dtype": dtype, "weights": weights, "weight_labels": labels}
 
     def run(self, payload: dict[str, Any]) -> list[dict[str, Any]]:
         from alien_hotels.captioning.images import load_row, prefetch
@@ -91,7 +93,8 @@ class CaptionWorker(Worker):
 
 
 class RayCaptioner:
-    """The driver side: same interface as `LocalCaptioner` (device, dtype, run, metrics)."""
+    """The driver side: same interface as `LocalCaptioner` (device, dtype, weights, run,
+    metrics)."""
 
     def __init__(self, cfg: CaptionConfig, ray_cfg: RayConfig | None):
         self.cfg = cfg
@@ -110,13 +113,19 @@ class RayCaptioner:
             self._stack.enter_context(ray_session(ray_cfg, "caption"))
             assert ray_cfg is not None  # ray_session raised otherwise
             self.pool = self._stack.enter_context(
-                ActorPool(CaptionWorker, (cfg,), ray_cfg, "caption", agree_on=("device", "dtype"))
+                ActorPool(
+                    CaptionWorker,
+                    (cfg,),
+                    ray_cfg,
+                    "caption",
+                    agree_on=("device", "dtype", "weight_labels"),
+                )
             )
             info = self.pool.start()
         except BaseException:
             self._stack.close()
             raise
-        self.device, self.dtype = info["device"], info["dtype"]
+        self.device, self.dtype, self.weights = info["device"], info["dtype"], info["weights"]
 
     def __enter__(self) -> RayCaptioner:
         return self
