@@ -29,13 +29,17 @@ class EditWorker(Worker):
         self.loaded = None
 
     def load(self) -> dict[str, Any]:
-        from alien_hotels.editing.runner import load_models
+        from alien_hotels.editing.runner import check_weights, load_models
 
-        self.loaded = load_models(self.name, self.cfg.recipes[self.name], self.cfg)
+        recipe = self.cfg.recipes[self.name]
+        found = check_weights(self.name, recipe, self.cfg)
+        self.loaded = load_models(self.name, recipe, self.cfg)
         scorer = self.loaded.scorer
         return {
             "dtype": self.loaded.dtype,
             "score_models": [scorer.segmenter is not None, scorer.clip is not None],
+            # `repo@commit` or path of each model: every node must run the same weights
+            "weight_labels": sorted((key, item.label) for key, item in found.items()),
         }
 
     def run(self, payload: list[tuple[Any, bool]]) -> list[Any]:
@@ -66,7 +70,11 @@ def edit_recipe_on_ray(
     with (
         ray_session(ray_cfg, "edit"),
         ActorPool(
-            EditWorker, (name, cfg), ray_cfg, what, agree_on=("dtype", "score_models")
+            EditWorker,
+            (name, cfg),
+            ray_cfg,
+            what,
+            agree_on=("dtype", "score_models", "weight_labels"),
         ) as pool,
     ):
         info = pool.start()  # every worker's models checked before any image
