@@ -16,6 +16,7 @@ from alien_hotels.config import ConfigError, validate_params
 from alien_hotels.editing import imaging, scores
 from alien_hotels.editing.config import RecipeConfig, ScoresConfig
 from alien_hotels.editing.runner import TABLE_COLUMNS, select_images
+from alien_hotels.imageio import load_rgb
 from conftest import compose, run
 
 GREEN, DARK_GREEN, RED, GREY = (0, 255, 0), (0, 100, 0), (255, 0, 0), (128, 128, 128)
@@ -77,7 +78,7 @@ def test_load_rgb_accepts_any_mode(tmp_path: Path, mode: str):
     img = Image.new("RGB", (37, 21), (10, 200, 30)).convert(mode)
     path = tmp_path / ("x.tiff" if mode in {"CMYK", "I;16"} else "x.png")
     img.save(path)
-    out = imaging.load_rgb(path)
+    out = load_rgb(path)
     assert out.mode == "RGB" and out.size == (37, 21)
     prepared = imaging.prepare(out, 64)
     assert prepared.size == (64, 32)
@@ -87,7 +88,7 @@ def test_load_rgb_accepts_any_mode(tmp_path: Path, mode: str):
 def test_transparent_pixels_become_white(tmp_path: Path):
     img = Image.new("RGBA", (4, 4), (255, 0, 0, 0))
     img.save(tmp_path / "t.png")
-    assert imaging.load_rgb(tmp_path / "t.png").getpixel((0, 0)) == (255, 255, 255)
+    assert load_rgb(tmp_path / "t.png").getpixel((0, 0)) == (255, 255, 255)
 
 
 def test_dilate_grows_by_a_disk():

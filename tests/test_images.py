@@ -6,12 +6,20 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 from pydantic import ValidationError
 
-from alien_hotels.images import Downloader, FetchError, ImagesConfig, collect_images, prepare_image
+from alien_hotels.images import (
+    EXTENSION_FORMAT,
+    Downloader,
+    FetchError,
+    ImagesConfig,
+    collect_images,
+    prepare_image,
+)
 from alien_hotels.testing.imageserver import ImageServer, make_image, self_signed_cert
 
 # path on the server -> (status, reason) the downloader must record
@@ -198,3 +206,40 @@ def test_images_metrics_are_json(server: ImageServer, tmp_path: Path):
         _sample([server.url("/good/1.jpg")]), CFG, None, tmp_path, progress=False
     )
     assert json.loads(json.dumps(metrics))["ok"] == 1
+
+
+def _encoded(img: Image.Image, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    img.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def _two_halves(mode: str, left, right, size=(320, 200)) -> Image.Image:
+    img = Image.new(mode, size, left)
+    img.paste(right, (size[0] // 2, 0, *size))
+    return img
+
+
+@pytest.mark.parametrize(
+    ("img", "fmt", "extension", "left", "right"),
+    [
+        # 16-bit grayscale: 16448 / 257 = 64, not clipped to white
+        (_two_halves("I;16", 16448, 65535), "PNG", "jpg", 64, 255),
+        (_two_halves("I;16", 16448, 65535, (640, 400)), "PNG", "png", 64, 255),
+        # transparent pixels (black underneath) composited on white, not dropped to black
+        (_two_halves("RGBA", (0, 0, 0, 255), (0, 0, 0, 0)), "PNG", "jpg", 0, 255),
+        (_two_halves("LA", (0, 255), (0, 0), (640, 400)), "PNG", "png", 0, 255),
+        (_two_halves("CMYK", (0, 0, 0, 255), (0, 0, 0, 0), (640, 400)), "JPEG", "jpg", 0, 255),
+    ],
+    ids=["16bit-to-jpeg", "16bit-png-kept-size", "rgba-to-jpeg", "la-png", "cmyk-jpeg"],
+)
+def test_stored_images_are_what_the_loader_sees(img, fmt, extension, left, right):
+    from conftest import compose
+
+    out = prepare_image(_encoded(img, fmt), extension, compose().images)
+    with Image.open(io.BytesIO(out)) as stored:
+        assert stored.format == EXTENSION_FORMAT[extension]
+        assert stored.mode == "RGB" and stored.size == (640, 400)
+        arr = np.asarray(stored, dtype=int)
+    assert np.abs(arr[:, :300] - left).max() <= 3
+    assert np.abs(arr[:, 340:] - right).max() <= 3

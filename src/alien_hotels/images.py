@@ -39,6 +39,7 @@ from urllib.parse import urlsplit
 import pandas as pd
 from pydantic import Field, field_validator
 
+from alien_hotels import imageio
 from alien_hotels.common import Section, StageError, atomic_path
 
 log = logging.getLogger("alien_hotels.images")
@@ -109,43 +110,34 @@ class Outcome:
 
 
 def prepare_image(data: bytes, extension: str, cfg: ImagesConfig) -> bytes:
-    """Validate image bytes and return what to store (the input itself when nothing changes)."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    """Validate image bytes and return what to store (the input itself when nothing changes).
+
+    Decoded by the one loader (`imageio`), so what is stored is what every later stage sees:
+    upright 8-bit RGB, 16-bit images scaled, transparency on white.
+    """
+    from PIL import Image
 
     target_format = EXTENSION_FORMAT.get(extension.lower(), "JPEG")
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            if img.format not in cfg.formats:
-                raise FetchError("unsupported_format", str(img.format))
-            width, height = img.size
-            if width * height > cfg.max_pixels:
-                raise FetchError("too_many_pixels", f"{width}x{height}")
-            new_size = _resized(width, height, cfg)
-            if img.format == "JPEG" and new_size and new_size[0] < width:
-                img.draft("RGB", new_size)  # decode at a reduced scale: fast on big photos
-            img.load()
-            orientation = img.getexif().get(0x0112, 1)
-            if new_size is None and orientation in (None, 1) and img.format == target_format:
-                return data
-            out = ImageOps.exif_transpose(img)
-            if new_size is not None:
-                if orientation in (5, 6, 7, 8):  # a quarter turn swaps the sides
-                    new_size = new_size[::-1]
-                out = out.resize(new_size, Image.Resampling.LANCZOS, reducing_gap=3.0)
-            if target_format == "JPEG" and out.mode not in ("RGB", "L"):
-                out = out.convert("RGB")
-            buffer = io.BytesIO()
-            options = {"quality": cfg.jpeg_quality} if target_format == "JPEG" else {}
-            out.save(buffer, format=target_format, **options)
-            return buffer.getvalue()
-    except FetchError:
-        raise
-    except UnidentifiedImageError:
-        raise FetchError("not_an_image") from None
-    except Image.DecompressionBombError as exc:
-        raise FetchError("too_many_pixels", str(exc)) from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise FetchError("corrupt_image", str(exc)) from None
+        decoded = imageio.decode(
+            data,
+            max_pixels=cfg.max_pixels,
+            formats=cfg.formats,
+            draft_side=cfg.longer_side,  # big JPEGs decode at a reduced scale: fast
+            limit_name="images.max_pixels",
+        )
+    except imageio.ImageFailure as exc:
+        raise FetchError(exc.reason, exc.detail) from None
+    new_size = _resized(*decoded.display_size, cfg)
+    if new_size is None and decoded.as_stored and decoded.format == target_format:
+        return data
+    out = decoded.image
+    if new_size is not None and new_size != out.size:
+        out = out.resize(new_size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    buffer = io.BytesIO()
+    options = {"quality": cfg.jpeg_quality} if target_format == "JPEG" else {}
+    out.save(buffer, format=target_format, **options)
+    return buffer.getvalue()
 
 
 def _resized(width: int, height: int, cfg: ImagesConfig) -> tuple[int, int] | None:

@@ -19,12 +19,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from tqdm.auto import tqdm
 
 from alien_hotels.editing import imaging, models
 from alien_hotels.editing.config import EditConfig, RecipeConfig
 from alien_hotels.editing.scores import Scorer, success
+from alien_hotels.imageio import ImageFailure, load_rgb
 
 log = logging.getLogger(__name__)
 
@@ -134,8 +135,13 @@ def recipe_hash(recipe: RecipeConfig, dtype: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def mask_file(recipe: RecipeConfig, image_id: str, root: Path) -> Path:
+    """`<mask.files_dir>/<image_id>.png`, `files_dir` relative to the repo root."""
+    return root / (recipe.mask.files_dir or "") / f"{image_id}.png"
+
+
 def compute_mask(
-    recipe: RecipeConfig, image_id: str, source: Image.Image, segmenter: Any
+    recipe: RecipeConfig, image_id: str, source: Image.Image, segmenter: Any, root: Path
 ) -> tuple[np.ndarray | None, str]:
     """(mask at the source size or None for a whole-image edit, note)."""
     spec = recipe.mask
@@ -144,7 +150,7 @@ def compute_mask(
     if spec.source == "text":
         probs = segmenter.probs(source, spec.prompt or "")
         return imaging.mask_from_probs(probs, source.size, spec.threshold, spec.dilate), ""
-    path = Path(spec.files_dir or "") / f"{image_id}.png"
+    path = mask_file(recipe, image_id, root)
     if not path.is_file():
         return np.zeros((source.height, source.width), dtype=bool), f"no mask file {path}"
     return imaging.mask_from_file(path, source.size, spec.dilate), ""
@@ -200,21 +206,25 @@ def edit_recipe(
         image_id = str(item.image_id)
         src_path = root / str(item.path)
         try:
-            source = imaging.load_rgb(src_path)
+            source = load_rgb(src_path)
             digest = imaging.file_md5(src_path)
-        except (OSError, UnidentifiedImageError, ValueError) as exc:
-            rows.append(_failed(image_id, f"cannot read {item.path}: {exc}"))
+        except ImageFailure as exc:
+            rows.append(_failed(image_id, f"cannot read {item.path}: {exc.reason}"))
             continue
         start = time.perf_counter()
-        mask, note = compute_mask(recipe, image_id, source, loaded.segmenter)
+        try:
+            mask, note = compute_mask(recipe, image_id, source, loaded.segmenter, root)
+        except ImageFailure as exc:
+            rows.append(_failed(image_id, f"cannot read the mask: {exc.detail}"))
+            continue
         if recipe.mask.source == "files" and not note:
-            digest += imaging.file_md5(Path(recipe.mask.files_dir or "") / f"{image_id}.png")
+            digest += imaging.file_md5(mask_file(recipe, image_id, root))
         key = hashlib.sha256(f"{base_key}|{digest}".encode()).hexdigest()[:20]
         target = out_dir / f"{image_id}.png"
         empty = mask is not None and not mask.any()
         resumed = target.is_file() and imaging.saved_key(target) == key
         if resumed:
-            edited = imaging.load_rgb(target)
+            edited = load_rgb(target)
         else:
             edited = source.copy() if empty else edit_image(loaded.pipe, recipe, source, mask)
             imaging.save_png(edited, target, key)
@@ -282,11 +292,11 @@ def sweep(
     prepared = []
     for item in images.itertuples(index=False):
         try:
-            source = imaging.load_rgb(root / str(item.path))
-        except (OSError, UnidentifiedImageError, ValueError) as exc:
+            source = load_rgb(root / str(item.path))
+            mask, _ = compute_mask(recipe, str(item.image_id), source, loaded.segmenter, root)
+        except ImageFailure as exc:
             log.warning("sweep: skipping %s: %s", item.image_id, exc)
             continue
-        mask, _ = compute_mask(recipe, str(item.image_id), source, loaded.segmenter)
         prepared.append((source, mask))
     points = list(itertools.product(*cfg.sweep.grid.values()))
     out = []
