@@ -15,7 +15,7 @@ from alien_hotels import stages
 from alien_hotels.config import ConfigError, validate_params
 from alien_hotels.editing import imaging, scores
 from alien_hotels.editing.config import RecipeConfig, ScoresConfig
-from alien_hotels.editing.runner import TABLE_COLUMNS, select_images
+from alien_hotels.editing.runner import TABLE_COLUMNS
 from alien_hotels.imageio import load_rgb
 from conftest import compose, run
 
@@ -133,18 +133,6 @@ def test_png_key_round_trip(tmp_path: Path):
     imaging.save_png(Image.new("RGB", (3, 3)), target, "abc123")
     assert imaging.saved_key(target) == "abc123"
     assert imaging.saved_key(tmp_path / "missing.png") is None
-
-
-def test_select_images_keeps_ok_rows_with_paths():
-    manifest = pd.DataFrame(
-        {
-            "image_id": [1, 2, 3, 4, 4],
-            "path": ["a.png", None, "c.png", "d.png", "d.png"],
-            "status": ["ok", "ok", "failed", "ok", "ok"],
-        }
-    )
-    assert select_images(manifest, None)["image_id"].tolist() == ["1", "4"]
-    assert select_images(manifest, 1)["image_id"].tolist() == ["1"]
 
 
 def test_shipped_recipes_compose():

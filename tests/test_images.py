@@ -243,3 +243,20 @@ def test_stored_images_are_what_the_loader_sees(img, fmt, extension, left, right
         arr = np.asarray(stored, dtype=int)
     assert np.abs(arr[:, :300] - left).max() <= 3
     assert np.abs(arr[:, 340:] - right).max() <= 3
+
+
+def test_one_selector_for_the_manifest_rows_with_images():
+    from alien_hotels.images import usable_images
+
+    manifest = pd.DataFrame(
+        {
+            "image_id": [1, 2, 3, 4, 4, 5, 6],
+            "path": [" a.png", None, "c.png", "d.png", "d2.png", "e.png", ""],
+            "status": ["ok", "ok", "failed", "ok", "ok", "ok", None],
+        }
+    )
+    every = usable_images(manifest)
+    assert every.rows["image_id"].tolist() == [1, 4, 5]  # manifest order, first row per id
+    assert every.rows["path"].tolist() == ["a.png", "d.png", "e.png"]
+    assert every.skipped == {"failed": 1, "ok_without_path": 1, "unknown": 1}
+    assert usable_images(manifest, limit=2).rows["image_id"].tolist() == [1, 4]

@@ -40,11 +40,14 @@ import pandas as pd
 from pydantic import Field, field_validator
 
 from alien_hotels import imageio
-from alien_hotels.common import Section, StageError, atomic_path
+from alien_hotels.common import Section, StageError, atomic_path, read_csv
 
 log = logging.getLogger("alien_hotels.images")
 
+# The images manifest, `data/interim/images.csv`: what this stage writes, and what the stages
+# reading images (caption, edit) need of it. Only `ok` rows have a file, at `path` (repo-relative).
 MANIFEST_COLUMNS = ["image_id", "path", "status", "reason", "url"]
+MANIFEST_REQUIRED = ["image_id", "path", "status"]
 EXTENSION_FORMAT = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
 RETRY_STATUSES = (429, 500, 502, 503, 504)
 # Content types that say nothing (S3 and CDNs send them for images too); the bytes decide.
@@ -104,6 +107,27 @@ class Outcome:
     url: str
     origin: Literal["cached", "local", "downloaded", ""] = ""
     nbytes: int = 0
+
+
+@dataclass(frozen=True)
+class ManifestSelection:
+    rows: pd.DataFrame  # usable rows, manifest order, `path` stripped
+    skipped: dict[str, int]  # the other rows by status (`ok_without_path` when ok lacks a path)
+
+
+def read_manifest(path: str | Path) -> pd.DataFrame:
+    return read_csv(path, MANIFEST_REQUIRED, what="images manifest")
+
+
+def usable_images(manifest: pd.DataFrame, limit: int | None = None) -> ManifestSelection:
+    """The rows with status `ok` and a path (the first per image id), at most `limit`."""
+    status = manifest["status"].astype("string").fillna("").str.strip()
+    path = manifest["path"].astype("string").fillna("").str.strip()
+    usable = (status == "ok") & (path != "")
+    skipped = Counter(status[~usable].replace("ok", "ok_without_path").replace("", "unknown"))
+    rows = manifest.loc[usable].assign(path=path[usable]).drop_duplicates("image_id")
+    rows = rows if limit is None else rows.head(limit)
+    return ManifestSelection(rows.reset_index(drop=True), dict(sorted(skipped.items())))
 
 
 # --- image checks and the dataset's resizing -------------------------------------------------

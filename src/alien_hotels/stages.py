@@ -98,9 +98,9 @@ def run_caption(params: Params, paths: StagePaths = StagePaths()) -> pd.DataFram
         }
         n_images = len(sample)
     else:
-        from alien_hotels.captioning.run import MANIFEST_COLUMNS, caption_images
+        from alien_hotels.captioning.run import caption_images
 
-        manifest = read_csv(paths.images_manifest, MANIFEST_COLUMNS, what="images manifest")
+        manifest = images.read_manifest(paths.images_manifest)
         result = caption_images(manifest, cfg, root=Path("."))
         captions, failures, metrics = result.captions, result.failures, result.metrics
         metrics = {"method": cfg.method, **metrics}
@@ -263,12 +263,6 @@ def run_map(params: Params, paths: StagePaths = StagePaths()) -> pd.DataFrame:
     return table
 
 
-def _images_manifest(paths: StagePaths) -> pd.DataFrame:
-    from alien_hotels.editing.runner import MANIFEST_COLUMNS
-
-    return read_csv(paths.images_manifest, MANIFEST_COLUMNS, what="images manifest")
-
-
 def run_edit(
     params: Params, recipe: str | None = None, paths: StagePaths = StagePaths()
 ) -> dict[str, dict]:
@@ -283,9 +277,9 @@ def run_edit(
             f"edit: unknown recipe {unknown[0]!r}; edit.recipes has: "
             f"{', '.join(cfg.recipes) or '(none)'}"
         )
-    manifest = _images_manifest(paths)
+    manifest = images.read_manifest(paths.images_manifest)
     for name in names:  # every model is checked before any image is edited
-        if not runner.select_images(manifest, cfg.max_images).empty:
+        if not images.usable_images(manifest, cfg.max_images).rows.empty:
             runner.check_weights(name, cfg.recipes[name], cfg)
     out: dict[str, dict] = {}
     for name in names:
@@ -342,7 +336,7 @@ def run_edit_sweep(params: Params, paths: StagePaths = StagePaths()) -> pd.DataF
     from alien_hotels.editing import report, runner
 
     cfg = params.edit
-    table = runner.sweep(cfg, _images_manifest(paths))
+    table = runner.sweep(cfg, images.read_manifest(paths.images_manifest))
     best = None
     if not table.empty:
         ranked = table.assign(success=pd.to_numeric(table["success"], errors="coerce"))

@@ -26,10 +26,10 @@ from alien_hotels.editing import imaging, models
 from alien_hotels.editing.config import EditConfig, RecipeConfig
 from alien_hotels.editing.scores import Scorer, success
 from alien_hotels.imageio import ImageFailure, load_rgb
+from alien_hotels.images import usable_images
 
 log = logging.getLogger(__name__)
 
-MANIFEST_COLUMNS = ["image_id", "path", "status"]
 SCORE_KEYS = [
     "green_share",
     "neon_share",
@@ -52,15 +52,6 @@ TABLE_COLUMNS = [
     "key",
 ]
 KEY_VERSION = "edit-v1"
-
-
-def select_images(manifest: pd.DataFrame, limit: int | None) -> pd.DataFrame:
-    """Manifest rows with status ok and a path, in manifest order, at most `limit`."""
-    paths = manifest["path"].astype("string").fillna("").str.strip()
-    ok = (manifest["status"].astype("string") == "ok") & (paths != "")
-    rows = manifest.loc[ok].assign(path=paths[ok]).drop_duplicates("image_id")
-    rows = rows.assign(image_id=rows["image_id"].astype(str))
-    return (rows if limit is None else rows.head(limit)).reset_index(drop=True)
 
 
 @dataclass
@@ -191,7 +182,7 @@ def edit_recipe(
 ) -> RecipeResult:
     """Edit every selected image with recipe `name`; see the module docstring."""
     recipe = cfg.recipes[name]
-    images = select_images(manifest, cfg.max_images)
+    images = usable_images(manifest, cfg.max_images).rows
     out_dir.mkdir(parents=True, exist_ok=True)
     result = RecipeResult(pd.DataFrame(columns=TABLE_COLUMNS))
     if images.empty:
@@ -284,7 +275,7 @@ def sweep(
     name = cfg.sweep.recipe
     fields = list(cfg.sweep.grid)
     columns = [*fields, "n_images", *SWEEP_METRICS]
-    images = select_images(manifest, cfg.sweep.max_images)
+    images = usable_images(manifest, cfg.sweep.max_images).rows
     if images.empty or not cfg.recipes:
         return pd.DataFrame(columns=columns)
     recipe = cfg.recipes[name]
