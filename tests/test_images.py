@@ -260,3 +260,19 @@ def test_one_selector_for_the_manifest_rows_with_images():
     assert every.rows["path"].tolist() == ["a.png", "d.png", "e.png"]
     assert every.skipped == {"failed": 1, "ok_without_path": 1, "unknown": 1}
     assert usable_images(manifest, limit=2).rows["image_id"].tolist() == [1, 4]
+
+
+def test_a_killed_write_in_the_images_folder_is_removed_on_the_next_run(tmp_path: Path):
+    from conftest import compose
+
+    local = tmp_path / "tree" / "3" / "7" / "travel_website"
+    local.mkdir(parents=True)
+    (local / "100.jpg").write_bytes(make_image(4, size=(640, 400)))
+    out = tmp_path / "images"
+    leftover = out / "3" / "7" / "travel_website" / ".100.jpg.x1y2z3w4.tmp"
+    leftover.parent.mkdir(parents=True)
+    leftover.write_bytes(b"")  # what a SIGKILL inside common.atomic_path leaves
+    sample = _sample(["http://127.0.0.1:9/100.jpg"])
+    manifest, _ = collect_images(sample, compose().images, tmp_path / "tree", out, progress=False)
+    assert list(manifest["status"]) == ["ok"]
+    assert [p.name for p in out.rglob("*") if p.is_file()] == ["100.jpg"]

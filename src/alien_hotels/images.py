@@ -403,7 +403,8 @@ def _store(data: bytes, target: Path) -> None:
 
 
 def _prune(out_dir: Path, keep: set[Path]) -> None:
-    """Remove files of earlier samples and interrupted writes, so the output is this sample's.
+    """Remove files of earlier samples and of interrupted writes (the `.<name>.<random>.tmp` a
+    kill leaves), so the output is exactly this sample's.
 
     Only files in the layout this stage writes (`<chain>/<hotel>/<source>/<file>`) are touched.
     """

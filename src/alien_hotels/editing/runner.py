@@ -22,6 +22,7 @@ import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
+from alien_hotels.common import remove_partial_writes
 from alien_hotels.editing import imaging, models
 from alien_hotels.editing.config import EditConfig, RecipeConfig
 from alien_hotels.editing.scores import Scorer, success
@@ -184,6 +185,7 @@ def edit_recipe(
     recipe = cfg.recipes[name]
     images = usable_images(manifest, cfg.max_images).rows
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_partial_writes(out_dir)  # PNGs of a killed run: DVC would track them
     result = RecipeResult(pd.DataFrame(columns=TABLE_COLUMNS))
     if images.empty:
         _remove_stale(out_dir, set())
