@@ -35,10 +35,11 @@ def peak_rss_mb() -> float:
 
 def main() -> None:
     stage = sys.argv[1]
-    from alien_hotels import stages
+    import importlib
+
     from alien_hotels.config import load_params
 
-    getattr(stages, f"run_{stage}")(load_params())
+    importlib.import_module(f"alien_hotels.stages.{stage}").run(load_params())
     usage = resource.getrusage(resource.RUSAGE_SELF)
     print(
         "BENCH "

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from alien_hotels import stages
 from alien_hotels.common import PARTIAL_WRITE, remove_partial_writes, write_json
+from alien_hotels.stages import edit as edit_stage
 from conftest import compose, subprocess_env
 
 # Starts an atomic write of argv[1], writes half of it, says so, and waits to be killed.
@@ -81,6 +81,6 @@ def test_edit_stage_removes_a_killed_png_write(tmp_path: Path, monkeypatch):
         "data/interim/images.csv", index=False
     )
     left = killed_mid_write(tmp_path / "data/edited/neon/7.png")
-    stages.run_edit(compose(), "neon")  # nothing to edit: no model is loaded
+    edit_stage.run(compose(), "neon")  # nothing to edit: no model is loaded
     assert not left.exists()
     assert list(Path("data/edited/neon").iterdir()) == []

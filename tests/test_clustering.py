@@ -38,12 +38,27 @@ def test_given_k_overrides_the_elbow(blobs):
     assert len(np.unique(labels)) == 9
 
 
-def test_k_max_larger_than_documents_is_an_error(blobs):
-    X, _ = blobs
-    with pytest.raises(
-        StageError, match=r"cluster.k_max=400 is larger than the number of documents \(300\)"
-    ):
-        clustering.sweep_kmeans(X, ClusterConfig(k_max=400), progress=False)
+def test_k_max_above_the_documents_is_clamped_with_a_warning(caplog):
+    """Ten captioned images and the default k_max=29: sweep k=1..10 and say so."""
+    X = np.random.default_rng(0).normal(size=(10, 5))
+    with caplog.at_level("WARNING"):
+        sweep = clustering.sweep_kmeans(X, ClusterConfig(k_max=29), progress=False)
+    assert sorted(sweep.inertia) == list(range(1, 11))
+    assert "cluster.k_max=29 exceeds the 10 documents: sweeping k=1..10" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("n_docs", "cfg", "message"),
+    [
+        (2, ClusterConfig(k_max=29), r"only 2 documents: .* too few for an elbow"),
+        (5, ClusterConfig(k_min=6, k_max=29), r"cluster.k_min=6 is larger than .* \(5\)"),
+        (5, ClusterConfig(k_max=4, k=6), r"cluster.k=6 is larger than .* \(5\)"),
+    ],
+)
+def test_no_possible_k_is_an_error(n_docs, cfg, message):
+    X = np.random.default_rng(0).normal(size=(n_docs, 3))
+    with pytest.raises(StageError, match=message):
+        clustering.sweep_kmeans(X, cfg, progress=False)
 
 
 def test_flat_curve_without_elbow_asks_for_k():

@@ -11,12 +11,16 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from alien_hotels import stages
+from alien_hotels.common import StageError
 from alien_hotels.config import ConfigError, validate_params
 from alien_hotels.editing import imaging, scores
 from alien_hotels.editing.config import RecipeConfig, ScoresConfig
 from alien_hotels.editing.runner import TABLE_COLUMNS
 from alien_hotels.imageio import load_rgb
+from alien_hotels.stages import edit as edit_stage
+from alien_hotels.stages import edit_report as edit_report_stage
+from alien_hotels.stages import edit_sweep as edit_sweep_stage
+from alien_hotels.stages.paths import StagePaths
 from conftest import compose, run
 
 GREEN, DARK_GREEN, RED, GREY = (0, 255, 0), (0, 100, 0), (255, 0, 0), (128, 128, 128)
@@ -184,11 +188,8 @@ def test_recipe_defaults_validate():
     assert recipe.pipeline == "img2img" and recipe.mask.source == "none"
 
 
-def write_manifest(root: Path, rows: list[dict]) -> stages.StagePaths:
-    paths = stages.StagePaths()
-    paths = stages.StagePaths(
-        **{name: root / getattr(paths, name) for name in paths.__dataclass_fields__}
-    )
+def write_manifest(root: Path, rows: list[dict]) -> StagePaths:
+    paths = StagePaths().under(root)
     paths.images_manifest.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows, columns=["image_id", "path", "status", "reason"]).to_csv(
         paths.images_manifest, index=False
@@ -205,7 +206,7 @@ def test_no_images_writes_valid_empty_outputs_without_models(tmp_path: Path):
         paths.sample, index=False
     )
     params = compose()
-    metrics = stages.run_edit(params, paths=paths)
+    metrics = edit_stage.run(params, paths=paths)
     assert set(metrics) == set(params.edit.recipes)
     for name in params.edit.recipes:
         table = pd.read_csv(paths.edit_tables / f"{name}.csv")
@@ -213,11 +214,11 @@ def test_no_images_writes_valid_empty_outputs_without_models(tmp_path: Path):
         assert json.loads((paths.edit_recipe_metrics / f"{name}.json").read_text())["n_images"] == 0
         assert (paths.edited_dir / name).is_dir()
         assert Image.open(paths.edit_sheets / f"{name}.jpg").size[0] > 0
-    report = stages.run_edit_report(params, paths)
+    report = edit_report_stage.run(params, paths)
     assert report["n_hotels_ranked"] == 0 and report["best_hotel"] is None
     assert json.loads(paths.edit_metrics.read_text())["recipes"]["neon"]["n_images"] == 0
     assert "No images were edited" in paths.alien_ranking.read_text()
-    sweep = stages.run_edit_sweep(params, paths)
+    sweep = edit_sweep_stage.run(params, paths)
     assert sweep.empty
     assert list(pd.read_csv(paths.sweep_table).columns)[:2] == ["strength", "guidance_scale"]
     assert Image.open(paths.sweep_plot).size[0] > 0
@@ -225,8 +226,8 @@ def test_no_images_writes_valid_empty_outputs_without_models(tmp_path: Path):
 
 def test_unknown_recipe_is_a_stage_error(tmp_path: Path):
     paths = write_manifest(tmp_path, [])
-    with pytest.raises(stages.StageError, match="unknown recipe 'nope'"):
-        stages.run_edit(compose(), "nope", paths)
+    with pytest.raises(StageError, match="unknown recipe 'nope'"):
+        edit_stage.run(compose(), "nope", paths)
 
 
 def test_missing_weights_fail_before_any_work(tmp_path: Path):
@@ -256,5 +257,5 @@ def test_missing_local_model_dir_is_named(tmp_path: Path):
 
     found, why = models.weights_available(str(tmp_path / "nowhere"), "model_index.json")
     assert not found and "does not exist" in why
-    with pytest.raises(stages.StageError, match="nowhere"):
+    with pytest.raises(StageError, match="nowhere"):
         models.require_weights(str(tmp_path / "nowhere"), "edit.recipes.x.model_id", "x.json")

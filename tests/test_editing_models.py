@@ -10,9 +10,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from alien_hotels import stages
 from alien_hotels.editing import imaging, runner
 from alien_hotels.imageio import load_rgb
+from alien_hotels.stages import edit as edit_stage
+from alien_hotels.stages import edit_report as edit_report_stage
+from alien_hotels.stages import edit_sweep as edit_sweep_stage
 from alien_hotels.testing.diffusion import RECIPE_KIND, tiny_edit_overrides
 from conftest import compose
 
@@ -67,7 +69,7 @@ def pixels(path: Path) -> np.ndarray:
 
 def test_every_shipped_recipe_runs_and_keeps_source_size(workdir, tiny_models):
     params = compose(*tiny_edit_overrides(tiny_models))
-    metrics = stages.run_edit(params)
+    metrics = edit_stage.run(params)
     for name in RECIPE_KIND:
         assert metrics[name]["n_images"] == 3, name
         assert metrics[name]["n_failed"] == 0, name
@@ -84,7 +86,7 @@ def test_every_shipped_recipe_runs_and_keeps_source_size(workdir, tiny_models):
     table = pd.read_csv("data/processed/edits/neon.csv").set_index("image_id")
     assert table.loc["grey", "green_share_before"] == 0.0
     assert table.loc["wide", "green_share_before"] >= 16 / 50
-    report = stages.run_edit_report(params)
+    report = edit_report_stage.run(params)
     assert set(report["recipes"]) == set(RECIPE_KIND)
     ranking = pd.read_csv("plots/alien_hotels.csv").set_index("hotel_id")
     # hotel 1: wide + tall; hotel 2: grey (its other image is missing)
@@ -214,7 +216,7 @@ def test_sweep_produces_the_tradeoff_table(workdir, tiny_models):
         "edit.sweep.grid={strength: [0.4, 1.0], guidance_scale: [1.0, 9.0]}",
         "edit.sweep.max_images=2",
     )
-    table = stages.run_edit_sweep(params)
+    table = edit_sweep_stage.run(params)
     assert len(table) == 4
     assert table[["strength", "guidance_scale"]].values.tolist() == [
         [0.4, 1.0],

@@ -2,7 +2,7 @@ import pandas as pd
 import pytest
 
 from alien_hotels.common import StageError
-from alien_hotels.sampling import DataConfig, load_dataset, sample_hotels
+from alien_hotels.sampling import DataConfig, read_dataset, sample_hotels
 from conftest import ROOT
 
 BUNDLED = str(ROOT / "data/bundled/hotels_sample.csv")
@@ -10,7 +10,7 @@ BUNDLED = str(ROOT / "data/bundled/hotels_sample.csv")
 
 def test_bundled_sample_keeps_every_captioned_row():
     cfg = DataConfig(path=BUNDLED)
-    sample, stats = sample_hotels(load_dataset(cfg), cfg)
+    sample, stats = sample_hotels(read_dataset(cfg), cfg)
     assert stats.hotels_eligible == 10 and stats.hotels_sampled == 10
     assert stats.rows_sampled == 413
     assert stats.dropped_no_image == 100
@@ -22,12 +22,12 @@ def test_bundled_sample_keeps_every_captioned_row():
 
 def test_sampling_is_seeded_and_respects_bounds():
     cfg = DataConfig(path=BUNDLED, n_hotels=3, min_images=35, max_images=60, seed=7)
-    df = load_dataset(cfg)
+    df = read_dataset(cfg)
     first, _ = sample_hotels(df, cfg)
     again, _ = sample_hotels(df, cfg)
     pd.testing.assert_frame_equal(first, again)
     assert first["hotel_id"].nunique() == 3
-    counts = df.groupby("hotel_id").size()
+    counts = df.rows.groupby("hotel_id").size()
     assert counts[first["hotel_id"].unique()].between(35, 60).all()
     other, _ = sample_hotels(df, cfg.model_copy(update={"seed": 8}))
     assert set(other["hotel_id"]) != set(first["hotel_id"])
@@ -36,7 +36,7 @@ def test_sampling_is_seeded_and_respects_bounds():
 def test_too_few_eligible_hotels_is_a_clear_error():
     cfg = DataConfig(path=BUNDLED, n_hotels=11)
     with pytest.raises(StageError, match=r"data.n_hotels=11 but only 10 hotels"):
-        sample_hotels(load_dataset(cfg), cfg)
+        sample_hotels(read_dataset(cfg), cfg)
 
 
 def test_rows_without_caption_are_dropped_and_counted(tmp_path):
@@ -46,7 +46,7 @@ def test_rows_without_caption_are_dropped_and_counted(tmp_path):
     path = tmp_path / "data.csv"
     df.to_csv(path, index=False)
     cfg = DataConfig(path=str(path))
-    sample, stats = sample_hotels(load_dataset(cfg), cfg)
+    sample, stats = sample_hotels(read_dataset(cfg), cfg)
     assert stats.dropped_no_caption == 5
     assert len(sample) == 308
 
@@ -64,9 +64,9 @@ def test_bad_dataset_files(tmp_path, content, message):
     path = tmp_path / "data.csv"
     path.write_text(content)
     with pytest.raises(StageError, match=message):
-        load_dataset(DataConfig(path=str(path)))
+        read_dataset(DataConfig(path=str(path)))
 
 
 def test_missing_dataset_file(tmp_path):
     with pytest.raises(StageError, match="not found"):
-        load_dataset(DataConfig(path=str(tmp_path / "nope.csv")))
+        read_dataset(DataConfig(path=str(tmp_path / "nope.csv")))

@@ -1,13 +1,15 @@
 """Stages on the bundled sample, run in a scratch directory: outputs, and bad input handling."""
 
+import importlib
+import json
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
-from alien_hotels import stages
 from alien_hotels.common import StageError
+from alien_hotels.stages import features as features_stage
 from conftest import ROOT, compose, run
 
 BUNDLED = ROOT / "data/bundled/hotels_sample.csv"
@@ -33,7 +35,7 @@ def run_text_half(*overrides: str, until: str = "map"):
     )
     order = ["sample", "caption", "preprocess", "features", "cluster", "map"]
     for name in order[: order.index(until) + 1]:
-        getattr(stages, f"run_{name}")(params)
+        importlib.import_module(f"alien_hotels.stages.{name}").run(params)
     return params
 
 
@@ -50,23 +52,50 @@ def test_text_half_outputs(workdir):
     assert "| cluster | size | label | top terms | room types | hotels |" in report
 
 
-def test_k_max_larger_than_documents_leaves_no_cluster_outputs(workdir):
-    write_params(workdir, "cluster.k_max=400")
+def few_captions(workdir: Path, n: int) -> Path:
+    """The first `n` captioned images of one bundled hotel, as a dataset of their own."""
+    rows = pd.read_csv(BUNDLED)
+    rows = rows[rows["hotel_id"] == rows["hotel_id"].iloc[0]].head(n)
+    path = workdir / f"few_{n}.csv"
+    rows.to_csv(path, index=False)
+    return path
+
+
+def test_cluster_sweep_is_clamped_to_few_documents(workdir):
+    """A first real run on 10 captioned images with k_max=29: k=1..10, said in the metrics."""
+    overrides = ("data.n_hotels=1", "data.min_images=1", "features.n_components=5")
+    write_params(workdir, *overrides, data_path=few_captions(workdir, 10))
+    for stage in ("sample", "caption", "preprocess", "features"):
+        run(["alien-hotels", stage], workdir)
+    n_docs = len(pd.read_csv("data/processed/texts.csv"))  # rows without a photo are dropped
+    assert 3 <= n_docs <= 10
+    result = run(["alien-hotels", "cluster"], workdir)
+    assert f"cluster.k_max=29 exceeds the {n_docs} documents: sweeping k=1..{n_docs}" in (
+        result.stderr
+    )
+    metrics = json.loads(Path("metrics/clustering.json").read_text())
+    assert metrics["k_swept"] == f"1..{n_docs}" and metrics["k_max_clamped"] is True
+    assert 1 <= metrics["k"] <= n_docs
+    assert pd.read_csv("plots/elbow.csv")["k"].tolist() == list(range(1, n_docs + 1))
+
+
+def test_no_possible_k_leaves_no_cluster_outputs(workdir):
+    overrides = ("data.n_hotels=1", "data.min_images=1", "features.n_components=1")
+    write_params(workdir, *overrides, data_path=few_captions(workdir, 2))
     for stage in ("sample", "caption", "preprocess", "features"):
         run(["alien-hotels", stage], workdir)
     result = run(["alien-hotels", "cluster"], workdir, check=False)
     assert result.returncode == 2
-    assert "cluster.k_max=400 is larger than the number of documents (313)" in result.stderr
+    assert "only 2 documents" in result.stderr and "set cluster.k explicitly" in result.stderr
     assert not Path("metrics/clustering.json").exists()
     assert not Path("data/processed/cluster_labels.csv").exists()
-    assert not Path("plots/elbow.csv").exists()
 
 
 def test_n_components_not_below_terms_fails_cleanly(workdir):
     run_text_half(until="preprocess")
     bad = compose("features.n_components=5000")
     with pytest.raises(StageError, match=r"features.n_components=5000 must be below"):
-        stages.run_features(bad)
+        features_stage.run(bad)
     assert not Path("data/processed/features.npz").exists()
     assert not list(Path("data/processed").glob(".*tmp"))
 
@@ -106,7 +135,7 @@ def test_failed_rerun_keeps_previous_outputs(workdir):
     run_text_half(until="features")
     before = Path("data/processed/features.npz").read_bytes()
     with pytest.raises(StageError):
-        stages.run_features(compose("features.n_components=5000"))
+        features_stage.run(compose("features.n_components=5000"))
     assert Path("data/processed/features.npz").read_bytes() == before
 
 

@@ -6,15 +6,17 @@ fast with a message naming the key. DVC runs these same commands (see `dvc.yaml`
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
 import yaml
 
-from alien_hotels import stages
 from alien_hotels.common import StageError
 from alien_hotels.config import ConfigError, compose_params, load_params, validate_params
 
@@ -29,56 +31,68 @@ ParamsOption = Annotated[
 ]
 
 
-def _run(stage, params_path: Path) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+@contextmanager
+def _reported_errors(*errors: type[Exception]) -> Iterator[None]:
+    """A config or input error ends the command with its message and exit code 2."""
     try:
-        params = load_params(params_path)
-        stage(params)
-    except (ConfigError, StageError) as exc:
+        yield
+    except (ConfigError, StageError, *errors) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2) from None
+
+
+def _run(stage: str, params_path: Path, *args) -> None:
+    """Validate params, then run `alien_hotels.stages.<stage>.run`.
+
+    The stage module is imported only here, so a command runs no other stage's code (each DVC
+    stage depends on exactly the files it runs).
+    """
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    with _reported_errors():
+        params = load_params(params_path)
+        importlib.import_module(f"alien_hotels.stages.{stage}").run(params, *args)
 
 
 @app.command()
 def sample(params: ParamsOption = Path("params.yaml")) -> None:
     """Choose hotels and images from the dataset (data.*)."""
-    _run(stages.run_sample, params)
+    _run("sample", params)
 
 
 @app.command()
 def images(params: ParamsOption = Path("params.yaml")) -> None:
     """Take sampled images from the local tree or download them (images.*)."""
-    _run(stages.run_images, params)
+    _run("images", params)
 
 
 @app.command()
 def caption(params: ParamsOption = Path("params.yaml")) -> None:
     """Caption every sampled image (caption.*)."""
-    _run(stages.run_caption, params)
+    _run("caption", params)
 
 
 @app.command()
 def preprocess(params: ParamsOption = Path("params.yaml")) -> None:
     """Truncate, lemmatize and assign room types (text.*, room_types.*)."""
-    _run(stages.run_preprocess, params)
+    _run("preprocess", params)
 
 
 @app.command()
 def features(params: ParamsOption = Path("params.yaml")) -> None:
     """TF-IDF then TruncatedSVD (features.*)."""
-    _run(stages.run_features, params)
+    _run("features", params)
 
 
 @app.command()
 def cluster(params: ParamsOption = Path("params.yaml")) -> None:
     """k-means sweep, elbow, scores and cluster report (cluster.*)."""
-    _run(stages.run_cluster, params)
+    _run("cluster", params)
 
 
 @app.command(name="map")
 def map_(params: ParamsOption = Path("params.yaml")) -> None:
     """t-SNE map as HTML and PNG (map.*)."""
-    _run(stages.run_map, params)
+    _run("map", params)
 
 
 models_app = typer.Typer(help="Model weights for caption=clip_interrogator.", no_args_is_help=True)
@@ -160,59 +174,8 @@ def datagen_hotels50k(
     )
 
 
-@app.command()
-def edit(
-    recipe: Annotated[
-        str | None, typer.Argument(help="Recipe name (a key of edit.recipes); default: all.")
-    ] = None,
-    params: ParamsOption = Path("params.yaml"),
-) -> None:
-    """Diffusion-edit the images for alien guests with one recipe (edit.recipes.<name>)."""
-    _run(lambda p: stages.run_edit(p, recipe), params)
-
-
-@app.command(name="edit-sweep")
-def edit_sweep(params: ParamsOption = Path("params.yaml")) -> None:
-    """Content preservation against edit success over a grid (edit.sweep.*)."""
-    _run(stages.run_edit_sweep, params)
-
-
-@app.command(name="edit-report")
-def edit_report(params: ParamsOption = Path("params.yaml")) -> None:
-    """Per-recipe means (metrics/editing.json) and the hotel ranking for alien guests."""
-    _run(stages.run_edit_report, params)
-
-
-@app.command()
-def summary(
-    metrics_dir: Annotated[Path, typer.Option(help="Where the stages wrote metrics.")] = Path(
-        "metrics"
-    ),
-) -> None:
-    """Print the headline numbers of the last run (a readable `dvc metrics show`)."""
-    import json
-
-    path = metrics_dir / "clustering.json"
-    if not path.is_file():
-        typer.secho(
-            f"error: {path} not found: run `dvc repro` first", fg=typer.colors.RED, err=True
-        )
-        raise typer.Exit(code=2)
-    metrics = json.loads(path.read_text())
-    silhouette = metrics.get("silhouette")
-    typer.echo(f"documents      {metrics['n_docs']}")
-    typer.echo(f"k              {metrics['k']} ({metrics.get('k_source', '?')})")
-    typer.echo(f"silhouette     {'n/a' if silhouette is None else f'{silhouette:.3f}'}")
-    typer.echo(
-        f"NMI room type  {metrics['nmi_room_type']:.3f}   ARI {metrics['ari_room_type']:.3f}"
-    )
-    typer.echo(f"NMI hotel      {metrics['nmi_hotel']:.3f}   ARI {metrics['ari_hotel']:.3f}")
-    verdict = "room types" if metrics["nmi_room_type"] > metrics["nmi_hotel"] else "hotels"
-    typer.echo(f"clusters follow {verdict} (by NMI)")
-
-
-@app.command(name="synth-captions")
-def synth_captions(
+@datagen_app.command("captions")
+def datagen_captions(
     n: Annotated[int, typer.Argument(help="Rows to generate (Hotels-50K train: 1100000).")],
     out: Annotated[Path, typer.Option(help="CSV to write (the study's sample columns).")] = Path(
         "data/synthetic/captions.csv"
@@ -226,13 +189,59 @@ def synth_captions(
     from alien_hotels.common import write_csv
     from alien_hotels.datagen.captions import CaptionVocabulary, synthetic_captions
 
-    try:
+    with _reported_errors(ValueError):
         table = synthetic_captions(n, seed=seed, vocabulary=CaptionVocabulary.from_csv(source))
-    except (StageError, ValueError) as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(code=2) from None
     write_csv(table, out)
     typer.echo(f"wrote {len(table)} rows to {out}")
+
+
+@app.command()
+def edit(
+    recipe: Annotated[
+        str | None, typer.Argument(help="Recipe name (a key of edit.recipes); default: all.")
+    ] = None,
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Diffusion-edit the images for alien guests with one recipe (edit.recipes.<name>)."""
+    _run("edit", params, recipe)
+
+
+@app.command(name="edit-sweep")
+def edit_sweep(params: ParamsOption = Path("params.yaml")) -> None:
+    """Content preservation against edit success over a grid (edit.sweep.*)."""
+    _run("edit_sweep", params)
+
+
+@app.command(name="edit-report")
+def edit_report(params: ParamsOption = Path("params.yaml")) -> None:
+    """Per-recipe means (metrics/editing.json) and the hotel ranking for alien guests."""
+    _run("edit_report", params)
+
+
+@app.command()
+def summary(
+    metrics_dir: Annotated[Path, typer.Option(help="Where the stages wrote metrics.")] = Path(
+        "metrics"
+    ),
+) -> None:
+    """Print the headline numbers of the last run (a readable `dvc metrics show`)."""
+    import json
+
+    path = metrics_dir / "clustering.json"
+    with _reported_errors():
+        if not path.is_file():
+            raise StageError(f"{path} not found: run `dvc repro` first")
+    metrics = json.loads(path.read_text())
+    silhouette = metrics.get("silhouette")
+    typer.echo(f"documents      {metrics['n_docs']}")
+    typer.echo(f"k              {metrics['k']} ({metrics.get('k_source', '?')})")
+    typer.echo(f"silhouette     {'n/a' if silhouette is None else f'{silhouette:.3f}'}")
+    typer.echo(
+        f"NMI room type  {metrics['nmi_room_type']:.3f}   ARI {metrics['ari_room_type']:.3f}"
+    )
+    typer.echo(f"NMI hotel      {metrics['nmi_hotel']:.3f}   ARI {metrics['ari_hotel']:.3f}")
+    verdict = "room types" if metrics["nmi_room_type"] > metrics["nmi_hotel"] else "hotels"
+    typer.echo(f"clusters follow {verdict} (by NMI)")
 
 
 @app.command()
@@ -243,26 +252,21 @@ def compose(
     conf_dir: Annotated[Path, typer.Option(help="Hydra config directory.")] = Path("conf"),
 ) -> None:
     """Print params.yaml composed from conf/ (what `dvc exp run -S` writes)."""
-    try:
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    # Hydra's own override and missing-group errors are user errors too.
+    with _reported_errors(HydraException, OmegaConfBaseException):
         raw = compose_params(overrides or [], conf_dir)
         validate_params(raw, source="composed config")
-    except ConfigError as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(code=2) from None
-    except Exception as exc:  # Hydra's own override and missing-group errors
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(code=2) from None
     sys.stdout.write(yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
 
 
 @app.command()
 def check(params: ParamsOption = Path("params.yaml")) -> None:
     """Validate params.yaml and print the typed config."""
-    try:
+    with _reported_errors():
         typer.echo(load_params(params).model_dump_json(indent=2))
-    except ConfigError as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(code=2) from None
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ use seeded samples too (`cluster.silhouette_sample`, `cluster.terms_sample`).
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from alien_hotels.common import Section, StageError, seeded_rows
+
+log = logging.getLogger(__name__)
 
 
 class ElbowConfig(Section):
@@ -123,16 +126,30 @@ def assign(embedding: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, floa
 def sweep_kmeans(embedding: np.ndarray, cfg: ClusterConfig, progress: bool = True) -> SweepResult:
     """Fit k-means for every k in [k_min, k_max]; inertia on all rows per k."""
     n_docs = len(embedding)
-    if cfg.k_max > n_docs:
-        raise StageError(
-            f"cluster.k_max={cfg.k_max} is larger than the number of documents ({n_docs})"
-        )
     if cfg.k is not None and cfg.k > n_docs:
         raise StageError(f"cluster.k={cfg.k} is larger than the number of documents ({n_docs})")
+    k_max = min(cfg.k_max, n_docs)  # k-means cannot have more clusters than documents
+    if cfg.k_min > k_max:
+        raise StageError(
+            f"cluster.k_min={cfg.k_min} is larger than the number of documents ({n_docs})"
+        )
+    if cfg.k is None and k_max - cfg.k_min < 2:
+        raise StageError(
+            f"only {n_docs} documents: cluster.k_min..k_max leaves fewer than 3 values of k, "
+            "too few for an elbow; set cluster.k explicitly"
+        )
+    if k_max < cfg.k_max:
+        log.warning(
+            "cluster.k_max=%d exceeds the %d documents: sweeping k=%d..%d",
+            cfg.k_max,
+            n_docs,
+            cfg.k_min,
+            k_max,
+        )
     fit_rows = seeded_rows(n_docs, cfg.sweep_sample, cfg.random_state)
     data = embedding if fit_rows is None else embedding[fit_rows]
     result = SweepResult(inertia={}, labels={}, fit_rows=fit_rows)
-    ks = range(cfg.k_min, cfg.k_max + 1)
+    ks = range(cfg.k_min, k_max + 1)
     n_init = cfg.n_init if fit_rows is None else (cfg.sweep_n_init or cfg.n_init)
     with threadpool_limits(cfg.n_jobs):
         for k in tqdm(ks, desc="k-means sweep", unit="k", disable=not progress):

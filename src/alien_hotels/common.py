@@ -144,3 +144,20 @@ def _json_default(value: Any) -> Any:
     if hasattr(value, "tolist"):
         return value.tolist()
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def rounded(obj: Any, digits: int = 4) -> Any:
+    """Floats in `obj` (nested dicts and lists) rounded to `digits` significant digits.
+
+    Reported metrics carry the precision that is meaningful, not float32 summation noise: the
+    last digits of an inertia or a silhouette differ between BLAS builds and thread counts, and
+    tracked metrics files must not change when a fresh clone reruns the pipeline elsewhere.
+    """
+    if isinstance(obj, dict):
+        return {key: rounded(value, digits) for key, value in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [rounded(value, digits) for value in obj]
+    if isinstance(obj, float | np.floating):
+        value = float(obj)
+        return value if value == 0 or not np.isfinite(value) else float(f"{value:.{digits}g}")
+    return obj

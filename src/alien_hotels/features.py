@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -15,7 +16,7 @@ from sklearn.decomposition import TruncatedSVD
 from sklearn.feature_extraction.text import TfidfVectorizer
 from threadpoolctl import threadpool_limits
 
-from alien_hotels.common import Section, StageError
+from alien_hotels.common import Section, StageError, atomic_path
 
 
 class TfidfConfig(Section):
@@ -112,3 +113,18 @@ def fit_features(texts: Sequence[str], cfg: FeaturesConfig) -> TextFeatures:
     with threadpool_limits(cfg.n_jobs):
         embedding = svd.fit_transform(tfidf).astype(np.float32)
     return TextFeatures(vectorizer=vectorizer, svd=svd, embedding=embedding)
+
+
+def save_features(target: Path, embedding: np.ndarray, image_ids: np.ndarray) -> None:
+    """`features.npz`, written by the features stage and read by cluster and map."""
+    # Uncompressed: SVD coordinates barely compress, and zlib costs seconds per million rows.
+    with atomic_path(target) as tmp, tmp.open("wb") as fh:
+        np.savez(fh, embedding=embedding, image_id=image_ids)
+
+
+def load_features(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The SVD vectors and their image ids, as `save_features` wrote them."""
+    if not path.is_file():
+        raise StageError(f"features not found: {path} (run the features stage first)")
+    with np.load(path, allow_pickle=False) as data:
+        return data["embedding"], data["image_id"]

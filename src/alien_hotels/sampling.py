@@ -120,14 +120,12 @@ def read_dataset(cfg: DataConfig) -> Dataset:
     """The dataset's image rows with what loading dropped (and, for Hotels-50K, the hotels)."""
     if cfg.format == "hotels50k":
         return load_hotels50k(cfg)
-    rows = load_dataset(cfg)
+    rows = _read_sample_csv(cfg)
     return Dataset(rows, {**_no_drops(), "rows_read": len(rows)}, what=cfg.path)
 
 
-def load_dataset(cfg: DataConfig) -> pd.DataFrame:
-    """The rows of a `sample_csv` dataset, checked; Hotels-50K rows (without hotel info) else."""
-    if cfg.format == "hotels50k":
-        return load_hotels50k(cfg).rows
+def _read_sample_csv(cfg: DataConfig) -> pd.DataFrame:
+    """The rows of a `sample_csv` dataset, checked."""
     required = ["image_id", "hotel_id"]
     if cfg.caption_column:
         required.append(cfg.caption_column)
@@ -141,14 +139,8 @@ def load_dataset(cfg: DataConfig) -> pd.DataFrame:
     return df
 
 
-def sample_hotels(
-    data: Dataset | pd.DataFrame, cfg: DataConfig
-) -> tuple[pd.DataFrame, SampleStats]:
+def sample_hotels(data: Dataset, cfg: DataConfig) -> tuple[pd.DataFrame, SampleStats]:
     """Pick `cfg.n_hotels` hotels with `min_images..max_images` rows, seeded; keep usable rows."""
-    if isinstance(data, pd.DataFrame):
-        if cfg.format == "hotels50k":
-            raise TypeError("sample_hotels needs read_dataset(cfg) for data.format=hotels50k")
-        data = Dataset(data, {**_no_drops(), "rows_read": len(data)}, what=cfg.path)
     df = _apply_filters(data.rows, cfg, data)
     counts = df["hotel_id"].value_counts(sort=False)
     eligible = np.sort(counts[(counts >= cfg.min_images) & (counts <= cfg.max_images)].index)

@@ -100,6 +100,11 @@ class CaptionPreprocessor:
         self._strip = str.maketrans("", "", cfg.punctuation) if cfg.punctuation else None
         self._lemmas: dict[str, str] = {}
 
+    @property
+    def distinct_words(self) -> int:
+        """Distinct words lemmatized so far (the vocabulary before stopword removal)."""
+        return len(self._lemmas)
+
     def lemma(self, word: str) -> str:
         lemma = self._lemmas.get(word)
         if lemma is None:

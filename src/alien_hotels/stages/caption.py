@@ -1,0 +1,51 @@
+"""Stage `caption`: a caption per sampled image (caption.*): the dataset's own column
+(`caption=precomputed`) or CLIP Interrogator over the images stage's manifest."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from alien_hotels import captioning
+from alien_hotels.common import StageError, read_csv, write_csv, write_json
+from alien_hotels.config import Params
+from alien_hotels.stages.paths import StagePaths
+
+log = logging.getLogger("alien_hotels")
+
+
+def run(params: Params, paths: StagePaths = StagePaths()) -> pd.DataFrame:
+    cfg = params.caption
+    if cfg.method == "precomputed":
+        sample = read_csv(paths.sample, ["image_id"], what="sample table")
+        captions = captioning.precomputed_captions(sample, params.data.caption_column, cfg)
+        failures = pd.DataFrame(columns=captioning.FAILURE_COLUMNS)
+        metrics = {
+            "images": len(sample),
+            "ok": len(captions),
+            "failed": len(sample) - len(captions),
+            "mode": cfg.mode,
+            "method": cfg.method,
+        }
+        n_images = len(sample)
+    else:
+        from alien_hotels.captioning.run import caption_images
+        from alien_hotels.images import read_manifest
+
+        manifest = read_manifest(paths.images_manifest)
+        result = caption_images(manifest, cfg, root=Path("."))
+        captions, failures, metrics = result.captions, result.failures, result.metrics
+        metrics = {"method": cfg.method, **metrics}
+        n_images = metrics["images"]
+    if captions.empty:
+        raise StageError(
+            f"caption: no captions produced for the {n_images} images"
+            + (f" (failures: {metrics.get('failed_by_reason')})" if len(failures) else "")
+        )
+    write_csv(failures, paths.caption_failures)
+    write_csv(captions, paths.captions)
+    write_json(metrics, paths.caption_metrics)
+    log.info("captioned %d images (%d failed)", len(captions), len(failures))
+    return captions

@@ -1,0 +1,77 @@
+"""Stage `cluster`: the k-means elbow sweep, the chosen k, scores and the cluster report."""
+
+from __future__ import annotations
+
+import logging
+
+import pandas as pd
+
+from alien_hotels import clustering, features
+from alien_hotels.common import read_csv, rounded, write_csv, write_json, write_text
+from alien_hotels.config import Params
+from alien_hotels.reports import clusters_markdown
+from alien_hotels.stages.paths import StagePaths
+
+log = logging.getLogger("alien_hotels")
+
+
+def run(params: Params, paths: StagePaths = StagePaths()) -> dict:
+    cfg = params.cluster
+    embedding, image_ids = features.load_features(paths.features)
+    texts = read_csv(paths.texts, ["image_id", "hotel_id", "room_type", "text"], what="texts")
+    texts = texts.set_index("image_id").loc[image_ids].reset_index()
+    sweep = clustering.sweep_kmeans(embedding, cfg)
+    k = clustering.choose_k(sweep.inertia, cfg)
+    final = clustering.final_clustering(embedding, sweep, k, cfg)
+    labels = final.labels
+    scores = clustering.score_clusters(
+        embedding,
+        labels,
+        texts["hotel_id"],
+        texts["room_type"],
+        silhouette_sample=cfg.silhouette_sample,
+        random_state=cfg.random_state,
+        n_jobs=cfg.n_jobs,
+    )
+    top_terms = clustering.class_tfidf_terms(
+        texts["text"].fillna("").astype(str),
+        labels,
+        cfg.top_terms,
+        sample_size=cfg.terms_sample,
+        random_state=cfg.random_state,
+        extra_stopwords=cfg.label_stopwords,
+    )
+    names = clustering.cluster_labels(top_terms, texts["room_type"], labels, cfg.label_terms)
+    assigned = texts.assign(cluster=labels, cluster_label=[names[int(c)] for c in labels])
+
+    swept = sorted(sweep.inertia)
+    # Headline numbers only: the inertia of every k is the elbow plot (plots/elbow.csv), not 29
+    # metric columns in `dvc exp show`.
+    metrics = rounded(
+        {
+            "n_docs": len(texts),
+            "k": k,
+            "k_source": "given" if cfg.k is not None else "elbow",
+            **scores,
+            # The final model's inertia on all rows (below the sweep's value when refined).
+            "inertia_at_k": final.inertia,
+            "k_swept": f"{swept[0]}..{swept[-1]}",
+            # The sweep stops at the number of documents when cluster.k_max exceeds it.
+            "k_max_clamped": swept[-1] < cfg.k_max,
+            "sweep_fit_rows": len(texts) if sweep.fit_rows is None else len(sweep.fit_rows),
+        }
+    )
+    elbow = pd.DataFrame({"k": swept, "inertia": rounded([sweep.inertia[kk] for kk in swept])})
+    report = clusters_markdown(assigned, top_terms, names, metrics)
+    write_csv(assigned.drop(columns=["text"]), paths.labels)
+    write_csv(elbow, paths.elbow_plot)
+    write_text(report, paths.clusters_report)
+    write_json(metrics, paths.cluster_metrics)
+    log.info(
+        "k=%d (%s), nmi room type %.3f vs hotel %.3f",
+        k,
+        metrics["k_source"],
+        scores["nmi_room_type"],
+        scores["nmi_hotel"],
+    )
+    return metrics

@@ -1,0 +1,32 @@
+"""Stage `map`: the t-SNE map of the clusters as HTML and PNG (map.*)."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from alien_hotels import features, mapping
+from alien_hotels.common import read_csv, write_csv
+from alien_hotels.config import Params
+from alien_hotels.stages.paths import StagePaths
+
+LABEL_COLUMNS = ["image_id", "hotel_id", "room_type", "cluster", "cluster_label"]
+MAP_COLUMNS = ["image_id", "hotel_id", "room_type", "cluster", "x", "y", "caption", "text"]
+
+
+def run(params: Params, paths: StagePaths = StagePaths()) -> pd.DataFrame:
+    embedding, image_ids = features.load_features(paths.features)
+    labels = read_csv(paths.labels, LABEL_COLUMNS, what="cluster labels", usecols=[])
+    texts = read_csv(
+        paths.texts, ["image_id", "text", "caption", "hotel_name"], what="texts", usecols=[]
+    )
+    coords = mapping.embed_2d(embedding, params.map)
+    table = (
+        pd.DataFrame({"image_id": image_ids, "x": coords[:, 0], "y": coords[:, 1]})
+        .merge(labels[LABEL_COLUMNS], on="image_id")
+        .merge(texts[["image_id", "caption", "text", "hotel_name"]], on="image_id")
+    )
+    drawn = mapping.plot_subsample(table, params.map)
+    mapping.write_html_map(drawn, paths.map_html, params.map, n_total=len(table))
+    mapping.write_png_map(drawn, paths.map_png, params.map.max_groups)
+    write_csv(table[[*MAP_COLUMNS, "cluster_label", "hotel_name"]], paths.clusters)
+    return table

@@ -1,0 +1,43 @@
+"""The output paths every stage writes: the ones `dvc.yaml` declares."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class StagePaths:
+    sample: Path = Path("data/interim/sample.csv")
+    sample_metrics: Path = Path("metrics/sample.json")
+    images_manifest: Path = Path("data/interim/images.csv")
+    images_dir: Path = Path("data/images")
+    images_metrics: Path = Path("metrics/images.json")
+    captions: Path = Path("data/processed/captions.csv")
+    caption_failures: Path = Path("data/processed/caption_failures.csv")
+    caption_metrics: Path = Path("metrics/captioning.json")
+    texts: Path = Path("data/processed/texts.csv")
+    preprocess_metrics: Path = Path("metrics/preprocess.json")
+    features: Path = Path("data/processed/features.npz")
+    features_metrics: Path = Path("metrics/features.json")
+    labels: Path = Path("data/processed/cluster_labels.csv")
+    cluster_metrics: Path = Path("metrics/clustering.json")
+    elbow_plot: Path = Path("plots/elbow.csv")
+    clusters_report: Path = Path("reports/clusters.md")
+    clusters: Path = Path("data/processed/clusters.csv")
+    map_html: Path = Path("reports/cluster_map.html")
+    map_png: Path = Path("reports/cluster_map.png")
+    edited_dir: Path = Path("data/edited")
+    edit_tables: Path = Path("data/processed/edits")
+    edit_sheets: Path = Path("reports/edits")
+    edit_recipe_metrics: Path = Path("metrics/edits")
+    edit_metrics: Path = Path("metrics/editing.json")
+    alien_ranking: Path = Path("reports/alien_ranking.md")
+    alien_hotels_plot: Path = Path("plots/alien_hotels.csv")
+    sweep_table: Path = Path("plots/edit_tradeoff.csv")
+    sweep_plot: Path = Path("reports/edit_tradeoff.png")
+    sweep_metrics: Path = Path("metrics/edit_sweep.json")
+
+    def under(self, root: str | Path) -> StagePaths:
+        """The same layout below `root` (tests and benchmarks write into temporary folders)."""
+        return StagePaths(**{f.name: Path(root) / getattr(self, f.name) for f in fields(self)})
