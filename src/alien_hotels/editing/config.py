@@ -17,6 +17,9 @@ Pipeline = Literal["img2img", "inpaint", "instruct_pix2pix"]
 Scheduler = Literal["default", "ddim", "dpm", "euler", "euler_a", "pndm", "lms", "unipc"]
 Goal = Literal["neon", "green", "no_towels", "alien"]
 RECIPE_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+# The mask.files_dir of recipes without mask files: an empty folder, because dvc.yaml makes
+# files_dir a dependency of every edit@<recipe> stage and DVC cannot leave a dependency out.
+NO_MASK_FILES = "data/masks/none"
 
 
 class MaskConfig(Section):
@@ -28,15 +31,20 @@ class MaskConfig(Section):
     threshold: float = Field(0.4, ge=0.0, le=1.0)
     dilate: int = Field(0, ge=0, le=512)
     model_id: str = "CIDAS/clipseg-rd64-refined"
-    # source=files: `<files_dir>/<image_id>.png`, non-zero pixels are edited (also dilated).
+    # source=files: `<files_dir>/<image_id>.png` (relative to the repo root), non-zero pixels
+    # are edited (also dilated). A DVC dependency of the recipe's stage, so it always names a
+    # folder: NO_MASK_FILES for recipes without mask files.
     files_dir: str | None = None
 
     @model_validator(mode="after")
     def _needs(self) -> MaskConfig:
         if self.source == "text" and not (self.prompt or "").strip():
             raise ValueError("mask.source=text needs mask.prompt (what to segment, e.g. 'towel')")
-        if self.source == "files" and not self.files_dir:
-            raise ValueError("mask.source=files needs mask.files_dir (a folder of <image_id>.png)")
+        if self.source == "files" and self.files_dir in (None, "", NO_MASK_FILES):
+            raise ValueError(
+                "mask.source=files needs mask.files_dir: the folder of <image_id>.png masks, "
+                "relative to the repo root"
+            )
         return self
 
 
@@ -174,6 +182,12 @@ class EditConfig(Section):
         bad = [name for name in self.recipes if not RECIPE_NAME.match(name)]
         if bad:
             raise ValueError(f"recipe names must match {RECIPE_NAME.pattern}: {bad}")
+        no_dir = [name for name, r in self.recipes.items() if not (r.mask.files_dir or "").strip()]
+        if no_dir:
+            raise ValueError(
+                f"recipes.{no_dir[0]}.mask.files_dir is empty; it is a DVC dependency of the "
+                f"recipe's stage, so it must name a folder ({NO_MASK_FILES} without mask files)"
+            )
         if self.recipes and self.sweep.recipe not in self.recipes:
             raise ValueError(
                 f"sweep.recipe={self.sweep.recipe!r} is not a recipe; "

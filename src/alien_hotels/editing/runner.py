@@ -22,7 +22,7 @@ import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
-from alien_hotels.common import remove_partial_writes
+from alien_hotels.common import StageError, remove_partial_writes
 from alien_hotels.editing import imaging, models
 from alien_hotels.editing.config import EditConfig, RecipeConfig
 from alien_hotels.editing.scores import Scorer, success
@@ -191,6 +191,12 @@ def edit_recipe(
         _remove_stale(out_dir, set())
         log.info("edit %s: no images to edit (manifest has no status=ok rows)", name)
         return result
+    masks = root / (recipe.mask.files_dir or "")
+    if recipe.mask.source == "files" and not masks.is_dir():
+        raise StageError(
+            f"edit.recipes.{name}.mask.files_dir: no folder {recipe.mask.files_dir} "
+            "(relative to the repo root)"
+        )
     loaded = loaded or load_models(name, recipe, cfg)
     base_key = recipe_hash(recipe, loaded.dtype)
     rows: list[dict[str, Any]] = []
