@@ -25,13 +25,18 @@ RUN apt-get update \
     && python3 -m venv /opt/venv \
     && git config --system --add safe.directory '*'
 
-WORKDIR /opt/alien-hotels
-COPY pyproject.toml README.md ./
-COPY src ./src
-# Every dependency is pinned (==) in pyproject.toml; torch's PyPI wheels bring their CUDA libraries.
-# hadolint ignore=DL3013
-RUN pip install ".[ml]"
+# Only the dependencies go into the image, never a copy of src/: the container runs the project
+# mounted at /work, the same code DVC hashes for the stages' deps. Every dependency is pinned (==)
+# in pyproject.toml; torch's PyPI wheels bring their CUDA libraries.
+COPY pyproject.toml /tmp/pyproject.toml
+RUN python3 -c "import tomllib; p = tomllib.load(open('/tmp/pyproject.toml', 'rb'))['project']; \
+print('\n'.join(p['dependencies'] + p['optional-dependencies']['ml']))" > /tmp/requirements.txt \
+    && pip install --no-cache-dir -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt /tmp/pyproject.toml \
+    && printf '#!/bin/sh\nexec python -m alien_hotels.cli "$@"\n' > /opt/venv/bin/alien-hotels \
+    && chmod +x /opt/venv/bin/alien-hotels
 
+ENV PYTHONPATH=/work/src
 VOLUME ["/cache"]
 WORKDIR /work
 CMD ["dvc", "repro"]

@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: demo test test-fast lint format bench setup setup-full clean
+.PHONY: demo test test-fast lint format bench exps setup setup-full clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,5 +50,12 @@ format: setup-full
 bench: setup-full
 	$(BIN)/python -m benchmarks
 
+# Compare experiments: changed params and the cluster metrics (extra dvc args: make exps ARGS=-A).
+exps: setup
+	alien-hotels exps $(ARGS)
+
+# DVC-cached outputs only (`dvc checkout` or `dvc repro` brings them back); metrics/, plots/ and the
+# reports tracked by git are left alone.
 clean:
-	rm -rf data/interim data/processed metrics plots reports/*.html reports/*.png
+	rm -rf data/interim data/processed data/edited dvc_plots \
+		reports/cluster_map.html reports/cluster_map.png reports/edits reports/edit_tradeoff.png

@@ -28,7 +28,7 @@ CREDENTIALS = {
 
 @pytest.fixture
 def s3_endpoint():
-    boto3 = pytest.importorskip("boto3")
+    import boto3  # installed with dvc[s3]
     from moto.server import ThreadedMotoServer
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)

@@ -1,9 +1,13 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from alien_hotels import text
-from alien_hotels.common import StageError
 from alien_hotels.text import CaptionPreprocessor, RoomTypeClassifier, TextConfig
-from conftest import compose
+from conftest import ROOT, compose, subprocess_env
 
 CAPTION = (
     "there is a bathroom with a sink, mirror, and shower, photo taken in 2018, brightly lit room, "
@@ -33,17 +37,58 @@ def test_pymorphy3_lemmatizes_russian():
     assert prep("Комнаты с кроватями, лампами.") == "комната с кровать лампа"
 
 
-def test_wordnet_lemmatizer_needs_wordnet_data():
-    import nltk
+def write_tiny_wordnet(root: Path) -> Path:
+    """A few lemmas in WordNet's own file format, enough for nltk's reader and morphy."""
+    wordnet = root / "corpora" / "wordnet"
+    wordnet.mkdir(parents=True)
+    nouns = {"room": 1, "bed": 2, "mouse": 3, "lamp": 4}
+    files = {
+        "lexnames": "00\tadj.all\t3\n01\tadv.all\t4\n02\tnoun.artifact\t1\n",
+        "index.noun": "".join(f"{w} n 1 0 1 0 {o:08d}  \n" for w, o in nouns.items()),
+        "data.noun": "".join(f"{o:08d} 02 n 01 {w} 0 000 | a {w}  \n" for w, o in nouns.items()),
+        "noun.exc": "mice mouse\n",
+        "index.verb": "sleep v 1 0 1 0 00000005  \n",
+        "data.verb": "00000005 02 v 01 sleep 0 000 00 | to sleep  \n",
+        "verb.exc": "slept sleep\n",
+    }
+    for pos in ("adj", "adv"):
+        files.update({f"index.{pos}": "", f"data.{pos}": "", f"{pos}.exc": ""})
+    files.update({"index.sense": "", "cntlist.rev": ""})
+    for name, content in files.items():
+        (wordnet / name).write_text(content, encoding="utf-8")
+    return root
 
-    try:
-        nltk.data.find("corpora/wordnet")
-    except LookupError:
-        with pytest.raises(StageError, match=r"text.lemmatizer=wordnet needs NLTK's WordNet"):
-            CaptionPreprocessor(TextConfig(lemmatizer="wordnet"))
-    else:  # data installed on this machine: it must then work like the study's recipe
-        prep = CaptionPreprocessor(TextConfig(lemmatizer="wordnet", lowercase=False))
-        assert prep("rooms with beds") == "room with bed"
+
+def test_study_wordnet_recipe_lemmatizes_with_wordnet_data(tmp_path: Path):
+    """The study's recipe (text=study_wordnet) on real nltk WordNet files: plural nouns by
+    morphy's rules, irregular forms from the exception lists, unknown words unchanged. A fresh
+    interpreter, since nltk caches the corpus it first loads."""
+    data = write_tiny_wordnet(tmp_path / "nltk_data")
+    code = (
+        "from alien_hotels.text import CaptionPreprocessor\n"
+        "from conftest import compose\n"
+        "prep = CaptionPreprocessor(compose('text=study_wordnet').text)\n"
+        "print(prep('rooms with beds mice lamps'))\n"
+    )
+    env = subprocess_env(NLTK_DATA=str(data))
+    env["PYTHONPATH"] += os.pathsep + str(ROOT / "tests")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "room with bed mouse lamp"
+
+
+def test_wordnet_lemmatizer_without_data_says_how_to_get_it(tmp_path: Path):
+    code = (
+        "from alien_hotels.text import CaptionPreprocessor\n"
+        "from conftest import compose\n"
+        "CaptionPreprocessor(compose('text=study_wordnet').text)\n"
+    )
+    env = subprocess_env(NLTK_DATA=str(tmp_path))  # an empty data folder
+    env["PYTHONPATH"] += os.pathsep + str(ROOT / "tests")
+    env["HOME"] = str(tmp_path)  # nltk also looks in ~/nltk_data
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "text.lemmatizer=wordnet needs NLTK's WordNet data" in result.stderr
 
 
 def test_stopwords_removed_after_truncation():

@@ -1,3 +1,8 @@
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 
-__version__ = version("alien-hotels")
+try:
+    __version__ = version("alien-hotels")
+except (
+    PackageNotFoundError
+):  # run from a source tree (the Docker image mounts src/, see Dockerfile)
+    __version__ = "0+source"

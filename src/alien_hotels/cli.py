@@ -244,6 +244,40 @@ def summary(
     typer.echo(f"clusters follow {verdict} (by NMI)")
 
 
+# `dvc exp show` prints every param, metric and dependency hash: dozens of columns. This view keeps
+# the params that differ between experiments and the cluster metrics the study is about.
+PARAM_SECTIONS = ("data", "images", "caption", "text", "room_types", "features", "cluster", "map")
+CLUSTER_METRICS = ("k", "silhouette", "nmi_room_type", "nmi_hotel", "ari_room_type", "ari_hotel")
+
+
+def exp_show_args() -> list[str]:
+    sections = "|".join(PARAM_SECTIONS + ("edit",))
+    metrics = "|".join(CLUSTER_METRICS)
+    return [
+        "dvc",
+        "exp",
+        "show",
+        "--only-changed",
+        "--no-pager",
+        "--keep",
+        rf"^Experiment$|^(metrics/clustering\.json:)?({metrics})$",
+        "--drop",
+        rf"^(?!({sections})\.)",
+    ]
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def exps(ctx: typer.Context) -> None:
+    """Compare experiments: the params that differ and the cluster metrics (k, silhouette, NMI
+    and ARI with room type and hotel), narrow enough for a 120-column terminal.
+
+    Extra options go to `dvc exp show` (e.g. `-A`, `--sort-by nmi_room_type`, `--csv`).
+    """
+    import subprocess
+
+    raise typer.Exit(subprocess.call([*exp_show_args(), *ctx.args]))
+
+
 @app.command()
 def compose(
     overrides: Annotated[

@@ -26,7 +26,6 @@ def run(params: Params, paths: StagePaths = StagePaths()) -> pd.DataFrame:
             "images": len(sample),
             "ok": len(captions),
             "failed": len(sample) - len(captions),
-            "mode": cfg.mode,
             "method": cfg.method,
         }
         n_images = len(sample)
