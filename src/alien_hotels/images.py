@@ -14,8 +14,9 @@ redirect limit and a size limit. TLS certificates are always verified for https 
 switch to turn that off; `images.ca_bundle` may name extra trusted roots); plain http URLs, which
 the dataset has, are fetched as they are. Every image, local or downloaded, is checked before it
 is kept: a real image in an allowed format, declared pixel count under `images.max_pixels`
-(checked from the header, before decoding: the decompression-bomb guard), fully decodable; then
-it is resized as the dataset's own download script did (longer side 640).
+(checked from the header, before decoding: the decompression-bomb guard), fully decodable by the
+pipeline's one loader (`imageio`: upright 8-bit RGB, 16-bit scaled, alpha on white); then it is
+resized as the dataset's own download script did (longer side 640).
 
 Nothing fails the stage but a bad config: every problem becomes a row with status `failed` and a
 short reason in `data/interim/images.csv`, and the counts go to `metrics/images.json`.
