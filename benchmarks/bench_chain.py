@@ -88,8 +88,8 @@ def bench_e2e(images: int) -> None:
     import torch
     from PIL import Image
 
-    from alien_hotels.captioning import CaptionConfig
     from alien_hotels.captioning.interrogate import BatchInterrogator
+    from alien_hotels.config import compose_params, validate_params
     from alien_hotels.testing.interrogator import library_interrogator, save_tiny_models
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -100,9 +100,11 @@ def bench_e2e(images: int) -> None:
             Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
             for _ in range(images)
         ]
+        # The caption settings a user gets from conf/ (run from the project root).
+        caption = validate_params(compose_params(["caption=clip_interrogator"])).caption
         results = {}
         for chain in ("library", "fast"):
-            engine = BatchInterrogator(ci, CaptionConfig(method="clip_interrogator", chain=chain))
+            engine = BatchInterrogator(ci, caption.updated(chain=chain))
             captions = engine.captions(imgs)
             with torch.no_grad():
                 feats = engine.image_features(imgs)

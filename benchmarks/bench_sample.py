@@ -27,7 +27,8 @@ def peak_rss():
 import json, sys, time
 from pathlib import Path
 from alien_hotels.config import validate_params, compose_params
-from alien_hotels.stages import StagePaths, run_sample
+from alien_hotels.stages.paths import StagePaths
+from alien_hotels.stages.sample import run as run_sample
 meta, out, conf = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
 params = validate_params(compose_params(["data=hotels50k", f"data.path={meta}"], conf))
 t = time.perf_counter()

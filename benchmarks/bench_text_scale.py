@@ -106,7 +106,7 @@ def run_pipeline(workdir: Path, env: dict[str, str]) -> dict:
         "total_cpu_s": sum(s["cpu_s"] for s in stages.values()),
         "peak_rss_mb": max(s["max_rss_mb"] for s in stages.values()),
         "k": metrics["k"],
-        "inertia_at_k": metrics.get("inertia_at_k", metrics["inertia"][str(metrics["k"])]),
+        "inertia_at_k": metrics["inertia_at_k"],
         "nmi_room_type": metrics["nmi_room_type"],
         "nmi_hotel": metrics["nmi_hotel"],
         "silhouette": metrics["silhouette"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -16,8 +17,14 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
+@functools.cache
 def compose(*overrides: str) -> Params:
-    """`conf/` composed with Hydra overrides and validated, exactly as a stage would see it."""
+    """`conf/` composed with Hydra overrides and validated, exactly as a stage would see it.
+
+    `conf/` is the only source of defaults (section models hold none), so a unit test takes its
+    config from here and changes what it needs with `Section.updated`, e.g.
+    `compose().cluster.updated(k_max=10)`. Cached: configs are immutable.
+    """
     return validate_params(compose_params(list(overrides), ROOT / "conf"))
 
 

@@ -29,7 +29,7 @@ from alien_hotels.testing.interrogator import (
     save_tiny_models,
     tiny_overrides,
 )
-from conftest import compose, run, subprocess_env
+from conftest import ROOT, compose, run, subprocess_env
 
 pytestmark = [pytest.mark.ml, pytest.mark.filterwarnings("ignore::FutureWarning")]
 
@@ -241,7 +241,7 @@ def test_bad_images_never_stop_the_run(tiny, tmp_path):
 
 
 def test_checkpoint_drops_a_cut_line_and_keys_on_config(tmp_path):
-    cfg = CaptionConfig(method="clip_interrogator")
+    cfg = compose().caption.updated(method="clip_interrogator")
     key = config_key(cfg, "cpu", "float32")
     assert key != config_key(cfg.model_copy(update={"max_flavors": 31}), "cpu", "float32")
     assert key == config_key(cfg.model_copy(update={"loader_workers": 7}), "cpu", "float32")
@@ -357,7 +357,7 @@ def test_models_download_dry_run_lists_what_it_fetches(tmp_path):
             "--clip-model",
             "ViT-B-32/openai",
         ],
-        tmp_path,
+        ROOT,  # without a params file the defaults come from conf/
         **env,
     )
     out = result.stdout
@@ -369,7 +369,7 @@ def test_models_download_dry_run_lists_what_it_fetches(tmp_path):
     assert str(tmp_path / "xdg" / "alien-hotels" / "labels") in out
 
     download = ["alien-hotels", "models", "download", "--dry-run", "--params", "absent.yaml"]
-    no_labels = run([*download, "--no-labels"], tmp_path, **env).stdout
+    no_labels = run([*download, "--no-labels"], ROOT, **env).stdout
     assert "Salesforce/blip-image-captioning-large" in no_labels
     assert "label_embeddings" not in no_labels
 
@@ -377,7 +377,7 @@ def test_models_download_dry_run_lists_what_it_fetches(tmp_path):
         ("--caption-model", "blip-huge", "blip-large"),
         ("--clip-model", "ViT-Q-99/nowhere", "not an open_clip pretrained model"),
     ):
-        bad = run([*download, option, value], tmp_path, check=False, **env)
+        bad = run([*download, option, value], ROOT, check=False, **env)
         assert bad.returncode == 2 and message in bad.stderr
 
 

@@ -3,8 +3,8 @@ import pytest
 from sklearn.datasets import make_blobs
 
 from alien_hotels import clustering
-from alien_hotels.clustering import ClusterConfig
 from alien_hotels.common import StageError
+from conftest import compose
 
 
 @pytest.fixture(scope="module")
@@ -15,7 +15,7 @@ def blobs():
 
 def test_sweep_records_inertia_for_every_k(blobs):
     X, _ = blobs
-    sweep = clustering.sweep_kmeans(X, ClusterConfig(k_min=1, k_max=10), progress=False)
+    sweep = clustering.sweep_kmeans(X, compose().cluster.updated(k_min=1, k_max=10), progress=False)
     assert list(sweep.inertia) == list(range(1, 11))
     values = list(sweep.inertia.values())
     assert values[0] > values[3] > values[-1]
@@ -24,13 +24,13 @@ def test_sweep_records_inertia_for_every_k(blobs):
 
 def test_elbow_finds_the_true_number_of_blobs(blobs):
     X, _ = blobs
-    cfg = ClusterConfig(k_min=1, k_max=12)
+    cfg = compose().cluster.updated(k_min=1, k_max=12)
     sweep = clustering.sweep_kmeans(X, cfg, progress=False)
     assert clustering.choose_k(sweep.inertia, cfg) == 4
 
 
 def test_given_k_overrides_the_elbow(blobs):
-    cfg = ClusterConfig(k_min=1, k_max=6, k=9)
+    cfg = compose().cluster.updated(k_min=1, k_max=6, k=9)
     X, _ = blobs
     sweep = clustering.sweep_kmeans(X, cfg, progress=False)
     assert clustering.choose_k(sweep.inertia, cfg) == 9
@@ -42,29 +42,29 @@ def test_k_max_above_the_documents_is_clamped_with_a_warning(caplog):
     """Ten captioned images and the default k_max=29: sweep k=1..10 and say so."""
     X = np.random.default_rng(0).normal(size=(10, 5))
     with caplog.at_level("WARNING"):
-        sweep = clustering.sweep_kmeans(X, ClusterConfig(k_max=29), progress=False)
+        sweep = clustering.sweep_kmeans(X, compose().cluster.updated(k_max=29), progress=False)
     assert sorted(sweep.inertia) == list(range(1, 11))
     assert "cluster.k_max=29 exceeds the 10 documents: sweeping k=1..10" in caplog.text
 
 
 @pytest.mark.parametrize(
-    ("n_docs", "cfg", "message"),
+    ("n_docs", "updates", "message"),
     [
-        (2, ClusterConfig(k_max=29), r"only 2 documents: .* too few for an elbow"),
-        (5, ClusterConfig(k_min=6, k_max=29), r"cluster.k_min=6 is larger than .* \(5\)"),
-        (5, ClusterConfig(k_max=4, k=6), r"cluster.k=6 is larger than .* \(5\)"),
+        (2, {"k_max": 29}, r"only 2 documents: .* too few for an elbow"),
+        (5, {"k_min": 6, "k_max": 29}, r"cluster.k_min=6 is larger than .* \(5\)"),
+        (5, {"k_max": 4, "k": 6}, r"cluster.k=6 is larger than .* \(5\)"),
     ],
 )
-def test_no_possible_k_is_an_error(n_docs, cfg, message):
+def test_no_possible_k_is_an_error(n_docs, updates, message):
     X = np.random.default_rng(0).normal(size=(n_docs, 3))
     with pytest.raises(StageError, match=message):
-        clustering.sweep_kmeans(X, cfg, progress=False)
+        clustering.sweep_kmeans(X, compose().cluster.updated(**updates), progress=False)
 
 
 def test_flat_curve_without_elbow_asks_for_k():
     inertia = {k: 10.0 - 0.0 * k for k in range(1, 8)}
     with pytest.raises(StageError, match="set cluster.k"):
-        clustering.choose_k(inertia, ClusterConfig(k_max=7))
+        clustering.choose_k(inertia, compose().cluster.updated(k_max=7))
 
 
 def test_scores_separate_room_types_from_hotels(blobs):
@@ -96,4 +96,4 @@ def test_class_tfidf_prefers_terms_specific_to_a_cluster():
 
 def test_elbow_needs_three_swept_values():
     with pytest.raises(ValueError, match="cluster.k=null"):
-        ClusterConfig(k_min=2, k_max=3)
+        compose().cluster.updated(k_min=2, k_max=3)

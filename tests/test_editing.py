@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from pydantic import ValidationError
 
 from alien_hotels.common import StageError
 from alien_hotels.config import ConfigError, validate_params
 from alien_hotels.editing import imaging, scores
-from alien_hotels.editing.config import RecipeConfig, ScoresConfig
 from alien_hotels.editing.runner import TABLE_COLUMNS
 from alien_hotels.imageio import load_rgb
 from alien_hotels.stages import edit as edit_stage
@@ -35,20 +35,21 @@ def striped(counts: dict[tuple[int, int, int], int], width: int = 10) -> Image.I
 
 def test_colour_scores_are_exact_on_known_regions():
     img = striped({GREEN: 30, DARK_GREEN: 20, RED: 10, GREY: 40})
-    got = scores.colour_scores(img, ScoresConfig())
+    got = scores.colour_scores(img, compose().edit.scores)
     # bright green: green and neon; dark green: green only; red: neon only; grey: neither.
     assert got == {"green_share": 0.5, "neon_share": 0.4}
 
 
 def test_colour_scores_follow_thresholds():
     img = striped({DARK_GREEN: 50, GREY: 50})
-    assert scores.colour_scores(img, ScoresConfig(green_min_value=0.5))["green_share"] == 0.0
-    assert scores.colour_scores(img, ScoresConfig(green_hue_min=130))["green_share"] == 0.0
-    assert scores.colour_scores(img.convert("L"), ScoresConfig())["green_share"] == 0.0
+    cfg = compose().edit.scores
+    assert scores.colour_scores(img, cfg.updated(green_min_value=0.5))["green_share"] == 0.0
+    assert scores.colour_scores(img, cfg.updated(green_hue_min=130))["green_share"] == 0.0
+    assert scores.colour_scores(img.convert("L"), compose().edit.scores)["green_share"] == 0.0
 
 
 def test_alien_score_is_weighted_mean_of_available_components():
-    cfg = ScoresConfig(green_target=0.5, neon_target=0.2, towel_tolerance=0.1)
+    cfg = compose().edit.scores.updated(green_target=0.5, neon_target=0.2, towel_tolerance=0.1)
     colour_only = {"green_share": 0.25, "neon_share": 0.4}
     # green 0.25/0.5 = 0.5, neon capped at 1.0; towels and clip unavailable
     assert scores.alien_score(colour_only, cfg) == pytest.approx(0.75)
@@ -183,9 +184,13 @@ def test_bad_recipe_config_names_the_key(override: str, message: str):
     assert message in str(err.value)
 
 
-def test_recipe_defaults_validate():
-    recipe = RecipeConfig(prompt="neon")
-    assert recipe.pipeline == "img2img" and recipe.mask.source == "none"
+def test_image_guidance_scale_only_on_instruct_pix2pix():
+    recipes = compose().edit.recipes
+    assert recipes["neon_pix2pix"].image_guidance_scale == 1.5
+    with pytest.raises(ValidationError, match="instruct_pix2pix only"):
+        recipes["neon"].updated(image_guidance_scale=1.5)
+    with pytest.raises(ValidationError, match="needs image_guidance_scale"):
+        recipes["neon_pix2pix"].updated(image_guidance_scale=None)
 
 
 def write_manifest(root: Path, rows: list[dict]) -> StagePaths:

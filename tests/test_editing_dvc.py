@@ -87,17 +87,29 @@ def test_dvc_repro_edits_with_tiny_models(project: Path, tmp_path: Path):
     status = run(["dvc", "status", "edit@neon", "edit@no_towels"], project).stdout
     assert "changed" not in status
 
-    # `dvc exp run -S` changes one recipe's strength: only that recipe reruns. exp run checks
-    # the committed outputs out first, so record the stand-in manifest as the images stage's.
+    # `dvc exp run -S` changes one recipe's strength over the whole graph (no -s): only that
+    # recipe's stage and the two that read every recipe rerun. exp run checks the committed
+    # outputs out first, so record the stand-in manifest as the images stage's.
     run(["dvc", "commit", "-f", "-q", "images"], project)
+    run(["dvc", "repro", "-q"], project)  # the text half, so the whole graph is up to date
     git = ["git", "-c", "user.email=t@example.com", "-c", "user.name=test"]
     run([*git, "add", "-A"], project)
     run([*git, "commit", "-qm", "edited"], project)
-    before = (project / "data/edited/neon" / f"{ids[0]}.png").read_bytes()
-    neon = [o for o in overrides if o.startswith(("edit.recipes.neon.", "edit.scores"))]
-    sets = [arg for o in [*neon, "edit.recipes.neon.strength=1.0"] for arg in ("-S", o)]
-    run(["dvc", "exp", "run", "-s", "edit@neon", *sets], project)
-    assert (project / "data/edited/neon" / f"{ids[0]}.png").read_bytes() != before
+    before = {
+        name: (project / f"data/edited/{name}" / f"{ids[0]}.png").read_bytes()
+        for name in RECIPE_KIND
+    }
+    # -S recomposes params.yaml from conf/: every tiny-model override again, plus the change
+    sets = [arg for o in [*overrides, "edit.recipes.neon.strength=1.0"] for arg in ("-S", o)]
+    exp = run(["dvc", "exp", "run", *sets], project).stdout
+    for stage in ("edit@neon", "edit_report", "edit_sweep"):
+        assert f"Running stage '{stage}'" in exp, exp
+    for name in set(RECIPE_KIND) - {"neon"}:
+        assert f"Stage 'edit@{name}' didn't change, skipping" in exp, name
+        after = (project / f"data/edited/{name}" / f"{ids[0]}.png").read_bytes()
+        assert after == before[name], name
+    assert "Running stage 'cluster'" not in exp
+    assert (project / "data/edited/neon" / f"{ids[0]}.png").read_bytes() != before["neon"]
     composed = (project / "params.yaml").read_text()
     assert "strength: 1.0" in composed
 

@@ -13,7 +13,6 @@ pytestmark = [pytest.mark.ml, pytest.mark.filterwarnings("ignore::FutureWarning"
 torch = pytest.importorskip("torch")
 pytest.importorskip("clip_interrogator")
 
-from alien_hotels.captioning import CaptionConfig  # noqa: E402
 from alien_hotels.captioning.fastchain import (  # noqa: E402
     FastChain,
     common_prefix_length,
@@ -21,6 +20,7 @@ from alien_hotels.captioning.fastchain import (  # noqa: E402
 )
 from alien_hotels.captioning.interrogate import BatchInterrogator  # noqa: E402
 from alien_hotels.testing.interrogator import library_interrogator, save_tiny_models  # noqa: E402
+from conftest import compose  # noqa: E402
 
 
 @pytest.fixture(scope="module", params=[0, 1, 2], ids=lambda s: f"seed{s}")
@@ -36,7 +36,8 @@ def images(n: int, seed: int):
 
 
 def engine(ci, chain: str, **cfg) -> BatchInterrogator:
-    return BatchInterrogator(ci, CaptionConfig(method="clip_interrogator", chain=chain, **cfg))
+    config = compose("caption=clip_interrogator").caption.updated(chain=chain, **cfg)
+    return BatchInterrogator(ci, config)
 
 
 def test_shared_prefix_encoding_equals_encode_text(ci):

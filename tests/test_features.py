@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from alien_hotels.common import StageError
-from alien_hotels.features import FeaturesConfig, TfidfConfig, fit_features
+from alien_hotels.features import fit_features
+from conftest import compose
 
 TEXTS = [
     "bathroom sink mirror shower",
@@ -15,7 +16,7 @@ TEXTS = [
 
 
 def test_tfidf_svd_shapes_and_variance():
-    fitted = fit_features(TEXTS, FeaturesConfig(n_components=3))
+    fitted = fit_features(TEXTS, compose().features.updated(n_components=3))
     assert fitted.embedding.shape == (6, 3)
     assert fitted.embedding.dtype == np.float32
     assert fitted.n_terms == 17
@@ -27,13 +28,18 @@ def test_tfidf_svd_shapes_and_variance():
 
 
 def test_deterministic():
-    a = fit_features(TEXTS, FeaturesConfig(n_components=3)).embedding
-    b = fit_features(TEXTS, FeaturesConfig(n_components=3)).embedding
+    a = fit_features(TEXTS, compose().features.updated(n_components=3)).embedding
+    b = fit_features(TEXTS, compose().features.updated(n_components=3)).embedding
     np.testing.assert_array_equal(a, b)
 
 
 def test_tfidf_params_are_applied():
-    fitted = fit_features(TEXTS, FeaturesConfig(n_components=2, tfidf=TfidfConfig(min_df=2)))
+    fitted = fit_features(
+        TEXTS,
+        compose().features.updated(
+            n_components=2, tfidf=compose().features.tfidf.updated(min_df=2)
+        ),
+    )
     assert set(fitted.vectorizer.vocabulary_) == {
         "bathroom",
         "sink",
@@ -47,11 +53,11 @@ def test_tfidf_params_are_applied():
 
 def test_n_components_must_be_below_number_of_terms():
     with pytest.raises(StageError, match=r"features.n_components=50 must be below .* \(17\)"):
-        fit_features(TEXTS, FeaturesConfig(n_components=50))
+        fit_features(TEXTS, compose().features.updated(n_components=50))
 
 
 def test_empty_input_and_empty_vocabulary():
     with pytest.raises(StageError, match="no documents"):
-        fit_features([], FeaturesConfig())
+        fit_features([], compose().features)
     with pytest.raises(StageError, match="features.tfidf"):
-        fit_features(["a", "b"], FeaturesConfig(n_components=1))
+        fit_features(["a", "b"], compose().features.updated(n_components=1))

@@ -16,11 +16,11 @@ from alien_hotels.images import (
     EXTENSION_FORMAT,
     Downloader,
     FetchError,
-    ImagesConfig,
     collect_images,
     prepare_image,
 )
 from alien_hotels.testing.imageserver import ImageServer, make_image, self_signed_cert
+from conftest import compose
 
 # path on the server -> (status, reason) the downloader must record
 CASES = {
@@ -41,7 +41,7 @@ CASES = {
     "/huge.jpg": ("failed", "too_large"),
 }
 
-CFG = ImagesConfig(
+CFG = compose().images.updated(
     download=True,
     workers=4,
     connect_timeout_s=2.0,
@@ -130,7 +130,7 @@ def test_local_tree_first_then_download_and_offline_default(server: ImageServer,
     sample = _sample([server.url("/missing.jpg"), server.url("/good/12.jpg"), server.url("/x.jpg")])
 
     # Offline (the bundled default): local image kept as is, the others missing or failed.
-    offline = ImagesConfig()
+    offline = compose().images
     manifest, metrics = collect_images(sample, offline, local, tmp_path / "a", progress=False)
     assert list(manifest["status"]) == ["ok", "failed", "missing"]
     assert list(manifest["reason"]) == ["", "local_not_an_image", "not_in_local_tree"]
@@ -161,9 +161,9 @@ def test_stale_files_of_an_earlier_sample_are_removed(server: ImageServer, tmp_p
     assert list(manifest["status"]) == ["ok"]
 
 
-def test_tls_verification_cannot_be_disabled():
+def test_tls_verification_has_no_switch():
     with pytest.raises(ValidationError, match="verify_tls"):
-        ImagesConfig(verify_tls=False)
+        compose().images.updated(verify_tls=False)
 
 
 def test_https_goes_through_tls(server: ImageServer):
@@ -192,13 +192,13 @@ def test_prepare_image_respects_exif_orientation_and_formats():
     exif[0x0112] = 6  # rotate 90 degrees when displayed
     buffer = io.BytesIO()
     img.save(buffer, format="JPEG", exif=exif.tobytes())
-    out = prepare_image(buffer.getvalue(), "jpg", ImagesConfig())
+    out = prepare_image(buffer.getvalue(), "jpg", compose().images)
     with Image.open(io.BytesIO(out)) as result:
         assert result.size == (320, 640)  # upright, longer side 640
     gif = io.BytesIO()
     img.save(gif, format="GIF")
     with pytest.raises(FetchError, match="unsupported_format"):
-        prepare_image(gif.getvalue(), "jpg", ImagesConfig())
+        prepare_image(gif.getvalue(), "jpg", compose().images)
 
 
 def test_images_metrics_are_json(server: ImageServer, tmp_path: Path):
@@ -234,8 +234,6 @@ def _two_halves(mode: str, left, right, size=(320, 200)) -> Image.Image:
     ids=["16bit-to-jpeg", "16bit-png-kept-size", "rgba-to-jpeg", "la-png", "cmyk-jpeg"],
 )
 def test_stored_images_are_what_the_loader_sees(img, fmt, extension, left, right):
-    from conftest import compose
-
     out = prepare_image(_encoded(img, fmt), extension, compose().images)
     with Image.open(io.BytesIO(out)) as stored:
         assert stored.format == EXTENSION_FORMAT[extension]
@@ -263,8 +261,6 @@ def test_one_selector_for_the_manifest_rows_with_images():
 
 
 def test_a_killed_write_in_the_images_folder_is_removed_on_the_next_run(tmp_path: Path):
-    from conftest import compose
-
     local = tmp_path / "tree" / "3" / "7" / "travel_website"
     local.mkdir(parents=True)
     (local / "100.jpg").write_bytes(make_image(4, size=(640, 400)))

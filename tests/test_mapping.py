@@ -6,13 +6,13 @@ from sklearn.datasets import make_blobs
 
 from alien_hotels import mapping
 from alien_hotels.common import StageError
-from alien_hotels.mapping import MapConfig
+from conftest import compose
 
 
 @pytest.fixture(scope="module")
 def table():
     X, y = make_blobs(n_samples=120, centers=3, n_features=10, random_state=1)
-    coords = mapping.embed_2d(X, MapConfig(perplexity=10, n_iter=100))
+    coords = mapping.embed_2d(X, compose().map.updated(perplexity=10, n_iter=100))
     return (
         X,
         y,
@@ -41,25 +41,25 @@ def test_tsne_keeps_blobs_apart(table):
 
 def test_tsne_is_seeded():
     X, _ = make_blobs(n_samples=60, centers=2, n_features=5, random_state=2)
-    cfg = MapConfig(perplexity=5, n_iter=60)
+    cfg = compose().map.updated(perplexity=5, n_iter=60)
     np.testing.assert_allclose(mapping.embed_2d(X, cfg), mapping.embed_2d(X, cfg))
 
 
 def test_sklearn_method_runs():
     X, _ = make_blobs(n_samples=40, centers=2, n_features=5, random_state=2)
-    coords = mapping.embed_2d(X, MapConfig(method="sklearn", perplexity=5, n_iter=250))
+    coords = mapping.embed_2d(X, compose().map.updated(method="sklearn", perplexity=5, n_iter=250))
     assert coords.shape == (40, 2)
 
 
 def test_perplexity_too_large_is_an_error():
     with pytest.raises(StageError, match=r"map.perplexity=30.0 is too large for 50 documents"):
-        mapping.embed_2d(np.random.default_rng(0).normal(size=(50, 4)), MapConfig())
+        mapping.embed_2d(np.random.default_rng(0).normal(size=(50, 4)), compose().map)
 
 
 def test_html_map_is_self_contained_with_colour_switch(table, tmp_path):
     _, _, frame = table
     target = tmp_path / "map.html"
-    mapping.write_html_map(frame, target, MapConfig())
+    mapping.write_html_map(frame, target, compose().map)
     html = target.read_text()
     assert '<script src="https://cdn.plot.ly' not in html and len(html) > 1_000_000
     for label in ("colour: cluster label", "colour: hotel", "colour: room type"):

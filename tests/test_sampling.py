@@ -2,14 +2,14 @@ import pandas as pd
 import pytest
 
 from alien_hotels.common import StageError
-from alien_hotels.sampling import DataConfig, read_dataset, sample_hotels
-from conftest import ROOT
+from alien_hotels.sampling import read_dataset, sample_hotels
+from conftest import ROOT, compose
 
 BUNDLED = str(ROOT / "data/bundled/hotels_sample.csv")
 
 
 def test_bundled_sample_keeps_every_captioned_row():
-    cfg = DataConfig(path=BUNDLED)
+    cfg = compose().data.updated(path=BUNDLED)
     sample, stats = sample_hotels(read_dataset(cfg), cfg)
     assert stats.hotels_eligible == 10 and stats.hotels_sampled == 10
     assert stats.rows_sampled == 413
@@ -21,7 +21,7 @@ def test_bundled_sample_keeps_every_captioned_row():
 
 
 def test_sampling_is_seeded_and_respects_bounds():
-    cfg = DataConfig(path=BUNDLED, n_hotels=3, min_images=35, max_images=60, seed=7)
+    cfg = compose().data.updated(path=BUNDLED, n_hotels=3, min_images=35, max_images=60, seed=7)
     df = read_dataset(cfg)
     first, _ = sample_hotels(df, cfg)
     again, _ = sample_hotels(df, cfg)
@@ -34,7 +34,7 @@ def test_sampling_is_seeded_and_respects_bounds():
 
 
 def test_too_few_eligible_hotels_is_a_clear_error():
-    cfg = DataConfig(path=BUNDLED, n_hotels=11)
+    cfg = compose().data.updated(path=BUNDLED, n_hotels=11)
     with pytest.raises(StageError, match=r"data.n_hotels=11 but only 10 hotels"):
         sample_hotels(read_dataset(cfg), cfg)
 
@@ -45,7 +45,7 @@ def test_rows_without_caption_are_dropped_and_counted(tmp_path):
     df.loc[captioned, "description"] = "  "
     path = tmp_path / "data.csv"
     df.to_csv(path, index=False)
-    cfg = DataConfig(path=str(path))
+    cfg = compose().data.updated(path=str(path))
     sample, stats = sample_hotels(read_dataset(cfg), cfg)
     assert stats.dropped_no_caption == 5
     assert len(sample) == 308
@@ -64,9 +64,9 @@ def test_bad_dataset_files(tmp_path, content, message):
     path = tmp_path / "data.csv"
     path.write_text(content)
     with pytest.raises(StageError, match=message):
-        read_dataset(DataConfig(path=str(path)))
+        read_dataset(compose().data.updated(path=str(path)))
 
 
 def test_missing_dataset_file(tmp_path):
     with pytest.raises(StageError, match="not found"):
-        read_dataset(DataConfig(path=str(tmp_path / "nope.csv")))
+        read_dataset(compose().data.updated(path=str(tmp_path / "nope.csv")))

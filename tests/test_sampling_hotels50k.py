@@ -12,7 +12,8 @@ import yaml
 from alien_hotels.common import StageError
 from alien_hotels.datagen.hotels50k import generate
 from alien_hotels.sampling import SAMPLE_COLUMNS, read_dataset, sample_hotels
-from alien_hotels.stages import StagePaths, run_sample
+from alien_hotels.stages.paths import StagePaths
+from alien_hotels.stages.sample import run as run_sample
 from conftest import ROOT, compose
 
 

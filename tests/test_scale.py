@@ -15,11 +15,10 @@ from sklearn.metrics import silhouette_score
 
 from alien_hotels import clustering, mapping
 from alien_hotels.captioning import CAPTION_COLUMNS
-from alien_hotels.clustering import ClusterConfig
 from alien_hotels.config import ConfigError, validate_params
 from alien_hotels.datagen.captions import CaptionVocabulary, pipeline_inputs, synthetic_captions
-from alien_hotels.mapping import MapConfig
 from alien_hotels.sampling import SAMPLE_COLUMNS
+from conftest import compose
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = ROOT / "data/bundled/hotels_sample.csv"
@@ -84,7 +83,7 @@ def test_synthetic_captions_reject_a_bad_size(vocabulary):
 
 def test_sampled_sweep_scores_every_row_and_refines_to_full_quality(blobs):
     x, _ = blobs
-    cfg = ClusterConfig(k_min=2, k_max=9, sweep_sample=500, n_init=3)
+    cfg = compose().cluster.updated(k_min=2, k_max=9, sweep_sample=500, n_init=3)
     sweep = clustering.sweep_kmeans(x, cfg, progress=False)
     assert sweep.sampled and len(sweep.fit_rows) == 500
     assert sweep.labels == {}  # no per-k labels kept for all rows
@@ -103,7 +102,7 @@ def test_sampled_sweep_scores_every_row_and_refines_to_full_quality(blobs):
 
 def test_small_data_keeps_the_exact_full_fit(blobs):
     x, _ = blobs
-    cfg = ClusterConfig(k_min=1, k_max=5, sweep_sample=None)
+    cfg = compose().cluster.updated(k_min=1, k_max=5, sweep_sample=None)
     sweep = clustering.sweep_kmeans(x[:400], cfg, progress=False)
     assert not sweep.sampled
     reference = KMeans(n_clusters=4, random_state=42, n_init=10).fit(x[:400])
@@ -115,7 +114,7 @@ def test_small_data_keeps_the_exact_full_fit(blobs):
 
 def test_given_k_outside_the_sampled_sweep_is_fitted_on_the_sample(blobs):
     x, _ = blobs
-    cfg = ClusterConfig(k_min=2, k_max=4, k=12, sweep_sample=500, n_init=1)
+    cfg = compose().cluster.updated(k_min=2, k_max=4, k=12, sweep_sample=500, n_init=1)
     sweep = clustering.sweep_kmeans(x, cfg, progress=False)
     final = clustering.final_clustering(x, sweep, 12, cfg)
     assert final.refined and len(np.unique(final.labels)) == 12
@@ -166,8 +165,8 @@ def test_class_tfidf_terms_match_joined_class_documents():
 
 def test_cluster_config_rejects_a_sweep_sample_too_small_for_k_max():
     with pytest.raises(ConfigError, match=r"cluster\.sweep_sample"):
-        validate_params({"cluster": {"k_max": 29, "sweep_sample": 200}})
-    assert validate_params({"cluster": {"sweep_sample": None}}).cluster.sweep_sample is None
+        compose("cluster.k_max=29", "cluster.sweep_sample=200")
+    assert compose("cluster.sweep_sample=null").cluster.sweep_sample is None
 
 
 # --- map at scale ---------------------------------------------------------------------------
@@ -176,7 +175,7 @@ def test_cluster_config_rejects_a_sweep_sample_too_small_for_k_max():
 @pytest.mark.parametrize("place", ["knn_median", "transform"])
 def test_map_on_a_sample_places_every_row(blobs, place):
     x, y = blobs
-    cfg = MapConfig(fit_sample=600, n_iter=100, perplexity=20, place=place)
+    cfg = compose().map.updated(fit_sample=600, n_iter=100, perplexity=20, place=place)
     coords = mapping.embed_2d(x, cfg)
     assert coords.shape == (len(x), 2) and np.isfinite(coords).all()
     # A placed row lands among the fitted rows of its own blob.
@@ -190,7 +189,7 @@ def test_map_on_a_sample_places_every_row(blobs, place):
 
 def test_map_config_place_transform_needs_opentsne():
     with pytest.raises(ConfigError, match=r"map\.place=transform"):
-        validate_params({"map": {"method": "sklearn", "place": "transform"}})
+        compose("map.method=sklearn", "map.place=transform")
 
 
 def test_plots_draw_a_capped_seeded_subsample_with_few_colour_groups(tmp_path):
@@ -207,7 +206,7 @@ def test_plots_draw_a_capped_seeded_subsample_with_few_colour_groups(tmp_path):
             "text": "a bed hotel",
         }
     )
-    cfg = MapConfig(max_plot_points=500, max_groups=5)
+    cfg = compose().map.updated(max_plot_points=500, max_groups=5)
     drawn = mapping.plot_subsample(table, cfg)
     assert len(drawn) == 500
     pd.testing.assert_frame_equal(drawn, mapping.plot_subsample(table, cfg))
@@ -253,7 +252,9 @@ def test_benchmark_smoke_run(tmp_path):
     clusters = pd.read_csv(tmp_path / "scale_1500/data/processed/clusters.csv")
     assert len(clusters) == 1500 and clusters[["x", "y"]].notna().all().all()
     summary = results["compare"]["summary"]
-    assert summary["speedup_wall"] > 0 and abs(summary["inertia_gap"]) < 0.5
+    # The quality goal of docs/performance.md: inertia at the chosen k within 2% of the recipe's.
+    # (Speed is the benchmark's printout, never a test assertion.)
+    assert abs(summary["inertia_gap"]) < 0.02, summary
     saved = json.loads(
         (tmp_path / "results_scale_1500_compare_1200.json").read_text(encoding="utf-8")
     )

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from alien_hotels import text
-from alien_hotels.text import CaptionPreprocessor, RoomTypeClassifier, TextConfig
+from alien_hotels.text import CaptionPreprocessor, RoomTypeClassifier
 from conftest import ROOT, compose, subprocess_env
 
 CAPTION = (
@@ -16,18 +16,18 @@ CAPTION = (
 
 
 def test_study_recipe_without_lemmatizer_keeps_first_words_and_drops_commas():
-    prep = CaptionPreprocessor(TextConfig(lemmatizer="none", lowercase=False))
+    prep = CaptionPreprocessor(compose().text.updated(lemmatizer="none", lowercase=False))
     assert prep(CAPTION) == "there is a bathroom with a sink mirror and shower photo taken in 2018"
     assert len(prep(CAPTION).split()) == 14
 
 
 def test_max_words_and_lowercase():
-    prep = CaptionPreprocessor(TextConfig(lemmatizer="none", max_words=3))
+    prep = CaptionPreprocessor(compose().text.updated(lemmatizer="none", max_words=3))
     assert prep("Two  Beds, one LAMP and a chair") == "two beds one"
 
 
 def test_simplemma_lemmatizes_english():
-    prep = CaptionPreprocessor(TextConfig(lemmatizer="simplemma", max_words=20))
+    prep = CaptionPreprocessor(compose().text.updated(lemmatizer="simplemma", max_words=20))
     assert prep("rooms with beds and towels") == "room with bed and towel"
 
 
@@ -92,7 +92,7 @@ def test_wordnet_lemmatizer_without_data_says_how_to_get_it(tmp_path: Path):
 
 
 def test_stopwords_removed_after_truncation():
-    cfg = TextConfig(
+    cfg = compose().text.updated(
         lemmatizer="none", max_words=5, stopwords="english", extra_stopwords=["Arafed"]
     )
     prep = CaptionPreprocessor(cfg)
@@ -111,7 +111,7 @@ def test_each_distinct_word_is_lemmatized_once(monkeypatch):
         return lemmatize
 
     monkeypatch.setattr(text, "make_lemmatizer", counting)
-    prep = CaptionPreprocessor(TextConfig(lemmatizer="simplemma"))
+    prep = CaptionPreprocessor(compose().text.updated(lemmatizer="simplemma"))
     out = prep.transform(["a bed and a bed", "a bed"])
     assert out == ["A BED AND A BED", "A BED"]
     assert sorted(calls) == ["a", "and", "bed"]

@@ -116,18 +116,19 @@ def models_download(
 ) -> None:
     """Download the caption and CLIP weights (and label embeddings) into the caches that
     `alien-hotels caption` later reads offline (HF_HOME; caption.label_cache_dir)."""
-    from alien_hotels.captioning import CaptionConfig
     from alien_hotels.captioning.models import download_plan, run_download
 
     try:
-        base = load_params(params).caption if params.is_file() else CaptionConfig()
+        # Without a params file, the defaults come from conf/ (the one source of defaults).
+        base = load_params(params) if params.is_file() else validate_params(compose_params())
         overrides = {}
         if caption_model is not None:
             overrides["caption_model_name"] = caption_model
         if clip_model is not None:
             overrides["clip_model_name"] = clip_model
-        raw = {**base.model_dump(), **overrides}
-        cfg = validate_params({"caption": raw}, source="models download options").caption
+        raw = base.model_dump()
+        raw["caption"] = {**raw["caption"], **overrides}
+        cfg = validate_params(raw, source="models download options").caption
         plan = download_plan(cfg, labels=labels)
         for item in plan:
             typer.echo(("would fetch " if dry_run else "fetching ") + item.describe())

@@ -42,42 +42,42 @@ log = logging.getLogger(__name__)
 class ElbowConfig(Section):
     """`cluster.elbow.*`: Kneedle settings (see `kneed.KneeLocator`)."""
 
-    sensitivity: float = Field(1.0, gt=0)
-    interp_method: Literal["interp1d", "polynomial"] = "polynomial"
-    polynomial_degree: int = Field(7, ge=1)
-    online: bool = False
+    sensitivity: float = Field(gt=0)
+    interp_method: Literal["interp1d", "polynomial"]
+    polynomial_degree: int = Field(ge=1)
+    online: bool
 
 
 class ClusterConfig(Section):
     """`cluster.*`: the sweep range, the final k (null: the elbow) and k-means settings."""
 
-    k_min: int = Field(1, ge=1)
-    k_max: int = Field(29, ge=1)
-    k: int | None = Field(None, ge=1)
-    random_state: int = 42
+    k_min: int = Field(ge=1)
+    k_max: int = Field(ge=1)
+    k: int | None = Field(ge=1)
+    random_state: int
     # k-means++ restarts per k; the best (lowest inertia) restart is kept.
-    n_init: int = Field(10, ge=1)
-    max_iter: int = Field(300, ge=1)
-    tol: float = Field(1e-4, ge=0)
+    n_init: int = Field(ge=1)
+    max_iter: int = Field(ge=1)
+    tol: float = Field(ge=0)
     # Above this many documents the sweep fits each k on a seeded sample of this size, scores the
     # centers on every row, and the chosen k is refined on all rows; null: always fit all rows.
-    sweep_sample: int | None = Field(10_000, ge=100)
+    sweep_sample: int | None = Field(ge=100)
     # k-means++ restarts per k when the sweep runs on a sample (the refinement on all rows then
     # polishes the chosen k); null: n_init.
-    sweep_n_init: int | None = Field(3, ge=1)
+    sweep_n_init: int | None = Field(ge=1)
     # Silhouette is O(n^2): above this many documents it is computed on a seeded sample.
-    silhouette_sample: int | None = Field(10_000, ge=100)
+    silhouette_sample: int | None = Field(ge=100)
     # Documents used for the c-TF-IDF cluster terms (stratified by cluster); null: all.
-    terms_sample: int | None = Field(200_000, ge=100)
+    terms_sample: int | None = Field(ge=100)
     # Threads for k-means and distances (OpenMP and BLAS). 1 by default: on a small or shared
     # machine, idle OpenMP threads spin-wait at every Lloyd iteration and cost more than they
     # save; raise it on a dedicated many-core machine.
-    n_jobs: int = Field(1, ge=1)
-    elbow: ElbowConfig = ElbowConfig()
-    top_terms: int = Field(8, ge=1)
-    label_terms: int = Field(3, ge=1)
+    n_jobs: int = Field(ge=1)
+    elbow: ElbowConfig
+    top_terms: int = Field(ge=1)
+    label_terms: int = Field(ge=1)
     # Words left out of cluster terms and labels, on top of English stopwords: BLIP artefacts.
-    label_stopwords: list[str] = ["arafed", "araffe", "arafe"]
+    label_stopwords: list[str]
 
     @model_validator(mode="after")
     def _check_range(self) -> ClusterConfig:

@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import pandas as pd
@@ -30,9 +30,18 @@ PARTIAL_WRITE = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp$")
 
 
 class Section(BaseModel):
-    """Base of every params section: unknown keys are errors, values are immutable."""
+    """Base of every params section: unknown keys are errors, values are immutable.
+
+    Sections validate (types, ranges, choices, cross-field rules) but hold no default values:
+    every value comes from `conf/` (composed into `params.yaml`), the one source of defaults, so
+    a missing key is an error rather than a silent second default.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    def updated(self, **changes: Any) -> Self:
+        """A validated copy with `changes` applied (pydantic's `model_copy` skips validation)."""
+        return self.model_validate({**self.model_dump(), **changes})
 
 
 class StageError(RuntimeError):

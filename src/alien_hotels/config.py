@@ -35,15 +35,15 @@ class ConfigError(ValueError):
 class Params(Section):
     """Everything a stage may read from `params.yaml`."""
 
-    data: DataConfig = DataConfig()
-    images: ImagesConfig = ImagesConfig()
-    caption: CaptionConfig = CaptionConfig()
-    text: TextConfig = TextConfig()
-    room_types: RoomTypesConfig = RoomTypesConfig()
-    features: FeaturesConfig = FeaturesConfig()
-    cluster: ClusterConfig = ClusterConfig()
-    map: MapConfig = MapConfig()
-    edit: EditConfig = EditConfig()
+    data: DataConfig
+    images: ImagesConfig
+    caption: CaptionConfig
+    text: TextConfig
+    room_types: RoomTypesConfig
+    features: FeaturesConfig
+    cluster: ClusterConfig
+    map: MapConfig
+    edit: EditConfig
 
 
 def validate_params(raw: dict[str, Any] | None, source: str = "params") -> Params:
@@ -75,10 +75,19 @@ def compose_params(
     """Compose `conf/config.yaml` with Hydra overrides, as `dvc exp run -S` does."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
+    from omegaconf.errors import MissingMandatoryValue
 
+    if not (Path(conf_dir) / "config.yaml").is_file():
+        raise ConfigError(
+            f"{Path(conf_dir) / 'config.yaml'} not found: run from the project root (conf/ holds "
+            "every default), or pass a params file"
+        )
     with initialize_config_dir(config_dir=str(Path(conf_dir).resolve()), version_base="1.3"):
         cfg = compose(config_name="config", overrides=list(overrides or []))
-    return OmegaConf.to_container(cfg, resolve=True)
+    try:
+        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except MissingMandatoryValue as exc:  # a `???` in conf/ that nothing filled in
+        raise ConfigError(f"{exc.full_key}: no value; conf/ marks it mandatory (???)") from None
 
 
 def _describe(err: dict[str, Any]) -> str:

@@ -22,28 +22,28 @@ from alien_hotels.common import Section, StageError, atomic_path
 class TfidfConfig(Section):
     """`features.tfidf.*`: the `TfidfVectorizer` parameters users tune most."""
 
-    min_df: int | float = Field(1, ge=0)
-    max_df: int | float = Field(1.0, gt=0)
-    max_features: int | None = Field(None, ge=1)
-    ngram_max: int = Field(1, ge=1, le=3)
-    sublinear_tf: bool = False
-    use_idf: bool = True
-    smooth_idf: bool = True
-    norm: Literal["l2", "l1", "none"] = "l2"
-    token_pattern: str = r"(?u)\b\w\w+\b"
+    min_df: int | float = Field(ge=0)
+    max_df: int | float = Field(gt=0)
+    max_features: int | None = Field(ge=1)
+    ngram_max: int = Field(ge=1, le=3)
+    sublinear_tf: bool
+    use_idf: bool
+    smooth_idf: bool
+    norm: Literal["l2", "l1", "none"]
+    token_pattern: str
 
 
 class FeaturesConfig(Section):
     """`features.*`: TF-IDF settings and the SVD that reduces them."""
 
-    tfidf: TfidfConfig = TfidfConfig()
-    n_components: int = Field(50, ge=1)
-    algorithm: Literal["randomized", "arpack"] = "randomized"
-    n_iter: int = Field(5, ge=1)
-    random_state: int = 42
+    tfidf: TfidfConfig
+    n_components: int = Field(ge=1)
+    algorithm: Literal["randomized", "arpack"]
+    n_iter: int = Field(ge=1)
+    random_state: int
     # BLAS threads for the SVD; 1 by default (see cluster.n_jobs: spinning threads on a shared
     # machine cost more than they save).
-    n_jobs: int = Field(1, ge=1)
+    n_jobs: int = Field(ge=1)
 
     @model_validator(mode="after")
     def _check(self) -> FeaturesConfig:

@@ -38,10 +38,10 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 import pandas as pd
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from alien_hotels import imageio
-from alien_hotels.common import Section, StageError, atomic_path, read_csv
+from alien_hotels.common import Section, atomic_path, read_csv
 
 log = logging.getLogger("alien_hotels.images")
 
@@ -58,37 +58,25 @@ GENERIC_TYPES = {"application/octet-stream", "binary/octet-stream"}
 class ImagesConfig(Section):
     """`images.*`: where images come from and how downloads behave."""
 
-    download: bool = False
-    workers: int = Field(8, ge=1, le=64)
-    connect_timeout_s: float = Field(10.0, gt=0)
+    download: bool
+    workers: int = Field(ge=1, le=64)
+    connect_timeout_s: float = Field(gt=0)
     # Longest wait for any read, and for the whole body: a trickling server is cut off too.
-    read_timeout_s: float = Field(30.0, gt=0)
-    retries: int = Field(3, ge=0, le=10)
-    backoff_s: float = Field(0.5, ge=0)
-    max_redirects: int = Field(5, ge=0, le=30)
-    max_bytes: int = Field(25_000_000, ge=1)
-    max_pixels: int = Field(64_000_000, ge=1)
-    formats: list[Literal["JPEG", "PNG", "WEBP", "GIF", "BMP"]] = Field(
-        default_factory=lambda: ["JPEG", "PNG", "WEBP"]
-    )
+    read_timeout_s: float = Field(gt=0)
+    retries: int = Field(ge=0, le=10)
+    backoff_s: float = Field(ge=0)
+    max_redirects: int = Field(ge=0, le=30)
+    max_bytes: int = Field(ge=1)
+    max_pixels: int = Field(ge=1)
+    formats: list[Literal["JPEG", "PNG", "WEBP", "GIF", "BMP"]]
     # The dataset's resizing: longer side to exactly this many pixels (null keeps the size).
-    longer_side: int | None = Field(640, ge=16)
-    upscale: bool = True  # the dataset's script enlarged small photos too
-    jpeg_quality: int = Field(95, ge=1, le=100)
-    user_agent: str = "alien-hotels/0.1 (Hotels-50K research pipeline)"
-    # Certificates are always verified; this only names a CA bundle to trust instead of certifi's.
-    verify_tls: bool = True
-    ca_bundle: str | None = None
-
-    @field_validator("verify_tls")
-    @classmethod
-    def _always_verify(cls, value: bool) -> bool:
-        if value is not True:
-            raise ValueError(
-                "TLS certificate verification cannot be turned off; to trust another CA, "
-                "name its bundle in images.ca_bundle"
-            )
-        return value
+    longer_side: int | None = Field(ge=16)
+    upscale: bool  # the dataset's script enlarged small photos too
+    jpeg_quality: int = Field(ge=1, le=100)
+    user_agent: str
+    # Certificates are always verified (there is no switch); this only names a CA bundle to trust
+    # instead of certifi's.
+    ca_bundle: str | None
 
 
 class FetchError(Exception):
@@ -183,9 +171,8 @@ class Downloader:
 
     def __init__(self, cfg: ImagesConfig) -> None:
         self.cfg = cfg
+        # Never False: certificates are always verified, against ca_bundle when one is named.
         self.verify: bool | str = cfg.ca_bundle or True
-        if self.verify is False or cfg.verify_tls is not True:
-            raise StageError("images: TLS certificate verification cannot be turned off")
         self._local = threading.local()
 
     def _session(self):

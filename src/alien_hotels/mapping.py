@@ -27,26 +27,26 @@ COLOR_BY = {"cluster": "cluster label", "hotel": "hotel", "room_type": "room typ
 class MapConfig(Section):
     """`map.*`: t-SNE settings and how the map is drawn."""
 
-    method: Literal["opentsne", "sklearn"] = "opentsne"
-    perplexity: float = Field(30.0, gt=0)
-    n_iter: int = Field(500, ge=50)
-    random_state: int = 42
-    n_jobs: int = Field(1, ge=1)
-    point_size: int = Field(8, ge=1)
+    method: Literal["opentsne", "sklearn"]
+    perplexity: float = Field(gt=0)
+    n_iter: int = Field(ge=50)
+    random_state: int
+    n_jobs: int = Field(ge=1)
+    point_size: int = Field(ge=1)
     # t-SNE is fitted on at most this many rows (seeded); the others are placed into the fitted
     # map (`place`). null: fit every row.
-    fit_sample: int | None = Field(3_000, ge=100)
+    fit_sample: int | None = Field(ge=100)
     # knn_median: the median map position of a row's `place_neighbors` nearest fitted rows in
     # feature space (openTSNE's "median" initialisation; fast). transform: openTSNE's
     # `transform`, which also optimises the placed rows against the fixed map (slower).
-    place: Literal["knn_median", "transform"] = "knn_median"
-    place_neighbors: int = Field(10, ge=1)
+    place: Literal["knn_median", "transform"]
+    place_neighbors: int = Field(ge=1)
     # The HTML and PNG maps draw a seeded subsample of at most this many points (a browser
     # struggles with more); clusters.csv keeps every row. null: draw all.
-    max_plot_points: int | None = Field(20_000, ge=100)
+    max_plot_points: int | None = Field(ge=100)
     # Colour groups per view (clusters, hotels, room types): the largest ones by points drawn;
     # the rest share one "other" colour (thousands of hotels would mean thousands of traces).
-    max_groups: int = Field(20, ge=1)
+    max_groups: int = Field(ge=1)
 
     @model_validator(mode="after")
     def _check_place(self) -> MapConfig:

@@ -59,27 +59,24 @@ IMAGE_EXTENSIONS = {"jpg", "jpeg", "png", "webp", "gif", "bmp"}
 class DataConfig(Section):
     """`data.*`: which dataset to read and how to sample hotels from it."""
 
-    name: str = "bundled"
-    format: Literal["sample_csv", "hotels50k"] = "sample_csv"
+    format: Literal["sample_csv", "hotels50k"]
     # sample_csv: the CSV file; hotels50k: the directory with the four metadata CSVs.
-    path: str = "data/bundled/hotels_sample.csv"
+    path: str
     # hotels50k: which image table to sample from (`train_set.csv` or `test_set.csv`).
-    split: Literal["train", "test"] = "train"
+    split: Literal["train", "test"]
     # The dataset's local image tree `<chain_id>/<hotel_id>/<source>/<image_id>.<ext>`, if any
     # (read by the images stage; it need not exist).
-    images_dir: str | None = "data/raw/hotels50k/images/train"
-    n_hotels: int = Field(10, ge=1)
-    min_images: int = Field(30, ge=1)
-    max_images: int = Field(60, ge=1)
-    seed: int = 42
+    images_dir: str | None
+    n_hotels: int = Field(ge=1)
+    min_images: int = Field(ge=1)
+    max_images: int = Field(ge=1)
+    seed: int
     # Optional filters, applied before images are counted; empty means no filter.
-    image_sources: list[str] = Field(default_factory=list)
-    chains: list[int | str] = Field(
-        default_factory=list
-    )  # chain ids (numbers) or exact chain names (text)
-    hotel_ids: list[int] = Field(default_factory=list)
+    image_sources: list[str]
+    chains: list[int | str]  # chain ids (numbers) or exact chain names (text)
+    hotel_ids: list[int]
     # Column holding captions that ship with the dataset (used by `caption=precomputed`).
-    caption_column: str | None = "description"
+    caption_column: str | None
 
     @model_validator(mode="after")
     def _check_range(self) -> DataConfig:

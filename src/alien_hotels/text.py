@@ -21,14 +21,14 @@ LEMMATIZERS = ("simplemma", "pymorphy3", "wordnet", "none")
 class TextConfig(Section):
     """`text.*`: truncation, lemmatization and stopwords."""
 
-    max_words: int = Field(14, ge=1)
-    lemmatizer: Literal["simplemma", "pymorphy3", "wordnet", "none"] = "simplemma"
-    language: str = Field("en", min_length=2, max_length=3)
-    lowercase: bool = True
+    max_words: int = Field(ge=1)
+    lemmatizer: Literal["simplemma", "pymorphy3", "wordnet", "none"]
+    language: str = Field(min_length=2, max_length=3)
+    lowercase: bool
     # Characters deleted before splitting on spaces; the study deleted commas only.
-    punctuation: str = ","
-    stopwords: Literal["none", "english"] = "none"
-    extra_stopwords: list[str] = []
+    punctuation: str
+    stopwords: Literal["none", "english"]
+    extra_stopwords: list[str]
 
 
 class RoomTypesConfig(Section):
@@ -39,9 +39,9 @@ class RoomTypesConfig(Section):
     listed first. Keywords match whole words, with an optional plural `s`.
     """
 
-    default: str = "other"
-    scope: Literal["first_clause", "caption"] = "first_clause"
-    rules: dict[str, list[str]] = {}
+    default: str
+    scope: Literal["first_clause", "caption"]
+    rules: dict[str, list[str]]
 
     @field_validator("rules")
     @classmethod

@@ -38,45 +38,45 @@ CaptionModelName = Literal[
 class CaptionConfig(Section):
     """`caption.*`: how captions are produced and which models produced them."""
 
-    method: Literal["precomputed", "clip_interrogator"] = "precomputed"
-    mode: Literal["best", "classic", "fast", "negative"] = "best"
+    method: Literal["precomputed", "clip_interrogator"]
+    mode: Literal["best", "classic", "fast", "negative"]
     # Models: a CLIP Interrogator caption model key and an open_clip `arch/pretrained` name.
-    caption_model_name: CaptionModelName = "blip-large"
-    clip_model_name: str = Field("ViT-L-14/openai", pattern=r"^[^/]+/.+$")
+    caption_model_name: CaptionModelName
+    clip_model_name: str = Field(pattern=r"^[^/]+/.+$")
     # Local weights instead of the hub: a `save_pretrained` folder for the caption model; an
     # open_clip folder (open_clip_config.json + weights) or a checkpoint file for CLIP.
-    caption_model_path: str | None = None
-    clip_model_path: str | None = None
+    caption_model_path: str | None
+    clip_model_path: str | None
     # Interrogator settings (clip_interrogator.Config).
-    min_flavors: int = Field(8, ge=0)
-    max_flavors: int = Field(32, ge=1)
-    chunk_size: int = Field(2048, ge=1)
-    flavor_intermediate_count: int = Field(2048, ge=1)
-    caption_max_length: int = Field(32, ge=1)
-    caption_offload: bool = False
-    clip_offload: bool = False
+    min_flavors: int = Field(ge=0)
+    max_flavors: int = Field(ge=1)
+    chunk_size: int = Field(ge=1)
+    flavor_intermediate_count: int = Field(ge=1)
+    caption_max_length: int = Field(ge=1)
+    caption_offload: bool
+    clip_offload: bool
     # `fast`: our prefix-cached flavor chain (same strings, far less compute); `library`:
     # clip_interrogator's own chain.
-    chain: Literal["fast", "library"] = "fast"
-    device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
-    dtype: Literal["auto", "float32", "float16"] = "auto"
+    chain: Literal["fast", "library"]
+    device: Literal["auto", "cuda", "mps", "cpu"]
+    dtype: Literal["auto", "float32", "float16"]
     # Label phrase lists (artists.txt, flavors.txt, ...); null: the ones clip-interrogator ships.
-    labels_path: str | None = None
+    labels_path: str | None
     # Where label embeddings are cached per CLIP model; null: $XDG_CACHE_HOME/alien-hotels/labels.
-    label_cache_dir: str | None = None
+    label_cache_dir: str | None
     # Fetch precomputed label embeddings at run time (off: computed once locally, or fetched by
     # `alien-hotels models download`).
-    download_label_cache: bool = False
+    download_label_cache: bool
     # Let the stage download missing model weights itself (off: fail fast, naming the model).
-    allow_download: bool = False
+    allow_download: bool
     # Throughput and robustness.
-    batch_size: int = Field(8, ge=1)
-    loader_workers: int = Field(2, ge=0)
-    max_image_side: int = Field(1536, ge=64)
-    max_image_pixels: int = Field(178_956_970, ge=1)
-    checkpoint_dir: str = "data/checkpoints/caption"
-    resume: bool = True
-    progress: bool = True
+    batch_size: int = Field(ge=1)
+    loader_workers: int = Field(ge=0)
+    max_image_side: int = Field(ge=64)
+    max_image_pixels: int = Field(ge=1)
+    checkpoint_dir: str
+    resume: bool
+    progress: bool
 
     @model_validator(mode="after")
     def _check_flavors(self) -> CaptionConfig:

@@ -25,22 +25,27 @@ NO_MASK_FILES = "data/masks/none"
 class MaskConfig(Section):
     """Where the edited region comes from; outside it the source pixels are kept exactly."""
 
-    source: Literal["none", "text", "files"] = "none"
+    source: Literal["none", "text", "files"]
     # source=text: CLIPSeg probability of `prompt` above `threshold`, grown by `dilate` pixels.
-    prompt: str | None = None
-    threshold: float = Field(0.4, ge=0.0, le=1.0)
-    dilate: int = Field(0, ge=0, le=512)
-    model_id: str = "CIDAS/clipseg-rd64-refined"
+    prompt: str | None
+    threshold: float = Field(ge=0.0, le=1.0)
+    dilate: int = Field(ge=0, le=512)
+    model_id: str
     # source=files: `<files_dir>/<image_id>.png` (relative to the repo root), non-zero pixels
     # are edited (also dilated). A DVC dependency of the recipe's stage, so it always names a
     # folder: NO_MASK_FILES for recipes without mask files.
-    files_dir: str | None = None
+    files_dir: str | None
 
     @model_validator(mode="after")
     def _needs(self) -> MaskConfig:
         if self.source == "text" and not (self.prompt or "").strip():
             raise ValueError("mask.source=text needs mask.prompt (what to segment, e.g. 'towel')")
-        if self.source == "files" and self.files_dir in (None, "", NO_MASK_FILES):
+        if not (self.files_dir or "").strip():
+            raise ValueError(
+                "mask.files_dir is empty; it is a DVC dependency of the recipe's stage, so it "
+                f"must name a folder ({NO_MASK_FILES} for a recipe without mask files)"
+            )
+        if self.source == "files" and self.files_dir == NO_MASK_FILES:
             raise ValueError(
                 "mask.source=files needs mask.files_dir: the folder of <image_id>.png masks, "
                 "relative to the repo root"
@@ -51,31 +56,39 @@ class MaskConfig(Section):
 class RecipeConfig(Section):
     """One edit: a diffusers pipeline, its prompts and knobs, and the mask it edits under."""
 
-    description: str = ""
-    pipeline: Pipeline = "img2img"
-    model_id: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    pipeline: Pipeline
+    model_id: str
     prompt: str
-    negative_prompt: str = ""
+    negative_prompt: str
     # img2img/inpaint: how much noise is added (0 keeps the source, 1 ignores it).
-    strength: float = Field(0.5, gt=0.0, le=1.0)
+    strength: float = Field(gt=0.0, le=1.0)
     # Classifier-free guidance towards the prompt (lower keeps more of the source content).
-    guidance_scale: float = Field(7.5, ge=0.0, le=50.0)
-    # instruct_pix2pix only: pull towards the source image.
-    image_guidance_scale: float = Field(1.5, ge=0.0, le=50.0)
-    steps: int = Field(30, ge=1, le=500)
-    scheduler: Scheduler = "default"
-    seed: int = Field(0, ge=0)
+    guidance_scale: float = Field(ge=0.0, le=50.0)
+    # instruct_pix2pix only (and only there): pull towards the source image. Absent (None) on
+    # the other pipelines, which have no such knob.
+    image_guidance_scale: float | None = Field(None, ge=0.0, le=50.0)
+    steps: int = Field(ge=1, le=500)
+    scheduler: Scheduler
+    seed: int = Field(ge=0)
     # The longer side the model sees (rounded down to a multiple of 8); results are resized
     # back to the source size.
-    resolution: int = Field(512, ge=64, le=2048)
+    resolution: int = Field(ge=64, le=2048)
     # Which score the edit is meant to raise: the sweep's "edit success".
-    goal: Goal = "alien"
-    mask: MaskConfig = MaskConfig()
+    goal: Goal
+    mask: MaskConfig
 
     @model_validator(mode="after")
     def _inpaint_needs_mask(self) -> RecipeConfig:
         if self.pipeline == "inpaint" and self.mask.source == "none":
             raise ValueError("pipeline=inpaint needs a mask: set mask.source to text or files")
+        pix2pix = self.pipeline == "instruct_pix2pix"
+        if pix2pix and self.image_guidance_scale is None:
+            raise ValueError("pipeline=instruct_pix2pix needs image_guidance_scale")
+        if not pix2pix and self.image_guidance_scale is not None:
+            raise ValueError(
+                f"image_guidance_scale applies to pipeline=instruct_pix2pix only, "
+                f"not {self.pipeline}; remove it"
+            )
         if self.pipeline != "instruct_pix2pix" and int(self.steps * self.strength) < 1:
             raise ValueError(
                 f"steps * strength = {self.steps} * {self.strength} leaves no denoising step; "
@@ -87,10 +100,10 @@ class RecipeConfig(Section):
 class CombineWeights(Section):
     """Weights of the alien-friendliness components (a weighted mean over those available)."""
 
-    green: float = Field(1.0, ge=0.0)
-    neon: float = Field(1.0, ge=0.0)
-    towels: float = Field(1.0, ge=0.0)
-    clip: float = Field(1.0, ge=0.0)
+    green: float = Field(ge=0.0)
+    neon: float = Field(ge=0.0)
+    towels: float = Field(ge=0.0)
+    clip: float = Field(ge=0.0)
 
 
 class ScoresConfig(Section):
@@ -98,37 +111,30 @@ class ScoresConfig(Section):
 
     # A pixel is "green" when its hue lies in [green_hue_min, green_hue_max] degrees and it is
     # saturated and bright enough.
-    green_hue_min: float = Field(75.0, ge=0.0, le=360.0)
-    green_hue_max: float = Field(165.0, ge=0.0, le=360.0)
-    green_min_saturation: float = Field(0.35, ge=0.0, le=1.0)
-    green_min_value: float = Field(0.2, ge=0.0, le=1.0)
+    green_hue_min: float = Field(ge=0.0, le=360.0)
+    green_hue_max: float = Field(ge=0.0, le=360.0)
+    green_min_saturation: float = Field(ge=0.0, le=1.0)
+    green_min_value: float = Field(ge=0.0, le=1.0)
     # A pixel "glows neon" when it is both very saturated and very bright (any hue).
-    neon_min_saturation: float = Field(0.6, ge=0.0, le=1.0)
-    neon_min_value: float = Field(0.85, ge=0.0, le=1.0)
+    neon_min_saturation: float = Field(ge=0.0, le=1.0)
+    neon_min_value: float = Field(ge=0.0, le=1.0)
     # Shares that earn the full green / neon component (the component is share / target, <= 1).
-    green_target: float = Field(0.25, gt=0.0, le=1.0)
-    neon_target: float = Field(0.10, gt=0.0, le=1.0)
+    green_target: float = Field(gt=0.0, le=1.0)
+    neon_target: float = Field(gt=0.0, le=1.0)
     # Towel area (CLIPSeg probability of towel_prompt above towel_threshold); the towel
     # component is 1 - area / towel_tolerance, floored at 0.
-    towel_prompt: str = "towel"
-    towel_threshold: float = Field(0.5, ge=0.0, le=1.0)
-    towel_tolerance: float = Field(0.1, gt=0.0, le=1.0)
-    clipseg_model_id: str | None = "CIDAS/clipseg-rd64-refined"
+    towel_prompt: str
+    towel_threshold: float = Field(ge=0.0, le=1.0)
+    towel_tolerance: float = Field(gt=0.0, le=1.0)
+    clipseg_model_id: str | None
     # CLIP: zero-shot probability of the preference prompts against the aversion prompts, and
     # image-image similarity (content preservation).
-    clip_model_id: str | None = "openai/clip-vit-base-patch32"
-    preference_prompts: list[str] = Field(
-        default_factory=lambda: [
-            "a calm, safe room glowing with neon light",
-            "a room in green colours with plants",
-        ]
-    )
-    aversion_prompts: list[str] = Field(
-        default_factory=lambda: ["a room with towels", "a dark, dangerous, messy room"]
-    )
-    combine: CombineWeights = CombineWeights()
+    clip_model_id: str | None
+    preference_prompts: list[str]
+    aversion_prompts: list[str]
+    combine: CombineWeights
     # Missing score weights: skip those scores (null in the tables) or fail before any work.
-    on_missing_weights: Literal["skip", "error"] = "skip"
+    on_missing_weights: Literal["skip", "error"]
 
     @model_validator(mode="after")
     def _ranges(self) -> ScoresConfig:
@@ -142,12 +148,10 @@ class ScoresConfig(Section):
 class SweepConfig(Section):
     """Content preservation against edit success over a grid of one recipe's knobs."""
 
-    recipe: str = "neon"
+    recipe: str
     # Recipe field -> values; every combination is run on the first `max_images` images.
-    grid: dict[str, list[float]] = Field(
-        default_factory=lambda: {"strength": [0.3, 0.5, 0.75], "guidance_scale": [3.0, 7.5, 12.0]}
-    )
-    max_images: int = Field(4, ge=1)
+    grid: dict[str, list[float]]
+    max_images: int = Field(ge=1)
 
     @field_validator("grid")
     @classmethod
@@ -164,33 +168,34 @@ class SweepConfig(Section):
 class EditConfig(Section):
     """`edit.*`: the recipes that run, where they run and how results are judged."""
 
-    recipes: dict[str, RecipeConfig] = Field(default_factory=dict)
-    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    recipes: dict[str, RecipeConfig]
+    device: Literal["auto", "cpu", "cuda", "mps"]
     # auto: float16 on CUDA, float32 elsewhere.
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"]
     # auto: on for CUDA (lower peak memory), off elsewhere.
-    attention_slicing: Literal["auto", "on", "off"] = "auto"
+    attention_slicing: Literal["auto", "on", "off"]
     # Edit at most this many images per recipe (manifest order); null: all.
-    max_images: int | None = Field(None, ge=0)
+    max_images: int | None = Field(ge=0)
     # Rows of each contact sheet (original | mask | edited).
-    sheet_rows: int = Field(12, ge=1, le=200)
-    scores: ScoresConfig = ScoresConfig()
-    sweep: SweepConfig = SweepConfig()
+    sheet_rows: int = Field(ge=1, le=200)
+    scores: ScoresConfig
+    sweep: SweepConfig
 
     @model_validator(mode="after")
     def _names(self) -> EditConfig:
         bad = [name for name in self.recipes if not RECIPE_NAME.match(name)]
         if bad:
             raise ValueError(f"recipe names must match {RECIPE_NAME.pattern}: {bad}")
-        no_dir = [name for name, r in self.recipes.items() if not (r.mask.files_dir or "").strip()]
-        if no_dir:
-            raise ValueError(
-                f"recipes.{no_dir[0]}.mask.files_dir is empty; it is a DVC dependency of the "
-                f"recipe's stage, so it must name a folder ({NO_MASK_FILES} without mask files)"
-            )
         if self.recipes and self.sweep.recipe not in self.recipes:
             raise ValueError(
                 f"sweep.recipe={self.sweep.recipe!r} is not a recipe; "
                 f"recipes: {', '.join(sorted(self.recipes))}"
+            )
+        swept = self.recipes.get(self.sweep.recipe)
+        pix2pix = swept is not None and swept.pipeline == "instruct_pix2pix"
+        if swept and "image_guidance_scale" in self.sweep.grid and not pix2pix:
+            raise ValueError(
+                f"sweep.grid.image_guidance_scale needs an instruct_pix2pix recipe; "
+                f"sweep.recipe={self.sweep.recipe!r} is {swept.pipeline}"
             )
         return self
