@@ -172,6 +172,7 @@ def test_recipe_overrides_and_additions_compose():
         ("edit.recipes.neon.strength=1.5", "edit.recipes.neon.strength"),
         ("edit.recipes.neon.steps=1", "no denoising step"),
         ("edit.recipes.no_towels.mask.source=files", "mask.files_dir"),
+        ("edit.recipes.neon.mask.files_dir=null", "mask.files_dir is empty"),
         ("edit.sweep.recipe=nope", "sweep.recipe='nope'"),
         ("edit.recipes.neon.scheduler=magic", "'default', 'ddim'"),
     ],
