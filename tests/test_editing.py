@@ -252,8 +252,9 @@ def test_missing_weights_fail_before_any_work(tmp_path: Path):
         HF_HUB_OFFLINE="1",
     )
     assert result.returncode == 2
-    assert "'stable-diffusion-v1-5/stable-diffusion-inpainting'" in result.stderr
-    assert "edit.recipes.no_towels.model_id" in result.stderr
+    model = "edit.recipes.no_towels.model_id=stable-diffusion-v1-5/stable-diffusion-inpainting"
+    assert model in result.stderr
+    assert "alien-hotels models download" in result.stderr
     assert not (tmp_path / "data/edited").exists()
     assert not (tmp_path / "metrics").exists()
 
@@ -261,7 +262,5 @@ def test_missing_weights_fail_before_any_work(tmp_path: Path):
 def test_missing_local_model_dir_is_named(tmp_path: Path):
     from alien_hotels.editing import models
 
-    found, why = models.weights_available(str(tmp_path / "nowhere"), "model_index.json")
-    assert not found and "does not exist" in why
-    with pytest.raises(StageError, match="nowhere"):
-        models.require_weights(str(tmp_path / "nowhere"), "edit.recipes.x.model_id", "x.json")
+    with pytest.raises(StageError, match="nowhere does not exist"):
+        models.require_weights(str(tmp_path / "nowhere"), "edit.recipes.x.model_id")

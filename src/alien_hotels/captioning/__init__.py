@@ -60,6 +60,8 @@ class CaptionConfig(Section):
     chain: Literal["fast", "library"]
     device: Literal["auto", "cuda", "mps", "cpu"]
     dtype: Literal["auto", "float32", "float16"]
+    # torch intra-op threads (torch.set_num_threads), like the text stages' n_jobs.
+    n_jobs: int = Field(ge=1, le=1024)
     # Label phrase lists (artists.txt, flavors.txt, ...); null: the ones clip-interrogator ships.
     labels_path: str | None
     # Where label embeddings are cached per CLIP model; null: $XDG_CACHE_HOME/alien-hotels/labels.

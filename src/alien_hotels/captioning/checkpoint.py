@@ -29,6 +29,7 @@ OPERATIONAL = {
     "allow_download",
     "device",
     "dtype",
+    "n_jobs",
 }
 
 

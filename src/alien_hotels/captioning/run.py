@@ -20,12 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from alien_hotels.captioning import (
-    CAPTION_COLUMNS,
-    CAPTION_MODELS,
-    FAILURE_COLUMNS,
-    CaptionConfig,
-)
+from alien_hotels.captioning import CAPTION_COLUMNS, FAILURE_COLUMNS, CaptionConfig
 from alien_hotels.captioning.checkpoint import Checkpoint, config_key
 from alien_hotels.captioning.images import load_row, prefetch
 from alien_hotels.common import StageError
@@ -55,7 +50,7 @@ def caption_images(
             "images, or use caption=precomputed"
         )
     device, dtype = resolve_device(cfg)
-    check_models(cfg)  # fail before any work
+    weights = check_models(cfg)  # fail before any work
     key = config_key(cfg, device, dtype)
     checkpoint = Checkpoint(root / cfg.checkpoint_dir, key, enabled=cfg.resume)
     ids = [str(i) for i in rows["image_id"]]
@@ -69,20 +64,22 @@ def caption_images(
     started = time.perf_counter()
     computed = 0
     if todo:
-        computed = _run_batches(cfg, device, dtype, root, ids, paths, todo, checkpoint, already)
+        computed = _run_batches(
+            cfg, device, dtype, weights, root, ids, paths, todo, checkpoint, already
+        )
     wall = time.perf_counter() - started
     return _collect(
-        rows, ids, paths, checkpoint, cfg, skipped, device, dtype, computed, already, wall
+        rows, ids, paths, checkpoint, cfg, skipped, device, dtype, weights, computed, already, wall
     )
 
 
-def _run_batches(cfg, device, dtype, root, ids, paths, todo, checkpoint, already) -> int:
+def _run_batches(cfg, device, dtype, weights, root, ids, paths, todo, checkpoint, already) -> int:
     from tqdm import tqdm
 
     from alien_hotels.captioning.interrogate import BatchInterrogator
     from alien_hotels.captioning.models import load_interrogator
 
-    engine = BatchInterrogator(load_interrogator(cfg, device, dtype), cfg)
+    engine = BatchInterrogator(load_interrogator(cfg, device, dtype, weights), cfg)
     items = [
         (root, ids[i], paths[i], cfg.max_image_side, cfg.max_image_pixels) for b in todo for i in b
     ]
@@ -136,18 +133,20 @@ def _run_batches(cfg, device, dtype, root, ids, paths, todo, checkpoint, already
     return computed
 
 
-def _collect(rows, ids, paths, checkpoint, cfg, skipped, device, dtype, computed, already, wall):
+def _collect(
+    rows, ids, paths, checkpoint, cfg, skipped, device, dtype, weights, computed, already, wall
+):
     done = [checkpoint.rows[i] for i in ids]
     ok = [i for i, row in enumerate(done) if row["status"] == "ok"]
     failed = [i for i, row in enumerate(done) if row["status"] != "ok"]
-    model_id = cfg.caption_model_path or CAPTION_MODELS[cfg.caption_model_name]
+    # The weights that ran (`<repo>@<commit>` or a local path), not the configured names.
     captions = pd.DataFrame(
         {
             "image_id": rows["image_id"].iloc[ok].to_numpy(),
             "caption": [done[i]["caption"] for i in ok],
             "caption_mode": cfg.mode,
-            "caption_model": cfg.caption_model_name,
-            "clip_model": cfg.clip_model_name,
+            "caption_model": weights.caption.label,
+            "clip_model": weights.clip.label,
         },
         columns=CAPTION_COLUMNS,
     )
@@ -174,9 +173,10 @@ def _collect(rows, ids, paths, checkpoint, cfg, skipped, device, dtype, computed
         "mode": cfg.mode,
         "chain": cfg.chain,
         "caption_model": cfg.caption_model_name,
-        "caption_model_id": model_id,
+        "caption_weights": weights.caption.label,
         "clip_model": cfg.clip_model_name,
-        "clip_model_path": cfg.clip_model_path,
+        "clip_weights": weights.clip.label,
+        "torch_threads": cfg.n_jobs,
         "device": device,
         "dtype": dtype,
         "batch_size": cfg.batch_size,

@@ -174,6 +174,10 @@ class EditConfig(Section):
     dtype: Literal["auto", "float32", "float16", "bfloat16"]
     # auto: on for CUDA (lower peak memory), off elsewhere.
     attention_slicing: Literal["auto", "on", "off"]
+    # torch intra-op threads (torch.set_num_threads), like the text stages' n_jobs.
+    n_jobs: int = Field(ge=1, le=1024)
+    # Let the stages download missing weights themselves (off: fail fast, naming the model).
+    allow_download: bool
     # Edit at most this many images per recipe (manifest order); null: all.
     max_images: int | None = Field(ge=0)
     # Rows of each contact sheet (original | mask | edited).

@@ -22,12 +22,14 @@ import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
+from alien_hotels import modelhub
 from alien_hotels.common import StageError, remove_partial_writes
 from alien_hotels.editing import imaging, models
 from alien_hotels.editing.config import EditConfig, RecipeConfig
 from alien_hotels.editing.scores import Scorer, success
 from alien_hotels.imageio import ImageFailure, load_rgb
 from alien_hotels.images import usable_images
+from alien_hotels.modelhub import Located
 
 log = logging.getLogger(__name__)
 
@@ -73,50 +75,37 @@ class Models:
         return self._pipe
 
 
-def _score_model(model_id: str | None, key: str, cfg: EditConfig) -> str | None:
-    if model_id is None:
-        return None
-    found, why = models.weights_available(model_id, "config.json")
-    if found:
-        return model_id
-    if cfg.scores.on_missing_weights == "error":
-        models.require_weights(model_id, key, "config.json")
-    log.warning("%s: %r unavailable (%s); those scores are left empty", key, model_id, why)
-    return None
-
-
-def check_weights(name: str, recipe: RecipeConfig, cfg: EditConfig) -> tuple[str | None, ...]:
-    """Fail before any work when a needed model is missing; return the usable score models."""
-    key = f"edit.recipes.{name}"
-    models.require_weights(recipe.model_id, f"{key}.model_id", "model_index.json")
-    if recipe.mask.source == "text":
-        models.require_weights(recipe.mask.model_id, f"{key}.mask.model_id", "config.json")
-    scores = cfg.scores
-    return (
-        _score_model(scores.clipseg_model_id, "edit.scores.clipseg_model_id", cfg),
-        _score_model(scores.clip_model_id, "edit.scores.clip_model_id", cfg),
-    )
+def check_weights(name: str, recipe: RecipeConfig, cfg: EditConfig) -> dict[str, Located]:
+    """Fail before any work when a needed model is missing; config key -> checked weights."""
+    return models.check_recipe(name, recipe, cfg)
 
 
 def load_models(name: str, recipe: RecipeConfig, cfg: EditConfig) -> Models:
-    clipseg_id, clip_id = check_weights(name, recipe, cfg)
+    found = check_weights(name, recipe, cfg)
+    modelhub.set_torch_threads(cfg.n_jobs)
     device, dtype = models.resolve_device(cfg)
-    segmenters: dict[str, Any] = {}
+    key = f"edit.recipes.{name}"
+    for item in found.values():
+        log.info("%s: %s", item.ref.key, item.label)
+    segmenters: dict[Path, Any] = {}
 
-    def segmenter(model_id: str) -> Any:
-        if model_id not in segmenters:
-            segmenters[model_id] = models.Segmenter(model_id, device)
-        return segmenters[model_id]
+    def segmenter(folder: Path) -> Any:  # one CLIPSeg for the mask and the towel score
+        if folder not in segmenters:
+            segmenters[folder] = models.Segmenter(folder, device)
+        return segmenters[folder]
 
-    mask_seg = segmenter(recipe.mask.model_id) if recipe.mask.source == "text" else None
+    clipseg = found.get("edit.scores.clipseg_model_id")
+    clip = found.get("edit.scores.clip_model_id")
     scorer = Scorer(
         cfg.scores,
-        segmenter=segmenter(clipseg_id) if clipseg_id else None,
-        clip=models.ClipScorer(clip_id, device) if clip_id else None,
+        segmenter=segmenter(clipseg.path) if clipseg else None,
+        clip=models.ClipScorer(clip.path, device) if clip else None,
     )
+    mask = found.get(f"{key}.mask.model_id")
+    pipeline = found[f"{key}.model_id"].path
     return Models(
-        lambda: models.load_pipeline(recipe, f"edit.recipes.{name}", cfg),
-        mask_seg,
+        lambda: models.load_pipeline(recipe, key, cfg, pipeline),
+        segmenter(mask.path) if mask else None,
         scorer,
         str(dtype).removeprefix("torch."),
     )
