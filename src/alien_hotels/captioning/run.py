@@ -29,10 +29,9 @@ from alien_hotels.captioning import CAPTION_COLUMNS, FAILURE_COLUMNS, CaptionCon
 from alien_hotels.captioning.checkpoint import Checkpoint, config_key
 from alien_hotels.captioning.images import Loaded, load_row, prefetch
 from alien_hotels.common import StageError
+from alien_hotels.images import usable_images
 
 log = logging.getLogger("alien_hotels.captioning")
-
-MANIFEST_COLUMNS = ["image_id", "path", "status"]
 
 
 @dataclass
@@ -42,20 +41,11 @@ class CaptionRun:
     metrics: dict
 
 
-def manifest_rows(manifest: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
-    """The manifest's `ok` rows with a path (first row per image id), and the other statuses."""
-    status = manifest["status"].astype("string").fillna("").str.strip()
-    path = manifest["path"].astype("string").fillna("").str.strip()
-    usable = (status == "ok") & (path != "")
-    skipped = Counter(status[~usable].replace("ok", "ok_without_path").replace("", "unknown"))
-    rows = manifest.loc[usable].assign(path=path[usable]).drop_duplicates("image_id")
-    return rows.reset_index(drop=True), dict(sorted(skipped.items()))
-
-
 def caption_images(
     manifest: pd.DataFrame, cfg: CaptionConfig, root: Path = Path("."), ray_cfg=None
 ) -> CaptionRun:
-    rows, skipped = manifest_rows(manifest)
+    selected = usable_images(manifest)
+    rows, skipped = selected.rows, selected.skipped
     if rows.empty:
         raise StageError(
             "caption.method=clip_interrogator: the images manifest has no image with status ok "

@@ -24,18 +24,20 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from tqdm.auto import tqdm
 
 from alien_hotels import modelhub
+from alien_hotels.common import StageError, remove_partial_writes
 from alien_hotels.editing import imaging, models
 from alien_hotels.editing.config import EditConfig, RecipeConfig
 from alien_hotels.editing.scores import Scorer, success
+from alien_hotels.imageio import ImageFailure, load_rgb
+from alien_hotels.images import usable_images
 from alien_hotels.modelhub import Located
 
 log = logging.getLogger(__name__)
 
-MANIFEST_COLUMNS = ["image_id", "path", "status"]
 SCORE_KEYS = [
     "green_share",
     "neon_share",
@@ -58,15 +60,6 @@ TABLE_COLUMNS = [
     "key",
 ]
 KEY_VERSION = "edit-v1"
-
-
-def select_images(manifest: pd.DataFrame, limit: int | None) -> pd.DataFrame:
-    """Manifest rows with status ok and a path, in manifest order, at most `limit`."""
-    paths = manifest["path"].astype("string").fillna("").str.strip()
-    ok = (manifest["status"].astype("string") == "ok") & (paths != "")
-    rows = manifest.loc[ok].assign(path=paths[ok]).drop_duplicates("image_id")
-    rows = rows.assign(image_id=rows["image_id"].astype(str))
-    return (rows if limit is None else rows.head(limit)).reset_index(drop=True)
 
 
 @dataclass
@@ -128,11 +121,12 @@ def recipe_hash(recipe: RecipeConfig, dtype: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def read_mask_file(recipe: RecipeConfig, image_id: str) -> tuple[bytes | None, str]:
-    """mask.source=files: (the mask file's bytes or None, note when it is missing)."""
+def read_mask_file(recipe: RecipeConfig, image_id: str, root: Path) -> tuple[bytes | None, str]:
+    """mask.source=files: (the bytes of `<files_dir>/<image_id>.png` or None, a note when it is
+    missing); `files_dir` is relative to the repo root."""
     if recipe.mask.source != "files":
         return None, ""
-    path = Path(recipe.mask.files_dir or "") / f"{image_id}.png"
+    path = root / (recipe.mask.files_dir or "") / f"{image_id}.png"
     if not path.is_file():
         return None, f"no mask file {path}"
     return path.read_bytes(), ""
@@ -142,7 +136,8 @@ def compute_mask(
     recipe: RecipeConfig, source: Image.Image, segmenter: Any, mask_file: bytes | None
 ) -> np.ndarray | None:
     """Mask at the source size, or None for a whole-image edit. mask.source=files without a
-    file (`mask_file` None): an empty mask, so the image is kept unchanged."""
+    file (`mask_file` None): an empty mask, so the image is kept unchanged. An unreadable mask
+    file raises `ImageFailure`."""
     spec = recipe.mask
     if spec.source == "none":
         return None
@@ -207,11 +202,16 @@ def plan_job(
     """The job for one manifest row (no model needed), or its failure row."""
     src_path = root / path
     try:
-        imaging.load_rgb(src_path)  # unreadable sources fail here, with the local message
+        decoded = load_rgb(src_path)  # unreadable sources fail here, with the local message
         source = src_path.read_bytes()
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
-        return _failed(image_id, f"cannot read {path}: {exc}")
-    mask_file, note = read_mask_file(recipe, image_id)
+    except ImageFailure as exc:
+        return _failed(image_id, f"cannot read {path}: {exc.reason}")
+    mask_file, note = read_mask_file(recipe, image_id, root)
+    if mask_file is not None:
+        try:  # a corrupt mask fails its row before any model work
+            imaging.mask_from_file(io.BytesIO(mask_file), decoded.size, 0)
+        except ImageFailure as exc:
+            return _failed(image_id, f"cannot read the mask: {exc.detail}")
     digest = hashlib.md5(source).hexdigest()
     if mask_file is not None:
         digest += hashlib.md5(mask_file).hexdigest()
@@ -225,11 +225,11 @@ def run_job(loaded: Models, recipe: RecipeConfig, job: EditJob) -> EditDone:
     """Mask, edit (unless resumed or the mask is empty) and score one image: the per-image
     worker both executors run."""
     start = time.perf_counter()
-    source = imaging.load_rgb(io.BytesIO(job.source))
+    source = load_rgb(job.source)
     mask = compute_mask(recipe, source, loaded.segmenter, job.mask_file)
     empty = mask is not None and not mask.any()
     if job.existing is not None:
-        edited = imaging.load_rgb(io.BytesIO(job.existing))
+        edited = load_rgb(job.existing)
     else:
         edited = source.copy() if empty else edit_image(loaded.pipe, recipe, source, mask)
     row: dict[str, Any] = {
@@ -254,7 +254,7 @@ def store(job: EditJob, done: EditDone, out_dir: Path) -> None:
 
 def sheet_entry(job: EditJob, done: EditDone):
     mask_img = imaging.mask_image(done.mask) if done.mask is not None else None
-    return (job.image_id, imaging.load_rgb(io.BytesIO(job.source)), mask_img, done.edited)
+    return (job.image_id, load_rgb(job.source), mask_img, done.edited)
 
 
 def finish(rows: list[dict[str, Any]], out_dir: Path) -> pd.DataFrame:
@@ -274,17 +274,23 @@ def edit_recipe(
 ) -> RecipeResult:
     """Edit every selected image with recipe `name`; see the module docstring."""
     recipe = cfg.recipes[name]
-    images = select_images(manifest, cfg.max_images)
+    images = usable_images(manifest, cfg.max_images).rows
+    out_dir.mkdir(parents=True, exist_ok=True)
+    remove_partial_writes(out_dir)  # PNGs of a killed run: DVC would track them
     if images.empty:
-        out_dir.mkdir(parents=True, exist_ok=True)
         _remove_stale(out_dir, set())
         log.info("edit %s: no images to edit (manifest has no status=ok rows)", name)
         return RecipeResult(pd.DataFrame(columns=TABLE_COLUMNS))
+    masks = root / (recipe.mask.files_dir or "")
+    if recipe.mask.source == "files" and not masks.is_dir():
+        raise StageError(
+            f"edit.recipes.{name}.mask.files_dir: no folder {recipe.mask.files_dir} "
+            "(relative to the repo root)"
+        )
     if cfg.executor == "ray":
         from alien_hotels.distributed.edit import edit_recipe_on_ray
 
         return edit_recipe_on_ray(name, cfg, images, out_dir, root, ray_cfg)
-    out_dir.mkdir(parents=True, exist_ok=True)
     result = RecipeResult(pd.DataFrame(columns=TABLE_COLUMNS))
     loaded = loaded or load_models(name, recipe, cfg)
     base_key = recipe_hash(recipe, loaded.dtype)
@@ -339,20 +345,21 @@ def sweep(
     name = cfg.sweep.recipe
     fields = list(cfg.sweep.grid)
     columns = [*fields, "n_images", *SWEEP_METRICS]
-    images = select_images(manifest, cfg.sweep.max_images)
+    images = usable_images(manifest, cfg.sweep.max_images).rows
     if images.empty or not cfg.recipes:
         return pd.DataFrame(columns=columns)
     recipe = cfg.recipes[name]
     loaded = loaded or load_models(name, recipe, cfg)
     prepared = []
     for item in images.itertuples(index=False):
+        mask_bytes, _ = read_mask_file(recipe, str(item.image_id), root)
         try:
-            source = imaging.load_rgb(root / str(item.path))
-        except (OSError, UnidentifiedImageError, ValueError) as exc:
+            source = load_rgb(root / str(item.path))
+            mask = compute_mask(recipe, source, loaded.segmenter, mask_bytes)
+        except ImageFailure as exc:
             log.warning("sweep: skipping %s: %s", item.image_id, exc)
             continue
-        mask_file, _ = read_mask_file(recipe, str(item.image_id))
-        prepared.append((source, compute_mask(recipe, source, loaded.segmenter, mask_file)))
+        prepared.append((source, mask))
     points = list(itertools.product(*cfg.sweep.grid.values()))
     out = []
     bar = tqdm(total=len(points) * len(prepared), desc=f"sweep {name}", unit="img")

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 
-from alien_hotels.common import StageError, atomic_path, read_csv, write_csv, write_json
+from alien_hotels.common import StageError, atomic_path, write_csv, write_json
 from alien_hotels.config import Params
 from alien_hotels.editing import imaging, report, runner
+from alien_hotels.images import read_manifest, usable_images
 from alien_hotels.stages.paths import StagePaths
 
 log = logging.getLogger("alien_hotels")
@@ -22,9 +23,9 @@ def run(params: Params, recipe: str | None = None, paths: StagePaths = StagePath
             f"edit: unknown recipe {unknown[0]!r}; edit.recipes has: "
             f"{', '.join(cfg.recipes) or '(none)'}"
         )
-    manifest = read_csv(paths.images_manifest, runner.MANIFEST_COLUMNS, what="images manifest")
+    manifest = read_manifest(paths.images_manifest)
     for name in names:  # every model is checked before any image is edited (ray: on workers)
-        if cfg.executor == "local" and not runner.select_images(manifest, cfg.max_images).empty:
+        if cfg.executor == "local" and not usable_images(manifest, cfg.max_images).rows.empty:
             runner.check_weights(name, cfg.recipes[name], cfg)
     out: dict[str, dict] = {}
     for name in names:
