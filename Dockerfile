@@ -1,7 +1,7 @@
-# The full stack (text half + CLIP Interrogator + diffusers) on CUDA, running `dvc repro` with real
+# The full stack (text half + CLIP Interrogator + diffusers + Ray) on CUDA, running `dvc repro` with real
 # models. Weights are not baked in: mount a cache volume at /cache and fill it once (needs internet)
-#   docker run --rm -v ah-cache:/cache alien-hotels \
-#     alien-hotels models download --caption-model blip-large --clip-model ViT-L-14/openai
+# with the files every model of params.yaml needs (`--dry-run` lists them and their sizes first)
+#   docker run --rm -v ah-cache:/cache -v "$PWD":/work alien-hotels alien-hotels models download
 # then run the pipeline offline on a GPU machine, the project mounted at /work:
 #   docker run --rm --gpus all -v ah-cache:/cache -v "$PWD":/work -e HF_HUB_OFFLINE=1 alien-hotels \
 #     dvc exp run -S caption=clip_interrogator
@@ -30,7 +30,8 @@ RUN apt-get update \
 # in pyproject.toml; torch's PyPI wheels bring their CUDA libraries.
 COPY pyproject.toml /tmp/pyproject.toml
 RUN python3 -c "import tomllib; p = tomllib.load(open('/tmp/pyproject.toml', 'rb'))['project']; \
-print('\n'.join(p['dependencies'] + p['optional-dependencies']['ml']))" > /tmp/requirements.txt \
+print('\n'.join(p['dependencies'] + p['optional-dependencies']['ml'] \
+    + p['optional-dependencies']['ray']))" > /tmp/requirements.txt \
     && pip install --no-cache-dir -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt /tmp/pyproject.toml \
     && printf '#!/bin/sh\nexec python -m alien_hotels.cli "$@"\n' > /opt/venv/bin/alien-hotels \

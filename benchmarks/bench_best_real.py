@@ -15,7 +15,7 @@ compared. The chain is bounded (`--candidates`, `--steps`: the library's default
 8-32, which take the library hours per image on 2 CPU cores); the per-step costs printed let the
 reader scale to the defaults.
 
-    PYTHONPATH=src python benchmarks/bench_best_real.py [--images 2] [--candidates 256] [--steps 3]
+    PYTHONPATH=src python benchmarks/bench_best_real.py [--images 1] [--candidates 512] [--steps 2]
         [--min-steps N] [--device cuda] [--dtype float16]     (benchmarks/gpu_check.sh on a GPU)
 """
 
@@ -169,9 +169,9 @@ def main() -> None:
     from alien_hotels.config import compose_params, validate_params
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=2)
-    parser.add_argument("--candidates", type=int, default=256, help="flavor_intermediate_count")
-    parser.add_argument("--steps", type=int, default=3, help="max_flavors")
+    parser.add_argument("--images", type=int, default=1)
+    parser.add_argument("--candidates", type=int, default=512, help="flavor_intermediate_count")
+    parser.add_argument("--steps", type=int, default=2, help="max_flavors")
     parser.add_argument("--min-steps", type=int, default=None, help="min_flavors (--steps)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16"])

@@ -5,6 +5,8 @@
 Prints images/s of a fresh run of recipe `neon` (img2img) and of `no_towels` (inpaint with a
 text mask), and the wall time of a resumed run against the fresh run measured in the same
 process (the baseline): resuming must skip the diffusion work, leaving only loading and scoring.
+Then the thread control (`edit.n_jobs`): a fresh `neon` run with torch's default thread count
+(the baseline, one per core) against `--threads` (default 1), same images, same process.
 The figures are about the code around the models (I/O, masks, scoring, resume), not about
 Stable Diffusion itself, whose cost on real weights dominates by orders of magnitude.
 """
@@ -23,6 +25,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--resolution", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=1, help="edit.n_jobs to compare")
     args = parser.parse_args()
 
     import numpy as np
@@ -34,7 +37,7 @@ def main() -> None:
     from alien_hotels.editing import runner
     from alien_hotels.testing.diffusion import save_tiny_models
 
-    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+    default_threads = torch.get_num_threads()  # torch's own choice, before anyone sets it
     conf = Path(__file__).resolve().parents[1] / "conf"
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -58,10 +61,12 @@ def main() -> None:
                 f"edit.recipes.{name}.mask.model_id={models['clipseg']}",
             ]
         overrides.append("edit.recipes.no_towels.mask.threshold=0.45")
-        cfg = validate_params(compose_params(overrides, conf)).edit
+        cfg = validate_params(
+            compose_params([*overrides, f"edit.n_jobs={args.threads}"], conf)
+        ).edit
         print(
             f"{args.images} images 400x300, steps {args.steps}, resolution {args.resolution}, "
-            f"torch threads {torch.get_num_threads()}"
+            f"edit.n_jobs {cfg.n_jobs}, {os.cpu_count()} CPUs"
         )
         for name in ("neon", "no_towels"):
             out = root / "out" / name
@@ -78,6 +83,17 @@ def main() -> None:
                 f"{edited} edited)  resumed {resumed_s:6.2f} s  "
                 f"resumed/fresh {resumed_s / fresh_s:.2f}"
             )
+        timings = []
+        for i, threads in enumerate((default_threads, args.threads)):  # baseline first
+            threaded = cfg.updated(n_jobs=threads)
+            start = time.perf_counter()
+            runner.edit_recipe("neon", threaded, manifest, root / "threads" / str(i))
+            timings.append(time.perf_counter() - start)
+        print(
+            f"threads    neon fresh with torch's default {default_threads} threads "
+            f"{timings[0]:6.2f} s, with edit.n_jobs={args.threads} {timings[1]:6.2f} s: "
+            f"default/n_jobs {timings[0] / timings[1]:.2f}x"
+        )
 
 
 if __name__ == "__main__":

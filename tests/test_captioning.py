@@ -21,7 +21,7 @@ from PIL import Image
 
 from alien_hotels.captioning import CAPTION_MODELS, CaptionConfig
 from alien_hotels.captioning.checkpoint import Checkpoint, config_key
-from alien_hotels.captioning.images import load_image
+from alien_hotels.captioning.images import load_row
 from alien_hotels.config import ConfigError
 from alien_hotels.images import relative_image_path
 from alien_hotels.testing.interrogator import (
@@ -29,7 +29,7 @@ from alien_hotels.testing.interrogator import (
     save_tiny_models,
     tiny_overrides,
 )
-from conftest import ROOT, compose, run, subprocess_env
+from conftest import compose, run, subprocess_env
 
 pytestmark = [pytest.mark.ml, pytest.mark.filterwarnings("ignore::FutureWarning")]
 
@@ -158,8 +158,8 @@ def write_bad_images(root: Path) -> dict[str, str | None]:
     Image.new("RGB", (6000, 4000), (200, 120, 40)).save(d / "huge.png")
     return {
         "good.jpg": None,
-        "truncated.jpg": "corrupt",
-        "garbage.jpg": "corrupt",
+        "truncated.jpg": "corrupt_image",
+        "garbage.jpg": "corrupt_image",
         "empty.png": "empty_file",
         "notes.png": "not_an_image",
         "cmyk.jpg": None,
@@ -173,18 +173,20 @@ def write_bad_images(root: Path) -> dict[str, str | None]:
     }
 
 
-def test_load_image_normalises(tmp_path):
+def test_caption_rows_use_the_image_loader(tmp_path):
     write_bad_images(tmp_path)
-    d = tmp_path / "data/images"
+
+    def load(name: str):
+        return load_row(tmp_path, name, f"data/images/{name}", 1536, 10**9).image
+
     for name in ("cmyk.jpg", "gray.png", "gray16.png", "alpha.png", "palette.gif"):
-        assert load_image(d / name, 1536, 10**9).mode == "RGB"
-    assert load_image(d / "rotated.jpg", 1536, 10**9).size == (40, 60)  # EXIF applied
-    assert load_image(d / "huge.png", 1536, 10**9).size == (1536, 1024)
-    gray16 = np.asarray(load_image(d / "gray16.png", 1536, 10**9))
+        assert load(name).mode == "RGB"
+    assert load("rotated.jpg").size == (40, 60)  # EXIF applied
+    assert load("huge.png").size == (1536, 1024)
+    gray16 = np.asarray(load("gray16.png"))
     assert 60 < gray16.mean() < 200 and gray16.std() > 30  # scaled, not clipped to white
-    white_alpha = Image.new("RGBA", (8, 8), (0, 0, 0, 0))
-    white_alpha.save(d / "clear.png")
-    assert np.asarray(load_image(d / "clear.png", 1536, 10**9)).min() == 255  # on white
+    Image.new("RGBA", (8, 8), (0, 0, 0, 0)).save(tmp_path / "data/images/clear.png")
+    assert np.asarray(load("clear.png")).min() == 255  # on white
 
 
 def test_bad_images_never_stop_the_run(tiny, tmp_path):
@@ -212,7 +214,7 @@ def test_bad_images_never_stop_the_run(tiny, tmp_path):
     }
     assert got == {n: r for n, r in expected.items() if r is not None}
     assert result.metrics["failed_by_reason"] == {
-        "corrupt": 2,
+        "corrupt_image": 2,
         "empty_file": 1,
         "missing_file": 1,
         "not_an_image": 1,
@@ -231,7 +233,7 @@ def test_bad_images_never_stop_the_run(tiny, tmp_path):
         dict(zip(again.failures["image_id"], again.failures["reason"], strict=True))[
             names.index("huge.png")
         ]
-        == "too_large"
+        == "too_many_pixels"
     )
 
 
@@ -332,51 +334,16 @@ def test_missing_weights_fail_before_any_work(tmp_path):
     )
     assert result.returncode == 2
     err = result.stderr
-    assert "caption model blip-large (Salesforce/blip-image-captioning-large)" in err
-    assert "CLIP model ViT-L-14/openai (timm/vit_large_patch14_clip_224.openai" in err
+    cache = tmp_path / "empty_hf" / "hub"
+    assert (
+        "caption.caption_model_name=Salesforce/blip-image-captioning-large: "
+        f"not in the Hugging Face cache {cache}"
+    ) in err
+    assert "caption.clip_model_name=timm/vit_large_patch14_clip_224.openai: " in err
     assert "HF_HUB_OFFLINE" in err
-    assert "alien-hotels models download --caption-model blip-large --clip-model " in err
+    assert "alien-hotels models download" in err and "caption.allow_download=true" in err
     assert not (root / "data/checkpoints").exists()  # no image was touched
     assert not (root / "data/processed").exists()
-
-
-def test_models_download_dry_run_lists_what_it_fetches(tmp_path):
-    env = {"HF_HOME": str(tmp_path / "hf"), "XDG_CACHE_HOME": str(tmp_path / "xdg")}
-    result = run(
-        [
-            "alien-hotels",
-            "models",
-            "download",
-            "--dry-run",
-            "--params",
-            "absent.yaml",
-            "--caption-model",
-            "blip-base",
-            "--clip-model",
-            "ViT-B-32/openai",
-        ],
-        ROOT,  # without a params file the defaults come from conf/
-        **env,
-    )
-    out = result.stdout
-    hub = str(tmp_path / "hf" / "hub")
-    assert f"caption_model: Salesforce/blip-image-captioning-base [snapshot] -> {hub}" in out
-    assert "clip_model: timm/vit_base_patch32_clip_224.openai [open_clip_model.safetensors" in out
-    assert "ViT-B-32_openai_flavors.safetensors" in out
-    assert "https://huggingface.co/pharma/ci-preprocess/resolve/main/" in out
-    assert str(tmp_path / "xdg" / "alien-hotels" / "labels") in out
-
-    download = ["alien-hotels", "models", "download", "--dry-run", "--params", "absent.yaml"]
-    no_labels = run([*download, "--no-labels"], ROOT, **env).stdout
-    assert "Salesforce/blip-image-captioning-large" in no_labels
-    assert "label_embeddings" not in no_labels
-
-    for option, value, message in (
-        ("--caption-model", "blip-huge", "blip-large"),
-        ("--clip-model", "ViT-Q-99/nowhere", "not an open_clip pretrained model"),
-    ):
-        bad = run([*download, option, value], ROOT, check=False, **env)
-        assert bad.returncode == 2 and message in bad.stderr
 
 
 # -- the whole graph ---------------------------------------------------------------------------
@@ -408,7 +375,8 @@ def test_dvc_repro_with_clip_interrogator(tiny, project):
     run(["dvc", "repro", "-q", "map"], project)
     captions = pd.read_csv(project / "data/processed/captions.csv")
     assert sorted(captions["image_id"]) == sorted(photos["image_id"])
-    assert set(captions["clip_model"]) == {"alien-tiny/random"}
+    assert set(captions["clip_model"]) == {str(tiny.clip.resolve())}  # the weights that ran
+    assert set(captions["caption_model"]) == {str(tiny.blip.resolve())}
     metrics = json.loads((project / "metrics/captioning.json").read_text())
     assert metrics["ok"] == 12 and metrics["not_in_manifest_as_ok"] == {"missing": 313 - 12}
     assert len(pd.read_csv(project / "data/processed/clusters.csv")) > 0

@@ -95,8 +95,11 @@ def map_(params: ParamsOption = Path("params.yaml")) -> None:
     _run("map", params)
 
 
-models_app = typer.Typer(help="Model weights for caption=clip_interrogator.", no_args_is_help=True)
+models_app = typer.Typer(
+    help="Model weights the pipeline needs (captioning and editing).", no_args_is_help=True
+)
 app.add_typer(models_app, name="models")
+MODEL_PARTS = ("caption", "edit")
 
 
 @models_app.command("download")
@@ -112,13 +115,26 @@ def models_download(
     labels: Annotated[
         bool, typer.Option(help="Also fetch the precomputed label embeddings for the CLIP model.")
     ] = True,
-    dry_run: Annotated[bool, typer.Option(help="Only print what would be downloaded.")] = False,
+    only: Annotated[
+        list[str] | None,
+        typer.Option(help="Fetch only the models of this part: caption or edit (repeatable)."),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option(help="Print each model's files and sizes; download nothing.")
+    ] = False,
 ) -> None:
-    """Download the caption and CLIP weights (and label embeddings) into the caches that
-    `alien-hotels caption` later reads offline (HF_HOME; caption.label_cache_dir)."""
-    from alien_hotels.captioning.models import download_plan, run_download
+    """Download every model the configured pipeline needs (caption model, CLIP, label
+    embeddings; every recipe's diffusion model, CLIPSeg, the score CLIP) into the caches the
+    stages read offline (HF_HOME; caption.label_cache_dir): only the files the loaders read."""
+    from alien_hotels import modelhub
+    from alien_hotels.captioning.models import download_refs
+    from alien_hotels.editing.models import weight_refs
 
-    try:
+    with _reported_errors():
+        parts = only or list(MODEL_PARTS)
+        unknown = sorted(set(parts) - set(MODEL_PARTS))
+        if unknown:
+            raise ConfigError(f"--only {unknown[0]}: choose from {', '.join(MODEL_PARTS)}")
         # Without a params file, the defaults come from conf/ (the one source of defaults).
         base = load_params(params) if params.is_file() else validate_params(compose_params())
         overrides = {}
@@ -128,16 +144,15 @@ def models_download(
             overrides["clip_model_name"] = clip_model
         raw = base.model_dump()
         raw["caption"] = {**raw["caption"], **overrides}
-        cfg = validate_params(raw, source="models download options").caption
-        plan = download_plan(cfg, labels=labels)
-        for item in plan:
-            typer.echo(("would fetch " if dry_run else "fetching ") + item.describe())
+        cfg = validate_params(raw, source="models download options")
+        refs = download_refs(cfg.caption, labels) if "caption" in parts else []
+        refs += weight_refs(cfg.edit) if "edit" in parts else []
+        entries = modelhub.plan(refs)
+        for line in modelhub.describe(entries):
+            typer.echo(line)
         if not dry_run:
-            for path in run_download(plan):
+            for path in modelhub.download(entries):
                 typer.echo(f"ok {path}")
-    except (ConfigError, StageError) as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(code=2) from None
 
 
 datagen_app = typer.Typer(
@@ -252,7 +267,7 @@ CLUSTER_METRICS = ("k", "silhouette", "nmi_room_type", "nmi_hotel", "ari_room_ty
 
 
 def exp_show_args() -> list[str]:
-    sections = "|".join(PARAM_SECTIONS + ("edit",))
+    sections = "|".join((*PARAM_SECTIONS, "edit"))
     metrics = "|".join(CLUSTER_METRICS)
     return [
         "dvc",

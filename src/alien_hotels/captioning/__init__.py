@@ -39,6 +39,8 @@ class CaptionConfig(Section):
     """`caption.*`: how captions are produced and which models produced them."""
 
     method: Literal["precomputed", "clip_interrogator"]
+    # Where clip_interrogator runs: this process, or a pool of Ray actors (`ray.*`).
+    executor: Literal["local", "ray"]
     mode: Literal["best", "classic", "fast", "negative"]
     # Models: a CLIP Interrogator caption model key and an open_clip `arch/pretrained` name.
     caption_model_name: CaptionModelName
@@ -60,6 +62,8 @@ class CaptionConfig(Section):
     chain: Literal["fast", "library"]
     device: Literal["auto", "cuda", "mps", "cpu"]
     dtype: Literal["auto", "float32", "float16"]
+    # torch intra-op threads (torch.set_num_threads), like the text stages' n_jobs.
+    n_jobs: int = Field(ge=1, le=1024)
     # Label phrase lists (artists.txt, flavors.txt, ...); null: the ones clip-interrogator ships.
     labels_path: str | None
     # Where label embeddings are cached per CLIP model; null: $XDG_CACHE_HOME/alien-hotels/labels.

@@ -1,11 +1,11 @@
-"""Model resolution for CLIP Interrogator: where the weights are, whether they are there, how to
-get them, and loading them into a `clip_interrogator.Interrogator`.
+"""Model resolution for CLIP Interrogator: which weights, whether they are all there, how to get
+them, and loading them into a `clip_interrogator.Interrogator`.
 
 Weights come from the Hugging Face cache (`HF_HOME`, `HF_HUB_CACHE`) or from local folders
-(`caption.caption_model_path`, `caption.clip_model_path`). The stage never downloads unless
-`caption.allow_download=true` (and `HF_HUB_OFFLINE` is unset): a missing model fails before any
-image is touched, naming the model and the `alien-hotels models download` command that fetches it
-on a machine with internet.
+(`caption.caption_model_path`, `caption.clip_model_path`); `alien_hotels.modelhub` checks them
+file by file on disk (configs and weights) before any image is touched, and the loaders read the
+checked folders. The stage never downloads unless `caption.allow_download=true` (and
+`HF_HUB_OFFLINE` is unset).
 """
 
 from __future__ import annotations
@@ -16,49 +16,17 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from alien_hotels import modelhub
 from alien_hotels.captioning import CAPTION_MODELS, CaptionConfig
 from alien_hotels.common import StageError
+from alien_hotels.modelhub import Located, ModelRef
 
 log = logging.getLogger("alien_hotels.captioning")
 
-# clip_interrogator.clip_interrogator.CACHE_URL_BASE: precomputed label embeddings per CLIP model.
-LABEL_CACHE_URL = "https://huggingface.co/pharma/ci-preprocess/resolve/main/"
+# clip_interrogator.clip_interrogator.CACHE_URL_BASE: precomputed label embeddings per CLIP
+# model, files of this hub repo.
+LABEL_REPO = "pharma/ci-preprocess"
 LABEL_TABLES = ("artists", "flavors", "mediums", "movements", "trendings", "negative")
-CAPTION_IGNORE = ["*.msgpack", "*.h5", "*.ot", "tf_model*", "flax_model*", "*.onnx", "rust_model*"]
-
-
-@dataclass(frozen=True)
-class Download:
-    """One thing `alien-hotels models download` fetches."""
-
-    what: str  # caption_model | clip_model | label_embeddings
-    source: str  # hub repo id or URL
-    files: tuple[str, ...]  # file names (empty: the repo snapshot minus CAPTION_IGNORE)
-    dest: str  # cache folder it lands in
-
-    def describe(self) -> str:
-        files = ", ".join(self.files) if self.files else "snapshot"
-        return f"{self.what}: {self.source} [{files}] -> {self.dest}"
-
-
-def _truthy(value: str | None) -> bool:
-    return (value or "").strip().upper() in {"1", "ON", "YES", "TRUE"}
-
-
-def hub_offline() -> bool:
-    return _truthy(os.environ.get("HF_HUB_OFFLINE")) or _truthy(
-        os.environ.get("TRANSFORMERS_OFFLINE")
-    )
-
-
-def hub_cache_dir() -> Path:
-    """The hub cache as huggingface_hub resolves it, read from the environment now."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    home = os.environ.get("HF_HOME") or Path(
-        os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface"
-    )
-    return Path(home).expanduser() / "hub"
 
 
 def label_cache_dir(cfg: CaptionConfig) -> Path:
@@ -84,12 +52,8 @@ def label_cache_dir(cfg: CaptionConfig) -> Path:
     return base / f"local-{digest}"
 
 
-def caption_source(cfg: CaptionConfig) -> str:
-    return cfg.caption_model_path or CAPTION_MODELS[cfg.caption_model_name]
-
-
 def clip_hub_file(clip_model_name: str) -> tuple[str, tuple[str, ...]] | None:
-    """(repo id, candidate file names) open_clip downloads for `arch/tag`, or None if the tag is
+    """(repo id, candidate file names) open_clip reads for `arch/tag`, or None if the tag is
     not a hub model. Raises StageError for unknown names."""
     import open_clip
 
@@ -110,159 +74,90 @@ def clip_hub_file(clip_model_name: str) -> tuple[str, tuple[str, ...]] | None:
     return repo, tuple(dict.fromkeys([safe, filename]))
 
 
-def download_plan(cfg: CaptionConfig, labels: bool = True) -> list[Download]:
-    """What `alien-hotels models download` fetches for this config (no network needed)."""
-    hub = str(hub_cache_dir())
-    plan = []
-    if not cfg.caption_model_path:
-        plan.append(Download("caption_model", CAPTION_MODELS[cfg.caption_model_name], (), hub))
-    if not cfg.clip_model_path:
-        found = clip_hub_file(cfg.clip_model_name)
-        if found is None:
-            raise StageError(
-                f"{cfg.clip_model_name} is downloaded by open_clip from a URL, not the hub: "
-                "download it with open_clip and set caption.clip_model_path"
-            )
-        repo, files = found
-        plan.append(Download("clip_model", repo, files, hub))
-    if labels and not cfg.labels_path and not cfg.clip_model_path:
-        sanitized = cfg.clip_model_name.replace("/", "_").replace("@", "_")
-        files = tuple(f"{sanitized}_{table}.safetensors" for table in LABEL_TABLES)
-        plan.append(Download("label_embeddings", LABEL_CACHE_URL, files, str(label_cache_dir(cfg))))
-    return plan
-
-
-def run_download(plan: list[Download]) -> list[Path]:
-    """Fetch everything in `plan` into the caches (needs internet)."""
-    import requests
-    from huggingface_hub import hf_hub_download, snapshot_download
-
-    fetched = []
-    for item in plan:
-        if item.what == "caption_model":
-            path = snapshot_download(
-                item.source, cache_dir=item.dest, ignore_patterns=CAPTION_IGNORE
-            )
-            fetched.append(Path(path))
-        elif item.what == "clip_model":
-            errors = []
-            for name in item.files:
-                try:
-                    fetched.append(Path(hf_hub_download(item.source, name, cache_dir=item.dest)))
-                    break
-                except Exception as exc:  # try the next candidate (safetensors, then .bin)
-                    errors.append(f"{name}: {exc}")
-            else:
-                raise StageError(f"could not download {item.source}: {'; '.join(errors)}")
-        else:
-            Path(item.dest).mkdir(parents=True, exist_ok=True)
-            for name in item.files:
-                target = Path(item.dest) / name
-                with requests.get(item.source + name, stream=True, timeout=60) as resp:
-                    resp.raise_for_status()
-                    tmp = target.with_suffix(".part")
-                    with tmp.open("wb") as fh:
-                        for chunk in resp.iter_content(1 << 22):
-                            fh.write(chunk)
-                    tmp.replace(target)
-                fetched.append(target)
-    return fetched
-
-
-def _download_hint(cfg: CaptionConfig) -> str:
-    return (
-        "On a machine with internet run `alien-hotels models download "
-        f"--caption-model {cfg.caption_model_name} --clip-model {cfg.clip_model_name}` "
-        f"(it fills the Hugging Face cache, here {hub_cache_dir()}; copy it or mount it as "
-        "HF_HOME), or set caption.allow_download=true, or point "
-        "caption.caption_model_path / caption.clip_model_path at local weights"
-    )
-
-
-def may_download(cfg: CaptionConfig) -> bool:
-    return cfg.allow_download and not hub_offline()
-
-
-def check_models(cfg: CaptionConfig) -> None:
-    """Raise StageError naming each model whose weights are not available, before any work."""
-    from huggingface_hub import try_to_load_from_cache
-
-    if may_download(cfg):
-        return
-    cache = hub_cache_dir()
-    problems = []
+def model_refs(cfg: CaptionConfig) -> tuple[ModelRef, ModelRef]:
+    """(caption model, CLIP model) as the stage loads them."""
     if cfg.caption_model_path:
-        folder = Path(cfg.caption_model_path).expanduser()
-        if not (folder / "config.json").is_file():
-            problems.append(
-                f"caption.caption_model_path={cfg.caption_model_path}: no config.json there "
-                "(expected a save_pretrained folder of model and processor)"
-            )
+        caption = ModelRef("caption.caption_model_path", cfg.caption_model_path, "transformers")
     else:
         repo = CAPTION_MODELS[cfg.caption_model_name]
-        weights = (
-            "model.safetensors",
-            "model.safetensors.index.json",
-            "pytorch_model.bin",
-            "pytorch_model.bin.index.json",
-        )
-        has_config = isinstance(try_to_load_from_cache(repo, "config.json", cache_dir=cache), str)
-        has_weights = any(
-            isinstance(try_to_load_from_cache(repo, name, cache_dir=cache), str) for name in weights
-        )
-        if not (has_config and has_weights):
-            problems.append(f"caption model {cfg.caption_model_name} ({repo}) is not in {cache}")
+        caption = ModelRef("caption.caption_model_name", repo, "transformers")
     if cfg.clip_model_path:
-        path = Path(cfg.clip_model_path).expanduser()
-        if not (path.is_file() or (path / "open_clip_config.json").is_file()):
-            problems.append(
-                f"caption.clip_model_path={cfg.clip_model_path}: neither a checkpoint file nor "
-                "an open_clip folder with open_clip_config.json"
-            )
-    else:
-        found = clip_hub_file(cfg.clip_model_name)
-        if found is not None:
-            repo, files = found
-            if not any(
-                isinstance(try_to_load_from_cache(repo, f, cache_dir=cache), str) for f in files
-            ):
-                problems.append(
-                    f"CLIP model {cfg.clip_model_name} ({repo}/{files[-1]}) is not in {cache}"
-                )
-    if problems:
-        offline = " (HF_HUB_OFFLINE is set)" if hub_offline() else ""
+        return caption, ModelRef("caption.clip_model_path", cfg.clip_model_path, "open_clip")
+    found = clip_hub_file(cfg.clip_model_name)
+    if found is None:
         raise StageError(
-            "caption: model weights not available"
-            + offline
-            + ":\n  - "
-            + "\n  - ".join(problems)
-            + "\n"
-            + _download_hint(cfg)
+            f"caption.clip_model_name={cfg.clip_model_name} is downloaded by open_clip from a "
+            "URL, not the hub: download it with open_clip and set caption.clip_model_path"
         )
+    repo, files = found
+    return caption, ModelRef("caption.clip_model_name", repo, "open_clip", files)
+
+
+def label_ref(cfg: CaptionConfig) -> ModelRef | None:
+    """The library's precomputed label embeddings for a hub CLIP model (None: computed locally)."""
+    if cfg.labels_path or cfg.clip_model_path:
+        return None
+    sanitized = cfg.clip_model_name.replace("/", "_").replace("@", "_")
+    files = tuple(f"{sanitized}_{table}.safetensors" for table in LABEL_TABLES)
+    dest = str(label_cache_dir(cfg))
+    return ModelRef("caption.label_cache_dir", LABEL_REPO, "files", files, dest, required=False)
+
+
+def download_refs(cfg: CaptionConfig, labels: bool = True) -> list[ModelRef]:
+    """What `alien-hotels models download` fetches for captioning (no network needed)."""
+    refs = list(model_refs(cfg))
+    extra = label_ref(cfg) if labels else None
+    return refs + ([extra] if extra else [])
+
+
+@dataclass(frozen=True)
+class CaptionWeights:
+    caption: Located
+    clip: Located
+
+
+def check_models(cfg: CaptionConfig) -> CaptionWeights:
+    """The checked weights of both models; StageError naming each missing one, before any
+    work (downloads first only when `caption.allow_download` and not offline)."""
+    caption, clip = model_refs(cfg)
+    found = modelhub.ensure([caption, clip], "caption", cfg.allow_download)
+    return CaptionWeights(found[caption.key], found[clip.key])
 
 
 def resolve_device(cfg: CaptionConfig) -> tuple[str, str]:
-    """(device, dtype) with `auto` resolved: cuda, then mps, then cpu; fp16 on cuda only."""
-    import torch
-
-    device = cfg.device
-    if device == "auto":
-        if torch.cuda.is_available():
-            device = "cuda"
-        elif torch.backends.mps.is_available():
-            device = "mps"
-        else:
-            device = "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise StageError("caption.device=cuda but torch sees no CUDA device")
-    dtype = cfg.dtype if cfg.dtype != "auto" else ("float16" if device == "cuda" else "float32")
-    return device, dtype
+    """(device, dtype): the rule every torch stage shares (modelhub.resolve_device)."""
+    return modelhub.resolve_device(cfg.device, cfg.dtype, "caption")
 
 
-def load_interrogator(cfg: CaptionConfig, device: str, dtype: str):
-    """A `clip_interrogator.Interrogator` around models loaded from the cache or local paths."""
-    import clip_interrogator
+def _load_clip(cfg: CaptionConfig, clip: Located, precision: str, device: str):
+    """open_clip model and preprocess from the checked weights only (never the network);
+    `require_pretrained` makes open_clip fail rather than fall back to random weights."""
     import open_clip
+
+    common = {"precision": precision, "device": device, "jit": False, "require_pretrained": True}
+    if clip.path.is_dir():  # open_clip local-dir layout: config and weights
+        return open_clip.create_model_and_transforms(f"local-dir:{clip.path}", **common)
+    arch, tag = cfg.clip_model_name.split("/", 1)
+    if cfg.clip_model_path:  # a checkpoint file for the architecture
+        return open_clip.create_model_and_transforms(arch, pretrained=str(clip.path), **common)
+    # The hub weights of `arch/tag`, with the tag's preprocessing, as open_clip would load them.
+    tag_cfg = open_clip.get_pretrained_cfg(arch, tag)
+    return open_clip.create_model_and_transforms(
+        arch,
+        pretrained=str(clip.path),
+        image_mean=tag_cfg.get("mean"),
+        image_std=tag_cfg.get("std"),
+        image_interpolation=tag_cfg.get("interpolation"),
+        image_resize_mode=tag_cfg.get("resize_mode"),
+        **common,
+    )
+
+
+def load_interrogator(
+    cfg: CaptionConfig, device: str, dtype: str, weights: CaptionWeights | None = None
+):
+    """A `clip_interrogator.Interrogator` around the checked weights (`check_models`)."""
+    import clip_interrogator
     import torch
     from transformers import (
         AutoModelForCausalLM,
@@ -271,14 +166,13 @@ def load_interrogator(cfg: CaptionConfig, device: str, dtype: str):
         BlipForConditionalGeneration,
     )
 
-    check_models(cfg)
+    modelhub.set_torch_threads(cfg.n_jobs)
+    weights = weights or check_models(cfg)
     torch_dtype = getattr(torch, dtype)
-    local_only = not may_download(cfg)
-    cache = str(hub_cache_dir())
-    source = caption_source(cfg)
-    kwargs = {"cache_dir": cache, "local_files_only": local_only}
+    source = str(weights.caption.path)
+    kwargs = {"local_files_only": True}
     name = cfg.caption_model_name
-    log.info("loading caption model %s from %s", name, source)
+    log.info("loading caption model %s from %s", name, weights.caption.label)
     if name.startswith("git-"):  # the library keeps GIT in float32
         caption_model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **kwargs)
     elif name.startswith("blip2-"):
@@ -293,22 +187,9 @@ def load_interrogator(cfg: CaptionConfig, device: str, dtype: str):
     processor = AutoProcessor.from_pretrained(source, **kwargs)
 
     precision = "fp16" if dtype == "float16" else "fp32"
-    arch, tag = cfg.clip_model_name.split("/", 1)
     clip_device = "cpu" if cfg.clip_offload else device
-    log.info("loading CLIP model %s from %s", cfg.clip_model_name, cfg.clip_model_path or "hub")
-    if cfg.clip_model_path and Path(cfg.clip_model_path).expanduser().is_dir():
-        model_name, pretrained = f"local-dir:{Path(cfg.clip_model_path).expanduser()}", None
-    else:
-        model_name = arch
-        pretrained = str(Path(cfg.clip_model_path).expanduser()) if cfg.clip_model_path else tag
-    clip_model, _, clip_preprocess = open_clip.create_model_and_transforms(
-        model_name,
-        pretrained=pretrained,
-        precision=precision,
-        device=clip_device,
-        jit=False,
-        cache_dir=cache,
-    )
+    log.info("loading CLIP model %s from %s", cfg.clip_model_name, weights.clip.label)
+    clip_model, _, clip_preprocess = _load_clip(cfg, weights.clip, precision, clip_device)
     clip_model.eval()
 
     labels = cfg.labels_path or str(Path(clip_interrogator.__file__).parent / "data")
@@ -319,7 +200,7 @@ def load_interrogator(cfg: CaptionConfig, device: str, dtype: str):
         clip_model_name=cfg.clip_model_name,
         clip_offload=cfg.clip_offload,
         cache_path=str(label_cache_dir(cfg)),
-        download_cache=cfg.download_label_cache and not hub_offline(),
+        download_cache=cfg.download_label_cache and not modelhub.hub_offline(),
         chunk_size=cfg.chunk_size,
         data_path=labels,
         device=device,

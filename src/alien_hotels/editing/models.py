@@ -1,8 +1,10 @@
-"""Loading models (diffusers pipelines, CLIPSeg, CLIP) and checking their weights first.
+"""Loading models (diffusers pipelines, CLIPSeg, CLIP) from weights checked on disk first.
 
-`require_weights` runs before any image is touched: a missing model fails the stage with its id
-and how to get it. Hub ids honour `HF_HOME` and `HF_HUB_OFFLINE`; a `model_id` that is a local
-directory (written with `save_pretrained`) is loaded from there.
+Every model a recipe needs is located and checked file by file by `alien_hotels.modelhub`
+(configs and weights, no network) before any image is touched; a missing one fails the stage
+with the config key, the model id, what is missing and how to get it. Hub ids are read from the
+Hugging Face cache (`HF_HOME`, `HF_HUB_CACHE`); a `model_id` that is a local directory (written
+with `save_pretrained`) is read from there. Nothing is downloaded unless `edit.allow_download`.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from alien_hotels.common import StageError
+from alien_hotels import modelhub
 from alien_hotels.editing.config import EditConfig, RecipeConfig
+from alien_hotels.modelhub import Located, ModelRef
 
 log = logging.getLogger(__name__)
 
@@ -32,78 +35,84 @@ PIPELINES = {
     "inpaint": "StableDiffusionInpaintPipeline",
     "instruct_pix2pix": "StableDiffusionInstructPix2PixPipeline",
 }
+# Hook for methods that train on a base model (Textual Inversion, Imagic): sections of `edit.*`
+# whose `model_id` names a diffusers base model. `models download` fetches them and
+# `require_weights(model_id, key, "model_index.json")` checks them like recipe models.
+BASE_MODEL_SECTIONS: tuple[str, ...] = ()
 
 
-def _looks_local(model_id: str) -> bool:
-    """Hub ids are `name` or `owner/name`; anything else is meant as a path."""
-    return model_id.startswith((".", "/", "~")) or model_id.count("/") > 1
+def recipe_refs(name: str, recipe: RecipeConfig) -> list[ModelRef]:
+    key = f"edit.recipes.{name}"
+    refs = [ModelRef(f"{key}.model_id", recipe.model_id, "diffusers")]
+    if recipe.mask.source == "text":
+        refs.append(ModelRef(f"{key}.mask.model_id", recipe.mask.model_id, "transformers"))
+    return refs
 
 
-def weights_available(model_id: str, marker: str) -> tuple[bool, str]:
-    """(found, why not). `marker` is the file every copy has (model_index.json, config.json)."""
-    path = Path(model_id).expanduser()
-    if path.is_dir():
-        if (path / marker).is_file():
-            return True, ""
-        return False, f"local directory {path} has no {marker}"
-    if _looks_local(model_id):
-        return False, f"local directory {path} does not exist"
-    from huggingface_hub import constants, snapshot_download, try_to_load_from_cache
-
-    if isinstance(try_to_load_from_cache(model_id, marker), str):
-        return True, ""
-    if constants.is_offline_mode():
-        return False, (
-            f"not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE is set"
-        )
-    try:
-        snapshot_download(model_id)
-    except Exception as exc:  # network, auth, unknown repo
-        return False, f"download failed: {type(exc).__name__}: {exc}"
-    return True, ""
+def score_refs(cfg: EditConfig) -> list[ModelRef]:
+    """The score models; optional unless `edit.scores.on_missing_weights=error`."""
+    required = cfg.scores.on_missing_weights == "error"
+    models = {
+        "edit.scores.clipseg_model_id": cfg.scores.clipseg_model_id,
+        "edit.scores.clip_model_id": cfg.scores.clip_model_id,
+    }
+    return [
+        ModelRef(key, model_id, "transformers", required=required)
+        for key, model_id in models.items()
+        if model_id
+    ]
 
 
-def require_weights(model_id: str, key: str, marker: str) -> None:
-    found, why = weights_available(model_id, marker)
-    if not found:
-        raise StageError(
-            f"{key}: weights for model {model_id!r} are missing ({why}). Fetch them on a machine "
-            f"with internet access (`hf download {model_id}`) into HF_HOME, or point {key} at a "
-            "local directory saved with save_pretrained."
-        )
+def weight_refs(cfg: EditConfig) -> list[ModelRef]:
+    """Every model the configured edit stages can load (what `models download` fetches)."""
+    refs = [ref for name, recipe in cfg.recipes.items() for ref in recipe_refs(name, recipe)]
+    for section in BASE_MODEL_SECTIONS:
+        model_id = getattr(cfg, section).model_id
+        refs.append(ModelRef(f"edit.{section}.model_id", model_id, "diffusers"))
+    return refs + score_refs(cfg)
+
+
+def check_recipe(name: str, recipe: RecipeConfig, cfg: EditConfig) -> dict[str, Located]:
+    """Config key -> checked weights of everything recipe `name` loads (missing optional score
+    models are left out, with a warning)."""
+    refs = recipe_refs(name, recipe) + score_refs(cfg)
+    return modelhub.ensure(refs, "edit", cfg.allow_download)
+
+
+def require_weights(model_id: str, key: str, marker: str = "model_index.json") -> Path:
+    """The checked folder of one model (`marker` model_index.json: a diffusers pipeline;
+    config.json: a transformers model with its processor). StageError when incomplete."""
+    layout = "diffusers" if marker == "model_index.json" else "transformers"
+    ref = ModelRef(key, model_id, layout)
+    return modelhub.require([ref], "edit", modelhub.download_hint("edit"))[key].path
 
 
 def resolve_device(cfg: EditConfig) -> tuple[str, Any]:
-    """(device, torch dtype) from edit.device / edit.dtype."""
+    """(device, torch dtype): the rule every torch stage shares (modelhub.resolve_device)."""
     import torch
 
-    device = cfg.device
-    if device == "auto":
-        if torch.cuda.is_available():
-            device = "cuda"
-        elif getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            device = "mps"
-        else:
-            device = "cpu"
-    elif device == "cuda" and not torch.cuda.is_available():
-        raise StageError("edit.device=cuda but torch sees no CUDA device; use auto or cpu")
-    dtype_name = cfg.dtype
-    if dtype_name == "auto":
-        dtype_name = "float16" if device == "cuda" else "float32"
-    if dtype_name == "float16" and device == "cpu":
-        raise StageError("edit.dtype=float16 needs a GPU; use auto or float32 on the CPU")
-    return device, getattr(torch, dtype_name)
+    device, dtype = modelhub.resolve_device(cfg.device, cfg.dtype, "edit")
+    return device, getattr(torch, dtype)
 
 
-def load_pipeline(recipe: RecipeConfig, key: str, cfg: EditConfig) -> Any:
-    """The recipe's diffusers pipeline on the configured device, with its scheduler."""
+def load_pipeline(
+    recipe: RecipeConfig, key: str, cfg: EditConfig, folder: Path | None = None
+) -> Any:
+    """The recipe's diffusers pipeline from its checked folder, on the configured device."""
     import diffusers
 
+    from alien_hotels.common import StageError
+
+    folder = folder or require_weights(recipe.model_id, f"{key}.model_id")
     device, dtype = resolve_device(cfg)
     cls = getattr(diffusers, PIPELINES[recipe.pipeline])
     try:
         pipe = cls.from_pretrained(
-            recipe.model_id, dtype=dtype, safety_checker=None, requires_safety_checker=False
+            folder,
+            dtype=dtype,
+            safety_checker=None,
+            requires_safety_checker=False,
+            local_files_only=True,
         )
     except (OSError, ValueError) as exc:
         raise StageError(f"{key}.model_id: cannot load {recipe.model_id!r}: {exc}") from exc
@@ -144,11 +153,12 @@ def run_pipeline(pipe: Any, recipe: RecipeConfig, image, mask_img=None):
 class Segmenter:
     """CLIPSeg: per-pixel probability that a text prompt is there."""
 
-    def __init__(self, model_id: str, device: str = "cpu") -> None:
+    def __init__(self, folder: str | Path, device: str = "cpu") -> None:
         from transformers import CLIPSegForImageSegmentation, CLIPSegProcessor
 
-        self.processor = CLIPSegProcessor.from_pretrained(model_id)
-        self.model = CLIPSegForImageSegmentation.from_pretrained(model_id).to(device).eval()
+        self.processor = CLIPSegProcessor.from_pretrained(folder, local_files_only=True)
+        model = CLIPSegForImageSegmentation.from_pretrained(folder, local_files_only=True)
+        self.model = model.to(device).eval()
         self.device = device
         self._recent: list[tuple[Any, str, np.ndarray]] = []  # the mask and the towel score
         # usually ask about the same source image and prompt: compute it once
@@ -173,11 +183,11 @@ class Segmenter:
 class ClipScorer:
     """CLIP: zero-shot preference probability and image-image cosine similarity."""
 
-    def __init__(self, model_id: str, device: str = "cpu") -> None:
+    def __init__(self, folder: str | Path, device: str = "cpu") -> None:
         from transformers import CLIPModel, CLIPProcessor
 
-        self.processor = CLIPProcessor.from_pretrained(model_id)
-        self.model = CLIPModel.from_pretrained(model_id).to(device).eval()
+        self.processor = CLIPProcessor.from_pretrained(folder, local_files_only=True)
+        self.model = CLIPModel.from_pretrained(folder, local_files_only=True).to(device).eval()
         self.device = device
         self._text: dict[tuple[str, ...], Any] = {}
 
