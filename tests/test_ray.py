@@ -221,7 +221,12 @@ def test_caption_on_ray_equals_local_with_bad_images_and_a_killed_worker(
     for name in ("captions.csv", "caption_failures.csv"):
         assert Path(f"ray/{name}").read_bytes() == Path(f"local/{name}").read_bytes(), name
     failures = pd.read_csv("ray/caption_failures.csv")
-    assert set(failures["reason"]) == {"corrupt_image", "empty_file", "missing_file", "not_an_image"}
+    assert set(failures["reason"]) == {
+        "corrupt_image",
+        "empty_file",
+        "missing_file",
+        "not_an_image",
+    }
     metrics = json.loads(Path("ray/captioning.json").read_text())
     assert metrics["executor"] == "ray"
     assert metrics["ray_workers_lost"] >= 1 and metrics["ray_tasks_retried"] >= 1
