@@ -1,4 +1,4 @@
-# The full stack (text half + CLIP Interrogator + diffusers) on CUDA, running `dvc repro` with real
+# The full stack (text half + CLIP Interrogator + diffusers + Ray) on CUDA, running `dvc repro` with real
 # models. Weights are not baked in: mount a cache volume at /cache and fill it once (needs internet)
 # with the files every model of params.yaml needs (`--dry-run` lists them and their sizes first)
 #   docker run --rm -v ah-cache:/cache -v "$PWD":/work alien-hotels alien-hotels models download
@@ -30,7 +30,8 @@ RUN apt-get update \
 # in pyproject.toml; torch's PyPI wheels bring their CUDA libraries.
 COPY pyproject.toml /tmp/pyproject.toml
 RUN python3 -c "import tomllib; p = tomllib.load(open('/tmp/pyproject.toml', 'rb'))['project']; \
-print('\n'.join(p['dependencies'] + p['optional-dependencies']['ml']))" > /tmp/requirements.txt \
+print('\n'.join(p['dependencies'] + p['optional-dependencies']['ml'] \
+    + p['optional-dependencies']['ray']))" > /tmp/requirements.txt \
     && pip install --no-cache-dir -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt /tmp/pyproject.toml \
     && printf '#!/bin/sh\nexec python -m alien_hotels.cli "$@"\n' > /opt/venv/bin/alien-hotels \

@@ -19,9 +19,9 @@ $(VENV)/.installed-base: pyproject.toml | $(VENV)/bin/python
 	$(BIN)/pip install -q -e .
 	touch $@
 
-# Everything: the torch stack (captioning, editing) and the test tools.
+# Everything: the torch stack (captioning, editing), Ray and the test tools.
 $(VENV)/.installed-full: pyproject.toml | $(VENV)/bin/python
-	$(BIN)/pip install -q -e ".[ml,test]"
+	$(BIN)/pip install -q -e ".[ml,test,ray]"
 	touch $@ $(VENV)/.installed-base
 
 setup: $(VENV)/.installed-base

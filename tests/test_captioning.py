@@ -21,7 +21,7 @@ from PIL import Image
 
 from alien_hotels.captioning import CAPTION_MODELS, CaptionConfig
 from alien_hotels.captioning.checkpoint import Checkpoint, config_key
-from alien_hotels.captioning.images import load_image
+from alien_hotels.captioning.images import load_row
 from alien_hotels.config import ConfigError
 from alien_hotels.images import relative_image_path
 from alien_hotels.testing.interrogator import (
@@ -158,8 +158,8 @@ def write_bad_images(root: Path) -> dict[str, str | None]:
     Image.new("RGB", (6000, 4000), (200, 120, 40)).save(d / "huge.png")
     return {
         "good.jpg": None,
-        "truncated.jpg": "corrupt",
-        "garbage.jpg": "corrupt",
+        "truncated.jpg": "corrupt_image",
+        "garbage.jpg": "corrupt_image",
         "empty.png": "empty_file",
         "notes.png": "not_an_image",
         "cmyk.jpg": None,
@@ -173,18 +173,20 @@ def write_bad_images(root: Path) -> dict[str, str | None]:
     }
 
 
-def test_load_image_normalises(tmp_path):
+def test_caption_rows_use_the_image_loader(tmp_path):
     write_bad_images(tmp_path)
-    d = tmp_path / "data/images"
+
+    def load(name: str):
+        return load_row(tmp_path, name, f"data/images/{name}", 1536, 10**9).image
+
     for name in ("cmyk.jpg", "gray.png", "gray16.png", "alpha.png", "palette.gif"):
-        assert load_image(d / name, 1536, 10**9).mode == "RGB"
-    assert load_image(d / "rotated.jpg", 1536, 10**9).size == (40, 60)  # EXIF applied
-    assert load_image(d / "huge.png", 1536, 10**9).size == (1536, 1024)
-    gray16 = np.asarray(load_image(d / "gray16.png", 1536, 10**9))
+        assert load(name).mode == "RGB"
+    assert load("rotated.jpg").size == (40, 60)  # EXIF applied
+    assert load("huge.png").size == (1536, 1024)
+    gray16 = np.asarray(load("gray16.png"))
     assert 60 < gray16.mean() < 200 and gray16.std() > 30  # scaled, not clipped to white
-    white_alpha = Image.new("RGBA", (8, 8), (0, 0, 0, 0))
-    white_alpha.save(d / "clear.png")
-    assert np.asarray(load_image(d / "clear.png", 1536, 10**9)).min() == 255  # on white
+    Image.new("RGBA", (8, 8), (0, 0, 0, 0)).save(tmp_path / "data/images/clear.png")
+    assert np.asarray(load("clear.png")).min() == 255  # on white
 
 
 def test_bad_images_never_stop_the_run(tiny, tmp_path):
@@ -212,7 +214,7 @@ def test_bad_images_never_stop_the_run(tiny, tmp_path):
     }
     assert got == {n: r for n, r in expected.items() if r is not None}
     assert result.metrics["failed_by_reason"] == {
-        "corrupt": 2,
+        "corrupt_image": 2,
         "empty_file": 1,
         "missing_file": 1,
         "not_an_image": 1,
@@ -231,7 +233,7 @@ def test_bad_images_never_stop_the_run(tiny, tmp_path):
         dict(zip(again.failures["image_id"], again.failures["reason"], strict=True))[
             names.index("huge.png")
         ]
-        == "too_large"
+        == "too_many_pixels"
     )
 
 

@@ -15,7 +15,8 @@ from pydantic import ValidationError
 from alien_hotels.common import StageError
 from alien_hotels.config import ConfigError, validate_params
 from alien_hotels.editing import imaging, scores
-from alien_hotels.editing.runner import TABLE_COLUMNS, select_images
+from alien_hotels.editing.runner import TABLE_COLUMNS
+from alien_hotels.imageio import load_rgb
 from alien_hotels.stages import edit as edit_stage
 from alien_hotels.stages import edit_report as edit_report_stage
 from alien_hotels.stages import edit_sweep as edit_sweep_stage
@@ -82,7 +83,7 @@ def test_load_rgb_accepts_any_mode(tmp_path: Path, mode: str):
     img = Image.new("RGB", (37, 21), (10, 200, 30)).convert(mode)
     path = tmp_path / ("x.tiff" if mode in {"CMYK", "I;16"} else "x.png")
     img.save(path)
-    out = imaging.load_rgb(path)
+    out = load_rgb(path)
     assert out.mode == "RGB" and out.size == (37, 21)
     prepared = imaging.prepare(out, 64)
     assert prepared.size == (64, 32)
@@ -92,7 +93,7 @@ def test_load_rgb_accepts_any_mode(tmp_path: Path, mode: str):
 def test_transparent_pixels_become_white(tmp_path: Path):
     img = Image.new("RGBA", (4, 4), (255, 0, 0, 0))
     img.save(tmp_path / "t.png")
-    assert imaging.load_rgb(tmp_path / "t.png").getpixel((0, 0)) == (255, 255, 255)
+    assert load_rgb(tmp_path / "t.png").getpixel((0, 0)) == (255, 255, 255)
 
 
 def test_dilate_grows_by_a_disk():
@@ -139,18 +140,6 @@ def test_png_key_round_trip(tmp_path: Path):
     assert imaging.saved_key(tmp_path / "missing.png") is None
 
 
-def test_select_images_keeps_ok_rows_with_paths():
-    manifest = pd.DataFrame(
-        {
-            "image_id": [1, 2, 3, 4, 4],
-            "path": ["a.png", None, "c.png", "d.png", "d.png"],
-            "status": ["ok", "ok", "failed", "ok", "ok"],
-        }
-    )
-    assert select_images(manifest, None)["image_id"].tolist() == ["1", "4"]
-    assert select_images(manifest, 1)["image_id"].tolist() == ["1"]
-
-
 def test_shipped_recipes_compose():
     recipes = compose().edit.recipes
     assert {"neon", "green", "window_view", "aliens", "no_towels", "neon_pix2pix"} <= set(recipes)
@@ -183,6 +172,7 @@ def test_recipe_overrides_and_additions_compose():
         ("edit.recipes.neon.strength=1.5", "edit.recipes.neon.strength"),
         ("edit.recipes.neon.steps=1", "no denoising step"),
         ("edit.recipes.no_towels.mask.source=files", "mask.files_dir"),
+        ("edit.recipes.neon.mask.files_dir=null", "mask.files_dir is empty"),
         ("edit.sweep.recipe=nope", "sweep.recipe='nope'"),
         ("edit.recipes.neon.scheduler=magic", "'default', 'ddim'"),
     ],

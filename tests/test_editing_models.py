@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from alien_hotels.editing import imaging, runner
+from alien_hotels.imageio import load_rgb
 from alien_hotels.stages import edit as edit_stage
 from alien_hotels.stages import edit_report as edit_report_stage
 from alien_hotels.stages import edit_sweep as edit_sweep_stage
@@ -73,7 +74,7 @@ def test_every_shipped_recipe_runs_and_keeps_source_size(workdir, tiny_models):
         assert metrics[name]["n_images"] == 3, name
         assert metrics[name]["n_failed"] == 0, name
         for image_id in ("wide", "tall", "grey"):
-            source = imaging.load_rgb(f"data/images/{image_id}.png")
+            source = load_rgb(f"data/images/{image_id}.png")
             edited = Image.open(f"data/edited/{name}/{image_id}.png")
             assert edited.size == source.size and edited.mode == "RGB"
         table = pd.read_csv(f"data/processed/edits/{name}.csv")
@@ -127,7 +128,7 @@ def test_inpainting_preserves_pixels_outside_the_mask_exactly(workdir, tiny_mode
     result = runner.edit_recipe("no_towels", params.edit, manifest(), Path("out"))
     table = result.table.set_index("image_id")
     for image_id in ("wide", "tall"):
-        source = np.asarray(imaging.load_rgb(f"data/images/{image_id}.png"))
+        source = np.asarray(load_rgb(f"data/images/{image_id}.png"))
         edited = pixels(Path(f"out/{image_id}.png"))
         mask = imaging.mask_from_file(masks / f"{image_id}.png", source.shape[1::-1], 2)
         assert np.array_equal(edited[~mask], source[~mask])
@@ -138,7 +139,7 @@ def test_inpainting_preserves_pixels_outside_the_mask_exactly(workdir, tiny_mode
     assert table.loc["grey", "status"] == "unchanged"
     assert "no mask file" in table.loc["grey", "reason"]
     assert np.array_equal(
-        pixels(Path("out/grey.png")), np.asarray(imaging.load_rgb("data/images/grey.png"))
+        pixels(Path("out/grey.png")), np.asarray(load_rgb("data/images/grey.png"))
     )
 
 
@@ -157,7 +158,7 @@ def test_text_masks_threshold_controls_the_edited_region(workdir, tiny_models):
     assert (result.table["reason"] == "empty mask: copied unchanged").all()
     assert (result.table["ssim"] == 1.0).all()
     for image_id in ("wide", "tall", "grey"):
-        source = np.asarray(imaging.load_rgb(f"data/images/{image_id}.png"))
+        source = np.asarray(load_rgb(f"data/images/{image_id}.png"))
         assert np.array_equal(pixels(Path(f"none/{image_id}.png")), source)
 
 
@@ -187,6 +188,26 @@ def test_unreadable_image_is_a_failed_row_not_a_crash(workdir, tiny_models):
     table = result.table.set_index("image_id")
     assert table.loc["wide", "status"] == "failed" and "cannot read" in table.loc["wide", "reason"]
     assert (table.loc[["tall", "grey"], "status"] == "edited").all()
+
+
+def test_16bit_and_transparent_sources_go_through_the_image_loader(workdir, tiny_models):
+    deep = Image.new("I;16", (40, 30), 16448)  # 16448 / 257 = 64
+    deep.paste(65535, (20, 0, 40, 30))
+    deep.save("data/images/deep.png")
+    clear = Image.new("RGBA", (40, 30), (0, 0, 0, 0))  # black under a transparent half
+    clear.paste((0, 0, 0, 255), (0, 0, 20, 30))
+    clear.save("data/images/clear.png")
+    rows = pd.DataFrame(
+        {"image_id": ["deep", "clear"], "path": ["data/images/deep.png", "data/images/clear.png"]}
+    ).assign(status="ok")
+    nothing = compose(
+        *tiny_edit_overrides(tiny_models), "edit.recipes.window_view.mask.threshold=1.0"
+    )
+    result = runner.edit_recipe("window_view", nothing.edit, rows, Path("out"))
+    assert (result.table["status"] == "unchanged").all()  # copies of the decoded sources
+    for image_id, left in (("deep", 64), ("clear", 0)):
+        out = pixels(Path(f"out/{image_id}.png"))
+        assert (out[:, :20] == left).all() and (out[:, 20:] == 255).all(), image_id
 
 
 def test_sweep_produces_the_tradeoff_table(workdir, tiny_models):

@@ -5,28 +5,43 @@ References are `clip_interrogator.Interrogator.interrogate` / `interrogate_negat
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
+import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
-pytestmark = [pytest.mark.ml, pytest.mark.filterwarnings("ignore::FutureWarning")]
-torch = pytest.importorskip("torch")
-pytest.importorskip("clip_interrogator")
-
-from alien_hotels.captioning.fastchain import (  # noqa: E402
+from alien_hotels.captioning import libcompat
+from alien_hotels.captioning.fastchain import (
+    MARGINS,
+    ChainJob,
     FastChain,
     common_prefix_length,
+    encode_text_grouped,
     encode_text_shared_prefix,
+    score_precision,
 )
-from alien_hotels.captioning.interrogate import BatchInterrogator  # noqa: E402
-from alien_hotels.testing.interrogator import library_interrogator, save_tiny_models  # noqa: E402
-from conftest import compose  # noqa: E402
+from alien_hotels.captioning.interrogate import BatchInterrogator
+from alien_hotels.common import StageError
+from alien_hotels.testing.interrogator import library_interrogator, save_tiny_models
+from conftest import compose
+
+pytestmark = [pytest.mark.ml, pytest.mark.filterwarnings("ignore::FutureWarning")]
 
 
 @pytest.fixture(scope="module", params=[0, 1, 2], ids=lambda s: f"seed{s}")
 def ci(request, tmp_path_factory):
     torch.set_num_threads(1)
     paths = save_tiny_models(tmp_path_factory.mktemp(f"tiny{request.param}"), seed=request.param)
+    return library_interrogator(paths, flavor_intermediate_count=64)
+
+
+@pytest.fixture(scope="module")
+def ci0(tmp_path_factory):
+    torch.set_num_threads(1)
+    paths = save_tiny_models(tmp_path_factory.mktemp("tiny0"), seed=0)
     return library_interrogator(paths, flavor_intermediate_count=64)
 
 
@@ -40,61 +55,261 @@ def engine(ci, chain: str, **cfg) -> BatchInterrogator:
     return BatchInterrogator(ci, config)
 
 
+def in_precision(ci, dtype):
+    """The same interrogator with its CLIP model cast to `dtype` (the library on CPU then
+    computes every similarity in that dtype)."""
+    low = copy.copy(ci)
+    low.clip_model = copy.deepcopy(ci.clip_model).to(dtype)
+    return low
+
+
 def test_shared_prefix_encoding_equals_encode_text(ci):
     flavors = ci.flavors.labels[:40]
     long_prompt = ", ".join(ci.flavors.labels[100:118])  # candidates truncated at 77 tokens
-    for prompt in ["", "a bed", "a hotel room with two beds, by an artist", long_prompt]:
+    prompts = ["", "a bed", "a hotel room with two beds, by an artist", long_prompt]
+    groups = []
+    for prompt in prompts:
         texts = [f"{prompt}, {f}" if prompt else f for f in flavors]
         tokens = ci.tokenize(texts)
+        groups.append(tokens)
         with torch.no_grad():
             expected = ci.clip_model.encode_text(tokens)
             got = encode_text_shared_prefix(ci.clip_model, tokens)
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    # Several images' candidates (different prefixes) in one packed forward.
+    with torch.no_grad():
+        expected = ci.clip_model.encode_text(torch.cat(groups))
+        got = encode_text_grouped(ci.clip_model, groups)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     assert common_prefix_length(ci.tokenize(["a b", "a b"])) == 3  # stops before end-of-text
 
 
-def test_rank_top_matches_library_and_falls_back_near_ties(ci):
+def test_rank_top_matches_library_without_fallbacks(ci):
     fast = FastChain(ci)
     feats = engine(ci, "fast").image_features(images(6, 7))
+    jobs, expected = [], []
     for i in range(len(feats)):
         f = feats[i : i + 1]
         texts = [f"room, {x}" for x in ci.flavors.labels[i * 20 : i * 20 + 60]]
         for reverse in (False, True):
-            assert fast.rank_top(f, texts, reverse) == ci.rank_top(f, texts, reverse)
-    assert fast.stats["fallback"] == 0
-    # Identical candidates tie exactly: the library decides (its first index wins).
-    tie = ["room, a", "room, a", "room, b"]
-    f = feats[:1]
-    assert fast.rank_top(f, tie) == ci.rank_top(f, tie)
-    forced = FastChain(ci, margin=10.0)  # every decision too close to call: library path
-    assert forced.rank_top(f, texts) == ci.rank_top(f, texts) and forced.stats["fallback"] == 1
+            jobs.append((ChainJob(f, [], reverse=reverse), texts))
+            expected.append(ci.rank_top(f, texts, reverse))
+    assert fast.rank_many(jobs) == expected
+    assert sum(job.stats.fallbacks for job, _ in jobs) == 0
+    assert all(job.stats.steps == 1 for job, _ in jobs)
+
+
+def spy_library_rank_top(monkeypatch, ci) -> list[list[str]]:
+    """Record the candidate lists the library's `rank_top` is asked to score."""
+    calls: list[list[str]] = []
+    original = ci.rank_top
+
+    def recording(image_features, text_array, reverse=False):
+        calls.append(list(text_array))
+        return original(image_features, text_array, reverse=reverse)
+
+    monkeypatch.setattr(ci, "rank_top", recording)
+    return calls
+
+
+@pytest.mark.parametrize("band", [2, 5, 17])
+def test_near_tie_rescores_only_the_band_and_takes_the_library_choice(ci0, monkeypatch, band):
+    ci = ci0
+    feats = engine(ci, "fast").image_features(images(4, 21))
+    texts = [f"a room, {x}" for x in ci.flavors.labels[:80]]
+    for i in range(len(feats)):
+        f = feats[i : i + 1]
+        expected = ci.rank_top(f, texts)
+        probe = FastChain(ci)
+        fast_sims = probe.similarities([ci.tokenize(texts)], [f])[0].float()
+        ordered = fast_sims.sort(descending=True).values
+        # A margin that puts exactly the top `band` candidates within reach of the leader.
+        margin = float(ordered[0] - (ordered[band - 1] + ordered[band]) / 2)
+        calls = spy_library_rank_top(monkeypatch, ci)
+        job = ChainJob(f, [])
+        assert FastChain(ci, margin=margin).rank_many([(job, texts)]) == [expected]
+        assert (job.stats.fallbacks, job.stats.rescored) == (1, band)
+        assert len(calls) == 1 and len(calls[0]) == band
+        assert calls[0] == [t for t in texts if t in calls[0]]  # the library's list order
+        monkeypatch.undo()
+
+
+def test_band_holds_the_library_choice_despite_score_noise(ci0, monkeypatch):
+    """Fast scores that deviate from the library's by up to margin/2 (the contract) still give
+    the library's choice: the band always contains it."""
+    ci = ci0
+    margin = 0.02
+    fast = FastChain(ci, margin=margin)
+    exact = fast.similarities
+    rng = torch.Generator().manual_seed(0)
+
+    def noisy(tokens, feats):
+        return [
+            s + (torch.rand(s.shape, generator=rng) - 0.5) * margin for s in exact(tokens, feats)
+        ]
+
+    monkeypatch.setattr(fast, "similarities", noisy)
+    feats = engine(ci, "fast").image_features(images(8, 22))
+    labels = ci.flavors.labels
+    fallbacks = 0
+    for i in range(len(feats)):
+        f = feats[i : i + 1]
+        for start in range(0, 240, 40):
+            texts = [f"a bed, {x}" for x in labels[start : start + 40]]
+            job = ChainJob(f, [])
+            assert fast.rank_many([(job, texts)]) == [ci.rank_top(f, texts)]
+            fallbacks += job.stats.fallbacks
+    assert fallbacks > 0  # the noise did make near ties
+
+
+def test_exact_ties_keep_the_library_tie_order(ci0):
+    ci = ci0
+    f = engine(ci, "fast").image_features(images(1, 23))
+    tie = ["room, a", "room, b", "room, a", "room, b"]  # equal strings score exactly equal
+    job = ChainJob(f, [])
+    assert FastChain(ci).rank_many([(job, tie)]) == [ci.rank_top(f, tie)]
+    assert job.stats.rescored == 2  # only the two copies of the leader
 
 
 @pytest.mark.parametrize("image_seed", [11, 12])
-def test_best_mode_same_strings_as_library_interrogate(ci, image_seed):
+def test_best_mode_batched_equals_one_by_one_equals_library(ci, image_seed):
     fast = engine(ci, "fast", min_flavors=4, max_flavors=32)
     imgs = images(4, image_seed)
     captions = fast.captions(imgs)
     feats = fast.image_features(imgs)
-    for i, image in enumerate(imgs):
-        expected = ci.interrogate(image, min_flavors=4, max_flavors=32)
-        assert fast.best(feats[i : i + 1], captions[i], 4, 32) == expected
-    assert fast.chain.stats["steps"] >= 4 * 4  # min_flavors steps per image at least
+    batched = fast.prompts(feats, captions, "best")
+    one_by_one = [fast.best(feats[i : i + 1], captions[i], 4, 32) for i in range(len(imgs))]
+    library = [ci.interrogate(image, min_flavors=4, max_flavors=32) for image in imgs]
+    assert [p.prompt for p in batched] == one_by_one == library
+    assert all(p.stats.steps >= 4 for p in batched)  # min_flavors steps per image at least
 
 
-def test_negative_mode_same_strings_as_library(ci):
-    fast = engine(ci, "fast")
+def test_negative_mode_batched_same_strings_as_library(ci):
+    fast = engine(ci, "fast", max_flavors=16)
     imgs = images(4, 13)
     feats = fast.image_features(imgs)
-    for i, image in enumerate(imgs):
-        assert fast.negative(feats[i : i + 1], 16) == ci.interrogate_negative(image, 16)
+    batched = [p.prompt for p in fast.prompts(feats, [""] * len(imgs), "negative")]
+    assert batched == [ci.interrogate_negative(image, 16) for image in imgs]
 
 
-def test_unsupported_text_tower_uses_library_path(ci):
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_low_precision_deviation_within_half_margin_and_same_choices(ci0, dtype):
+    """The measured margins hold on these towers: fast-vs-library deviation below margin/2, and
+    rank_top and whole flavor chains give the library's strings, computed in `dtype`."""
+    ci = in_precision(ci0, dtype)
+    precision = score_precision(ci.clip_model, on_cuda=False)
+    assert precision == str(dtype).replace("torch.", "")
+    fast = FastChain(ci)
+    assert fast.margin == MARGINS[precision]
+    # Image features from the float32 tower (a half-precision conv on CPU needs a half input).
+    feats = engine(ci0, "fast").image_features(images(4, 31)).to(dtype)
+    labels = ci.flavors.labels
+    worst = 0.0
+    jobs = []
+    for i in range(len(feats)):
+        f = feats[i : i + 1]
+        for prompt in ["a room", ", ".join(labels[i * 7 : i * 7 + 6])]:
+            texts = [f"{prompt}, {x}" for x in labels[:120]]
+            tokens = ci.tokenize(texts)
+            with torch.no_grad():
+                ref = ci.clip_model.encode_text(tokens)
+                ref = ((ref / ref.norm(dim=-1, keepdim=True)) @ f.T)[:, 0]
+            got = fast.similarities([tokens], [f])[0]
+            worst = max(worst, float((got.float() - ref.float()).abs().max()))
+            assert fast.rank_top(f, texts) == ci.rank_top(f, texts)
+        flaves = labels[i * 40 : i * 40 + 64]
+        jobs.append(ChainJob(f, flaves, "a room", ci.similarity(f, "a room"), 3, 8))
+    assert worst < fast.margin / 2
+    expected = [ci.chain(j.features, j.phrases, j.best_prompt, j.best_sim, 3, 8) for j in jobs]
+    assert fast.chains(jobs) == expected
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_library_scores_of_a_band_equal_its_full_batch_scores(ci0, dtype):
+    """Contract condition: rescoring the band alone reproduces the library's full-step scores
+    bit for bit (here, on CPU), so the band's decision is the library's."""
+    model = in_precision(ci0, dtype).clip_model
+    tokens = ci0.tokenize([f"a room, {x}" for x in ci0.flavors.labels[:150]])
+    with torch.no_grad():
+        full = model.encode_text(tokens)
+        for k in (2, 3, 8, 33):
+            band = sorted(np.random.default_rng(k).choice(150, k, replace=False).tolist())
+            assert torch.equal(model.encode_text(tokens[band]), full[band])
+
+
+def test_margin_follows_the_precision_scores_are_computed_in(ci0):
+    assert score_precision(ci0.clip_model, on_cuda=False) == "float32"
+    assert FastChain(ci0).margin == MARGINS["float32"]
+    # CUDA runs under autocast: float16 matmuls whatever the weights' dtype.
+    assert score_precision(ci0.clip_model, on_cuda=True) == "float16"
+
+
+def test_unsupported_text_tower_uses_library_path(ci0):
+    ci = ci0
     fast = FastChain(ci)
     assert fast.supported
     ci.clip_model.text_pool_type = "last"
     try:
-        assert not FastChain(ci).supported
+        slow = FastChain(ci)
+        assert not slow.supported
+        f = engine(ci, "fast").image_features(images(1, 5))
+        texts = [f"room, {x}" for x in ci.flavors.labels[:10]]
+        job = ChainJob(f, [])
+        assert slow.rank_many([(job, texts)]) == [ci.rank_top(f, texts)]
+        assert job.stats.library_steps == 1
     finally:
         ci.clip_model.text_pool_type = "argmax"
+
+
+@pytest.mark.parametrize("distribution", sorted(libcompat.TESTED_VERSIONS))
+def test_untested_library_version_fails_loudly(ci0, monkeypatch, distribution):
+    real = libcompat.installed_version
+
+    def fake(name):
+        return "99.0.0" if name == distribution else real(name)
+
+    monkeypatch.setattr(libcompat, "installed_version", fake)
+    for build in (lambda: engine(ci0, "library"), lambda: FastChain(ci0)):
+        with pytest.raises(StageError, match=f"{distribution} 99.0.0 is not a version") as err:
+            build()
+        assert "_prompt_at_max_len" in str(err.value) and "TESTED_VERSIONS" in str(err.value)
+
+
+def test_installed_versions_are_the_tested_ones():
+    libcompat.check_private_apis()  # the pinned versions pass
+
+
+def test_stage_records_chain_fallbacks_per_image(tmp_path, monkeypatch):
+    """Every step forced into a near tie: the stage's strings stay the library's and
+    metrics/captioning.json counts the fallbacks and rescored candidates per image."""
+    from alien_hotels.captioning import fastchain
+    from alien_hotels.captioning.run import caption_images
+    from alien_hotels.testing.interrogator import tiny_overrides
+
+    paths = save_tiny_models(tmp_path / "tiny", seed=0)
+    rng = np.random.default_rng(3)
+    (tmp_path / "img").mkdir()
+    rows = []
+    for i in range(3):
+        pixels = rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(tmp_path / f"img/{i}.png")
+        rows.append({"image_id": i, "path": f"img/{i}.png", "status": "ok", "reason": ""})
+    cfg = compose(
+        *tiny_overrides(paths),
+        "caption.flavor_intermediate_count=32",
+        "caption.min_flavors=2",
+        "caption.max_flavors=4",
+        "caption.batch_size=3",
+        "caption.progress=false",
+        f"caption.checkpoint_dir={tmp_path / 'ckpt'}",
+    ).caption
+    monkeypatch.setitem(fastchain.MARGINS, "float32", 10.0)  # every candidate in the band
+    result = caption_images(pd.DataFrame(rows), cfg, tmp_path)
+    m = result.metrics
+    assert m["chain_steps_per_image_max"] >= 2
+    assert m["chain_fallbacks_total"] == m["chain_steps_total"]
+    assert m["chain_fallbacks_per_image_mean"] == m["chain_steps_per_image_mean"]
+    assert m["chain_rescored_per_image_max"] > 2 * m["chain_fallbacks_per_image_max"]
+    ci = library_interrogator(paths, flavor_intermediate_count=32)
+    expected = [ci.interrogate(Image.open(tmp_path / r["path"]).convert("RGB"), 2, 4) for r in rows]
+    assert result.captions["caption"].tolist() == expected

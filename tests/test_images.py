@@ -6,12 +6,19 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 from pydantic import ValidationError
 
-from alien_hotels.images import Downloader, FetchError, collect_images, prepare_image
+from alien_hotels.images import (
+    EXTENSION_FORMAT,
+    Downloader,
+    FetchError,
+    collect_images,
+    prepare_image,
+)
 from alien_hotels.testing.imageserver import ImageServer, make_image, self_signed_cert
 from conftest import compose
 
@@ -199,3 +206,69 @@ def test_images_metrics_are_json(server: ImageServer, tmp_path: Path):
         _sample([server.url("/good/1.jpg")]), CFG, None, tmp_path, progress=False
     )
     assert json.loads(json.dumps(metrics))["ok"] == 1
+
+
+def _encoded(img: Image.Image, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    img.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def _two_halves(mode: str, left, right, size=(320, 200)) -> Image.Image:
+    img = Image.new(mode, size, left)
+    img.paste(right, (size[0] // 2, 0, *size))
+    return img
+
+
+@pytest.mark.parametrize(
+    ("img", "fmt", "extension", "left", "right"),
+    [
+        # 16-bit grayscale: 16448 / 257 = 64, not clipped to white
+        (_two_halves("I;16", 16448, 65535), "PNG", "jpg", 64, 255),
+        (_two_halves("I;16", 16448, 65535, (640, 400)), "PNG", "png", 64, 255),
+        # transparent pixels (black underneath) composited on white, not dropped to black
+        (_two_halves("RGBA", (0, 0, 0, 255), (0, 0, 0, 0)), "PNG", "jpg", 0, 255),
+        (_two_halves("LA", (0, 255), (0, 0), (640, 400)), "PNG", "png", 0, 255),
+        (_two_halves("CMYK", (0, 0, 0, 255), (0, 0, 0, 0), (640, 400)), "JPEG", "jpg", 0, 255),
+    ],
+    ids=["16bit-to-jpeg", "16bit-png-kept-size", "rgba-to-jpeg", "la-png", "cmyk-jpeg"],
+)
+def test_stored_images_are_what_the_loader_sees(img, fmt, extension, left, right):
+    out = prepare_image(_encoded(img, fmt), extension, compose().images)
+    with Image.open(io.BytesIO(out)) as stored:
+        assert stored.format == EXTENSION_FORMAT[extension]
+        assert stored.mode == "RGB" and stored.size == (640, 400)
+        arr = np.asarray(stored, dtype=int)
+    assert np.abs(arr[:, :300] - left).max() <= 3
+    assert np.abs(arr[:, 340:] - right).max() <= 3
+
+
+def test_one_selector_for_the_manifest_rows_with_images():
+    from alien_hotels.images import usable_images
+
+    manifest = pd.DataFrame(
+        {
+            "image_id": [1, 2, 3, 4, 4, 5, 6],
+            "path": [" a.png", None, "c.png", "d.png", "d2.png", "e.png", ""],
+            "status": ["ok", "ok", "failed", "ok", "ok", "ok", None],
+        }
+    )
+    every = usable_images(manifest)
+    assert every.rows["image_id"].tolist() == [1, 4, 5]  # manifest order, first row per id
+    assert every.rows["path"].tolist() == ["a.png", "d.png", "e.png"]
+    assert every.skipped == {"failed": 1, "ok_without_path": 1, "unknown": 1}
+    assert usable_images(manifest, limit=2).rows["image_id"].tolist() == [1, 4]
+
+
+def test_a_killed_write_in_the_images_folder_is_removed_on_the_next_run(tmp_path: Path):
+    local = tmp_path / "tree" / "3" / "7" / "travel_website"
+    local.mkdir(parents=True)
+    (local / "100.jpg").write_bytes(make_image(4, size=(640, 400)))
+    out = tmp_path / "images"
+    leftover = out / "3" / "7" / "travel_website" / ".100.jpg.x1y2z3w4.tmp"
+    leftover.parent.mkdir(parents=True)
+    leftover.write_bytes(b"")  # what a SIGKILL inside common.atomic_path leaves
+    sample = _sample(["http://127.0.0.1:9/100.jpg"])
+    manifest, _ = collect_images(sample, compose().images, tmp_path / "tree", out, progress=False)
+    assert list(manifest["status"]) == ["ok"]
+    assert [p.name for p in out.rglob("*") if p.is_file()] == ["100.jpg"]

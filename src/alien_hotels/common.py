@@ -2,12 +2,17 @@
 
 Outputs are written to a temporary file next to the target and renamed into place, so a stage
 that fails half-way leaves no partial output behind (DVC would otherwise cache or compare it).
+A process killed mid-write (SIGKILL, power loss) cannot clean up: its `.<name>.<random>.tmp`
+is removed by the next write of the same target, and stages that write a folder of outputs
+call `remove_partial_writes` on it when they start.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,6 +22,11 @@ from typing import Any, Self
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict
+
+log = logging.getLogger(__name__)
+
+# What `atomic_path` names its temporary files: mkstemp's `.<target name>.<8 random>.tmp`.
+PARTIAL_WRITE = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp$")
 
 
 class Section(BaseModel):
@@ -43,6 +53,7 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temporary path that replaces `target` only if the block succeeds."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_partial_writes(target.parent, target_name=target.name)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -55,6 +66,30 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         tmp_path.replace(target)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def remove_partial_writes(
+    directory: str | Path, *, target_name: str | None = None, recursive: bool = False
+) -> list[Path]:
+    """Delete the temporary files of interrupted atomic writes in `directory` (of the one
+    target `target_name` only, if given; in subfolders too if `recursive`); return them.
+
+    Call it only where no other process is writing the same outputs (a stage owns its outputs
+    while it runs).
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    candidates = directory.rglob(".*.tmp") if recursive else directory.glob(".*.tmp")
+    removed = []
+    for path in candidates:
+        match = PARTIAL_WRITE.match(path.name)
+        if match and path.is_file() and target_name in (None, match["target"]):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    if removed and target_name is None:
+        log.info("removed %d leftover(s) of interrupted writes in %s", len(removed), directory)
+    return removed
 
 
 def write_atomic(target: str | Path, writer: Callable[[Path], Any]) -> None:

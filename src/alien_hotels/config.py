@@ -17,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 from alien_hotels.captioning import CaptionConfig
 from alien_hotels.clustering import ClusterConfig
 from alien_hotels.common import Section
+from alien_hotels.distributed import RayConfig
 from alien_hotels.editing.config import EditConfig
 from alien_hotels.features import FeaturesConfig
 from alien_hotels.images import ImagesConfig
@@ -44,6 +45,7 @@ class Params(Section):
     cluster: ClusterConfig
     map: MapConfig
     edit: EditConfig
+    ray: RayConfig
 
 
 def validate_params(raw: dict[str, Any] | None, source: str = "params") -> Params:

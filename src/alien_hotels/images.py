@@ -14,8 +14,9 @@ redirect limit and a size limit. TLS certificates are always verified for https 
 switch to turn that off; `images.ca_bundle` may name extra trusted roots); plain http URLs, which
 the dataset has, are fetched as they are. Every image, local or downloaded, is checked before it
 is kept: a real image in an allowed format, declared pixel count under `images.max_pixels`
-(checked from the header, before decoding: the decompression-bomb guard), fully decodable; then
-it is resized as the dataset's own download script did (longer side 640).
+(checked from the header, before decoding: the decompression-bomb guard), fully decodable by the
+pipeline's one loader (`imageio`: upright 8-bit RGB, 16-bit scaled, alpha on white); then it is
+resized as the dataset's own download script did (longer side 640).
 
 Nothing fails the stage but a bad config: every problem becomes a row with status `failed` and a
 short reason in `data/interim/images.csv`, and the counts go to `metrics/images.json`.
@@ -39,11 +40,15 @@ from urllib.parse import urlsplit
 import pandas as pd
 from pydantic import Field
 
-from alien_hotels.common import Section, atomic_path
+from alien_hotels import imageio
+from alien_hotels.common import Section, atomic_path, read_csv
 
 log = logging.getLogger("alien_hotels.images")
 
+# The images manifest, `data/interim/images.csv`: what this stage writes, and what the stages
+# reading images (caption, edit) need of it. Only `ok` rows have a file, at `path` (repo-relative).
 MANIFEST_COLUMNS = ["image_id", "path", "status", "reason", "url"]
+MANIFEST_REQUIRED = ["image_id", "path", "status"]
 EXTENSION_FORMAT = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
 RETRY_STATUSES = (429, 500, 502, 503, 504)
 # Content types that say nothing (S3 and CDNs send them for images too); the bytes decide.
@@ -93,47 +98,59 @@ class Outcome:
     nbytes: int = 0
 
 
+@dataclass(frozen=True)
+class ManifestSelection:
+    rows: pd.DataFrame  # usable rows, manifest order, `path` stripped
+    skipped: dict[str, int]  # the other rows by status (`ok_without_path` when ok lacks a path)
+
+
+def read_manifest(path: str | Path) -> pd.DataFrame:
+    return read_csv(path, MANIFEST_REQUIRED, what="images manifest")
+
+
+def usable_images(manifest: pd.DataFrame, limit: int | None = None) -> ManifestSelection:
+    """The rows with status `ok` and a path (the first per image id), at most `limit`."""
+    status = manifest["status"].astype("string").fillna("").str.strip()
+    path = manifest["path"].astype("string").fillna("").str.strip()
+    usable = (status == "ok") & (path != "")
+    skipped = Counter(status[~usable].replace("ok", "ok_without_path").replace("", "unknown"))
+    rows = manifest.loc[usable].assign(path=path[usable]).drop_duplicates("image_id")
+    rows = rows if limit is None else rows.head(limit)
+    return ManifestSelection(rows.reset_index(drop=True), dict(sorted(skipped.items())))
+
+
 # --- image checks and the dataset's resizing -------------------------------------------------
 
 
 def prepare_image(data: bytes, extension: str, cfg: ImagesConfig) -> bytes:
-    """Validate image bytes and return what to store (the input itself when nothing changes)."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    """Validate image bytes and return what to store (the input itself when nothing changes).
+
+    Decoded by the one loader (`imageio`), so what is stored is what every later stage sees:
+    upright 8-bit RGB, 16-bit images scaled, transparency on white.
+    """
+    from PIL import Image
 
     target_format = EXTENSION_FORMAT.get(extension.lower(), "JPEG")
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            if img.format not in cfg.formats:
-                raise FetchError("unsupported_format", str(img.format))
-            width, height = img.size
-            if width * height > cfg.max_pixels:
-                raise FetchError("too_many_pixels", f"{width}x{height}")
-            new_size = _resized(width, height, cfg)
-            if img.format == "JPEG" and new_size and new_size[0] < width:
-                img.draft("RGB", new_size)  # decode at a reduced scale: fast on big photos
-            img.load()
-            orientation = img.getexif().get(0x0112, 1)
-            if new_size is None and orientation in (None, 1) and img.format == target_format:
-                return data
-            out = ImageOps.exif_transpose(img)
-            if new_size is not None:
-                if orientation in (5, 6, 7, 8):  # a quarter turn swaps the sides
-                    new_size = new_size[::-1]
-                out = out.resize(new_size, Image.Resampling.LANCZOS, reducing_gap=3.0)
-            if target_format == "JPEG" and out.mode not in ("RGB", "L"):
-                out = out.convert("RGB")
-            buffer = io.BytesIO()
-            options = {"quality": cfg.jpeg_quality} if target_format == "JPEG" else {}
-            out.save(buffer, format=target_format, **options)
-            return buffer.getvalue()
-    except FetchError:
-        raise
-    except UnidentifiedImageError:
-        raise FetchError("not_an_image") from None
-    except Image.DecompressionBombError as exc:
-        raise FetchError("too_many_pixels", str(exc)) from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise FetchError("corrupt_image", str(exc)) from None
+        decoded = imageio.decode(
+            data,
+            max_pixels=cfg.max_pixels,
+            formats=cfg.formats,
+            draft_side=cfg.longer_side,  # big JPEGs decode at a reduced scale: fast
+            limit_name="images.max_pixels",
+        )
+    except imageio.ImageFailure as exc:
+        raise FetchError(exc.reason, exc.detail) from None
+    new_size = _resized(*decoded.display_size, cfg)
+    if new_size is None and decoded.as_stored and decoded.format == target_format:
+        return data
+    out = decoded.image
+    if new_size is not None and new_size != out.size:
+        out = out.resize(new_size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    buffer = io.BytesIO()
+    options = {"quality": cfg.jpeg_quality} if target_format == "JPEG" else {}
+    out.save(buffer, format=target_format, **options)
+    return buffer.getvalue()
 
 
 def _resized(width: int, height: int, cfg: ImagesConfig) -> tuple[int, int] | None:
@@ -374,7 +391,8 @@ def _store(data: bytes, target: Path) -> None:
 
 
 def _prune(out_dir: Path, keep: set[Path]) -> None:
-    """Remove files of earlier samples and interrupted writes, so the output is this sample's.
+    """Remove files of earlier samples and of interrupted writes (the `.<name>.<random>.tmp` a
+    kill leaves), so the output is exactly this sample's.
 
     Only files in the layout this stage writes (`<chain>/<hotel>/<source>/<file>`) are touched.
     """

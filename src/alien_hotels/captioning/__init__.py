@@ -39,6 +39,8 @@ class CaptionConfig(Section):
     """`caption.*`: how captions are produced and which models produced them."""
 
     method: Literal["precomputed", "clip_interrogator"]
+    # Where clip_interrogator runs: this process, or a pool of Ray actors (`ray.*`).
+    executor: Literal["local", "ray"]
     mode: Literal["best", "classic", "fast", "negative"]
     # Models: a CLIP Interrogator caption model key and an open_clip `arch/pretrained` name.
     caption_model_name: CaptionModelName

@@ -20,6 +20,7 @@ from alien_hotels.captioning import CaptionConfig
 # Settings that do not change what is computed.
 OPERATIONAL = {
     "method",
+    "executor",
     "loader_workers",
     "checkpoint_dir",
     "resume",

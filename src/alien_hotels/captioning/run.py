@@ -8,6 +8,10 @@ the checkpoint -> the output tables, in manifest order, from the checkpoint.
 Batches are fixed slices of the manifest's `ok` rows. A resumed run recomputes the batch it was
 killed in as a whole (keeping only the images not yet done), so every image is computed in the
 same batch as in an uninterrupted run and the output is identical.
+
+`caption_batch` is the per-batch worker: `caption.executor=local` runs it here, `ray` runs it on
+Ray actors (`alien_hotels.distributed.caption`) with this process appending to the same
+checkpoint, so both write the same tables.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,12 +27,11 @@ import pandas as pd
 
 from alien_hotels.captioning import CAPTION_COLUMNS, FAILURE_COLUMNS, CaptionConfig
 from alien_hotels.captioning.checkpoint import Checkpoint, config_key
-from alien_hotels.captioning.images import load_row, prefetch
+from alien_hotels.captioning.images import Loaded, load_row, prefetch
 from alien_hotels.common import StageError
+from alien_hotels.images import usable_images
 
 log = logging.getLogger("alien_hotels.captioning")
-
-MANIFEST_COLUMNS = ["image_id", "path", "status"]
 
 
 @dataclass
@@ -37,110 +41,144 @@ class CaptionRun:
     metrics: dict
 
 
-def manifest_rows(manifest: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
-    """The manifest's `ok` rows with a path (first row per image id), and the other statuses."""
-    status = manifest["status"].astype("string").fillna("").str.strip()
-    path = manifest["path"].astype("string").fillna("").str.strip()
-    usable = (status == "ok") & (path != "")
-    skipped = Counter(status[~usable].replace("ok", "ok_without_path").replace("", "unknown"))
-    rows = manifest.loc[usable].assign(path=path[usable]).drop_duplicates("image_id")
-    return rows.reset_index(drop=True), dict(sorted(skipped.items()))
-
-
 def caption_images(
-    manifest: pd.DataFrame, cfg: CaptionConfig, root: Path = Path(".")
+    manifest: pd.DataFrame, cfg: CaptionConfig, root: Path = Path("."), ray_cfg=None
 ) -> CaptionRun:
-    from alien_hotels.captioning.models import check_models, resolve_device
-
-    rows, skipped = manifest_rows(manifest)
+    selected = usable_images(manifest)
+    rows, skipped = selected.rows, selected.skipped
     if rows.empty:
         raise StageError(
             "caption.method=clip_interrogator: the images manifest has no image with status ok "
             f"(statuses: {skipped or 'none'}); run the images stage with a dataset that has "
             "images, or use caption=precomputed"
         )
-    device, dtype = resolve_device(cfg)
-    weights = check_models(cfg)  # fail before any work
-    key = config_key(cfg, device, dtype)
-    checkpoint = Checkpoint(root / cfg.checkpoint_dir, key, enabled=cfg.resume)
-    ids = [str(i) for i in rows["image_id"]]
-    paths = rows["path"].tolist()
-    batches = [
-        range(s, min(s + cfg.batch_size, len(ids))) for s in range(0, len(ids), cfg.batch_size)
-    ]
-    todo = [b for b in batches if not all(checkpoint.done(ids[i], paths[i]) for i in b)]
-    already = sum(checkpoint.done(i, p) for i, p in zip(ids, paths, strict=True))
-    log.info("caption: %d images, %d already in checkpoint %s", len(ids), already, checkpoint.path)
-    started = time.perf_counter()
-    computed = 0
-    if todo:
-        computed = _run_batches(
-            cfg, device, dtype, weights, root, ids, paths, todo, checkpoint, already
+    if cfg.executor == "ray":
+        from alien_hotels.distributed.caption import RayCaptioner
+
+        executor = RayCaptioner(cfg, ray_cfg)  # connects and checks every worker's models
+    else:
+        executor = LocalCaptioner(cfg)  # checks the models, before any work
+    with executor:
+        device, dtype, weights = executor.device, executor.dtype, executor.weights
+        key = config_key(cfg, device, dtype)
+        checkpoint = Checkpoint(root / cfg.checkpoint_dir, key, enabled=cfg.resume)
+        ids = [str(i) for i in rows["image_id"]]
+        paths = rows["path"].tolist()
+        batches = [
+            range(s, min(s + cfg.batch_size, len(ids))) for s in range(0, len(ids), cfg.batch_size)
+        ]
+        todo = [b for b in batches if not all(checkpoint.done(ids[i], paths[i]) for i in b)]
+        already = sum(checkpoint.done(i, p) for i, p in zip(ids, paths, strict=True))
+        log.info(
+            "caption: %d images, %d already in checkpoint %s", len(ids), already, checkpoint.path
         )
-    wall = time.perf_counter() - started
-    return _collect(
+        started = time.perf_counter()
+        computed = 0
+        if todo:
+            computed = executor.run(root, ids, paths, todo, checkpoint, already)
+        wall = time.perf_counter() - started
+    run = _collect(
         rows, ids, paths, checkpoint, cfg, skipped, device, dtype, weights, computed, already, wall
     )
+    run.metrics.update(executor.metrics())
+    return run
 
 
-def _run_batches(cfg, device, dtype, weights, root, ids, paths, todo, checkpoint, already) -> int:
-    from tqdm import tqdm
+def caption_batch(engine, cfg: CaptionConfig, loaded: list[Loaded], done) -> Iterator[dict]:
+    """The checkpoint rows of one batch: failures, then captions (their prompt searches run
+    together, so the captions come at the end of the batch).
 
+    The one per-batch worker both executors run. Captions and CLIP features are computed for the
+    whole batch (so an image's result never depends on which of its neighbours were already
+    done); images for which `done(image_id, path)` holds are not yielded again."""
+    started = time.perf_counter()
+    good = [r for r in loaded if r.ok]
+    captions = engine.captions([r.image for r in good])
+    features = engine.image_features([r.image for r in good]) if good else None
+    shared = (time.perf_counter() - started) / max(1, len(loaded))
+    for r in loaded:
+        if r.ok or done(r.image_id, r.path):
+            continue
+        yield {
+            "image_id": r.image_id,
+            "path": r.path,
+            "status": "failed",
+            "reason": r.reason,
+            "detail": r.detail,
+        }
+    todo = [j for j, r in enumerate(good) if not done(r.image_id, r.path)]
+    if not todo:
+        return
+    t0 = time.perf_counter()
+    # The batch's flavor chains advance together (same strings as one by one).
+    prompted = engine.prompts(features[todo], [captions[j] for j in todo], cfg.mode)
+    search = (time.perf_counter() - t0) / len(todo)
+    for j, result in zip(todo, prompted, strict=True):
+        r = good[j]
+        yield {
+            "image_id": r.image_id,
+            "path": r.path,
+            "status": "ok",
+            "caption": result.prompt,
+            "blip_caption": captions[j],
+            "seconds": shared + search,
+            **result.stats.as_dict(),  # chain steps, near-tie fallbacks, rescored candidates
+        }
+
+
+def load_engine(cfg: CaptionConfig, device: str, dtype: str, weights):
     from alien_hotels.captioning.interrogate import BatchInterrogator
     from alien_hotels.captioning.models import load_interrogator
 
-    engine = BatchInterrogator(load_interrogator(cfg, device, dtype, weights), cfg)
-    items = [
-        (root, ids[i], paths[i], cfg.max_image_side, cfg.max_image_pixels) for b in todo for i in b
-    ]
-    loaded = prefetch(items, load_row, cfg.loader_workers, ahead=2 * cfg.batch_size)
-    computed = 0
-    with tqdm(
-        total=len(ids),
-        initial=already,
-        unit="img",
-        desc="caption",
-        disable=not cfg.progress,
-        smoothing=0.1,
-    ) as bar:
-        for batch in todo:
-            started = time.perf_counter()
-            rows = [next(loaded) for _ in batch]
-            good = [r for r in rows if r.ok]
-            captions = engine.captions([r.image for r in good])
-            features = engine.image_features([r.image for r in good]) if good else None
-            shared = (time.perf_counter() - started) / max(1, len(rows))
-            for r in rows:
-                if checkpoint.done(r.image_id, r.path) or r.ok:
-                    continue
-                checkpoint.add(
-                    {
-                        "image_id": r.image_id,
-                        "path": r.path,
-                        "status": "failed",
-                        "reason": r.reason,
-                        "detail": r.detail,
-                    }
-                )
-                bar.update(1)
-            for j, r in enumerate(good):
-                if checkpoint.done(r.image_id, r.path):
-                    continue
-                t0 = time.perf_counter()
-                prompt = engine.prompt(features[j : j + 1], captions[j], cfg.mode)
-                checkpoint.add(
-                    {
-                        "image_id": r.image_id,
-                        "path": r.path,
-                        "status": "ok",
-                        "caption": prompt,
-                        "blip_caption": captions[j],
-                        "seconds": shared + time.perf_counter() - t0,
-                    }
-                )
-                computed += 1
-                bar.update(1)
-    return computed
+    return BatchInterrogator(load_interrogator(cfg, device, dtype, weights), cfg)
+
+
+class LocalCaptioner:
+    """caption.executor=local: the models in this process, images decoded by loader threads."""
+
+    def __init__(self, cfg: CaptionConfig):
+        from alien_hotels.captioning.models import check_models, resolve_device
+
+        self.cfg = cfg
+        self.device, self.dtype = resolve_device(cfg)
+        self.weights = check_models(cfg)
+
+    def __enter__(self) -> LocalCaptioner:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def metrics(self) -> dict:
+        return {"executor": "local"}
+
+    def run(self, root, ids, paths, todo, checkpoint, already) -> int:
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        engine = load_engine(cfg, self.device, self.dtype, self.weights)
+        items = [
+            (root, ids[i], paths[i], cfg.max_image_side, cfg.max_image_pixels)
+            for b in todo
+            for i in b
+        ]
+        loaded = prefetch(items, load_row, cfg.loader_workers, ahead=2 * cfg.batch_size)
+        computed = 0
+        with tqdm(
+            total=len(ids),
+            initial=already,
+            unit="img",
+            desc="caption",
+            disable=not cfg.progress,
+            smoothing=0.1,
+        ) as bar:
+            for batch in todo:
+                rows = [next(loaded) for _ in batch]
+                for row in caption_batch(engine, cfg, rows, checkpoint.done):
+                    checkpoint.add(row)
+                    computed += row["status"] == "ok"
+                    bar.update(1)
+        return computed
 
 
 def _collect(
@@ -170,6 +208,10 @@ def _collect(
         columns=FAILURE_COLUMNS,
     )
     seconds = [done[i].get("seconds", 0.0) for i in ok]
+    chain = {
+        key: [done[i].get(key, 0) for i in ok]
+        for key in ("chain_steps", "chain_fallbacks", "chain_rescored")
+    }
     metrics = {
         "images": len(ids),
         "ok": len(ok),
@@ -182,6 +224,14 @@ def _collect(
         "wall_seconds": wall,
         "mode": cfg.mode,
         "chain": cfg.chain,
+        # Flavor-chain steps, near-tie steps the library decided and candidates it rescored:
+        # per image (mean, max over the captioned images) and in total.
+        **{
+            f"{key}_per_image_{stat}": (fn(values) if values else None)
+            for key, values in chain.items()
+            for stat, fn in (("mean", lambda v: round(sum(v) / len(v), 3)), ("max", max))
+        },
+        **{f"{key}_total": sum(values) for key, values in chain.items()},
         "caption_model": cfg.caption_model_name,
         "caption_weights": weights.caption.label,
         "clip_model": cfg.clip_model_name,

@@ -17,6 +17,9 @@ from alien_hotels.methods.config import Goal, ImagicConfig, TextualInversionConf
 Pipeline = Literal["img2img", "inpaint", "instruct_pix2pix"]
 Scheduler = Literal["default", "ddim", "dpm", "euler", "euler_a", "pndm", "lms", "unipc"]
 RECIPE_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+# The mask.files_dir of recipes without mask files: an empty folder, because dvc.yaml makes
+# files_dir a dependency of every edit@<recipe> stage and DVC cannot leave a dependency out.
+NO_MASK_FILES = "data/masks/none"
 
 
 class MaskConfig(Section):
@@ -28,15 +31,25 @@ class MaskConfig(Section):
     threshold: float = Field(ge=0.0, le=1.0)
     dilate: int = Field(ge=0, le=512)
     model_id: str
-    # source=files: `<files_dir>/<image_id>.png`, non-zero pixels are edited (also dilated).
+    # source=files: `<files_dir>/<image_id>.png` (relative to the repo root), non-zero pixels
+    # are edited (also dilated). A DVC dependency of the recipe's stage, so it always names a
+    # folder: NO_MASK_FILES for recipes without mask files.
     files_dir: str | None
 
     @model_validator(mode="after")
     def _needs(self) -> MaskConfig:
         if self.source == "text" and not (self.prompt or "").strip():
             raise ValueError("mask.source=text needs mask.prompt (what to segment, e.g. 'towel')")
-        if self.source == "files" and not self.files_dir:
-            raise ValueError("mask.source=files needs mask.files_dir (a folder of <image_id>.png)")
+        if not (self.files_dir or "").strip():
+            raise ValueError(
+                "mask.files_dir is empty; it is a DVC dependency of the recipe's stage, so it "
+                f"must name a folder ({NO_MASK_FILES} for a recipe without mask files)"
+            )
+        if self.source == "files" and self.files_dir == NO_MASK_FILES:
+            raise ValueError(
+                "mask.source=files needs mask.files_dir: the folder of <image_id>.png masks, "
+                "relative to the repo root"
+            )
         return self
 
 
@@ -156,6 +169,8 @@ class EditConfig(Section):
     """`edit.*`: the recipes that run, where they run and how results are judged."""
 
     recipes: dict[str, RecipeConfig]
+    # Where recipes run: this process, or a pool of Ray actors (`ray.*`).
+    executor: Literal["local", "ray"]
     device: Literal["auto", "cpu", "cuda", "mps"]
     # auto: float16 on CUDA, float32 elsewhere.
     dtype: Literal["auto", "float32", "float16", "bfloat16"]

@@ -1,7 +1,7 @@
-"""Pixel plumbing around the models: loading, sizing, masks, compositing, contact sheets.
+"""Pixel plumbing around the models: sizing, masks, compositing, contact sheets.
 
-Nothing here needs torch: images are PIL images, masks are boolean numpy arrays at the source
-image's size (True = edit this pixel).
+Nothing here needs torch: images are PIL images (read by the one loader, `alien_hotels.imageio`),
+masks are boolean numpy arrays at the source image's size (True = edit this pixel).
 """
 
 from __future__ import annotations
@@ -10,23 +10,12 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageOps, PngImagePlugin
+from PIL import Image, ImageDraw, PngImagePlugin
 
 from alien_hotels.common import atomic_path
+from alien_hotels.imageio import ImageFailure
 
 KEY_FIELD = "alien_hotels_key"
-
-
-def load_rgb(path: str | Path) -> Image.Image:
-    """Any mode, any size -> RGB (EXIF rotation applied, transparency flattened onto white)."""
-    with Image.open(path) as img:
-        img.load()
-        img = ImageOps.exif_transpose(img)
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return img.convert("RGB")
 
 
 def model_size(size: tuple[int, int], resolution: int) -> tuple[int, int]:
@@ -65,9 +54,16 @@ def mask_from_probs(
 
 
 def mask_from_file(path: Path, size: tuple[int, int], pixels: int) -> np.ndarray:
-    """A user mask file (non-zero = edit), resized to `size` with nearest neighbour."""
-    with Image.open(path) as img:
-        gray = img.convert("L")
+    """A user mask file (non-zero = edit), resized to `size` with nearest neighbour.
+
+    Not the RGB loader: scaling would turn small 16-bit values to 0; Pillow's clipping keeps
+    every non-zero value non-zero. An unreadable file raises `imageio.ImageFailure`.
+    """
+    try:
+        with Image.open(path) as img:
+            gray = img.convert("L")
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageFailure("corrupt_image", f"mask {path}: {type(exc).__name__}: {exc}") from None
     if gray.size != size:
         gray = gray.resize(size, Image.Resampling.NEAREST)
     return dilate(np.asarray(gray) > 0, pixels)

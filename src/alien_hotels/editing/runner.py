@@ -5,11 +5,16 @@ resolution (multiple of 8), resize back, paste the source back outside the mask,
 `<out_dir>/<image_id>.png` with a resume key (recipe config + source content) in its metadata,
 and score the source and the result. An image whose output already carries the same key is not
 edited again. Nothing loads a model when there is nothing to edit.
+
+Each image goes through `plan_job` (no model: readable?, resume key, output already there?),
+`run_job` (the models: mask, edit, scores) and `store` (the PNG). `edit.executor=local` runs all
+three here; `ray` runs `run_job` on Ray actors (`alien_hotels.distributed.edit`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import itertools
 import logging
 import time
@@ -19,19 +24,21 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from tqdm.auto import tqdm
 
 from alien_hotels import modelhub
+from alien_hotels.common import StageError, remove_partial_writes
 from alien_hotels.editing import imaging, models
 from alien_hotels.editing.config import EditConfig, RecipeConfig
 from alien_hotels.editing.scores import Scorer, success
+from alien_hotels.imageio import ImageFailure, load_rgb
+from alien_hotels.images import usable_images
 from alien_hotels.methods import textual_inversion
 from alien_hotels.modelhub import Located
 
 log = logging.getLogger(__name__)
 
-MANIFEST_COLUMNS = ["image_id", "path", "status"]
 SCORE_KEYS = [
     "green_share",
     "neon_share",
@@ -54,15 +61,6 @@ TABLE_COLUMNS = [
     "key",
 ]
 KEY_VERSION = "edit-v1"
-
-
-def select_images(manifest: pd.DataFrame, limit: int | None) -> pd.DataFrame:
-    """Manifest rows with status ok and a path, in manifest order, at most `limit`."""
-    paths = manifest["path"].astype("string").fillna("").str.strip()
-    ok = (manifest["status"].astype("string") == "ok") & (paths != "")
-    rows = manifest.loc[ok].assign(path=paths[ok]).drop_duplicates("image_id")
-    rows = rows.assign(image_id=rows["image_id"].astype(str))
-    return (rows if limit is None else rows.head(limit)).reset_index(drop=True)
 
 
 @dataclass
@@ -152,20 +150,32 @@ def recipe_hash(recipe: RecipeConfig, dtype: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def read_mask_file(recipe: RecipeConfig, image_id: str, root: Path) -> tuple[bytes | None, str]:
+    """mask.source=files: (the bytes of `<files_dir>/<image_id>.png` or None, a note when it is
+    missing); `files_dir` is relative to the repo root."""
+    if recipe.mask.source != "files":
+        return None, ""
+    path = root / (recipe.mask.files_dir or "") / f"{image_id}.png"
+    if not path.is_file():
+        return None, f"no mask file {path}"
+    return path.read_bytes(), ""
+
+
 def compute_mask(
-    recipe: RecipeConfig, image_id: str, source: Image.Image, segmenter: Any
-) -> tuple[np.ndarray | None, str]:
-    """(mask at the source size or None for a whole-image edit, note)."""
+    recipe: RecipeConfig, source: Image.Image, segmenter: Any, mask_file: bytes | None
+) -> np.ndarray | None:
+    """Mask at the source size, or None for a whole-image edit. mask.source=files without a
+    file (`mask_file` None): an empty mask, so the image is kept unchanged. An unreadable mask
+    file raises `ImageFailure`."""
     spec = recipe.mask
     if spec.source == "none":
-        return None, ""
+        return None
     if spec.source == "text":
         probs = segmenter.probs(source, spec.prompt or "")
-        return imaging.mask_from_probs(probs, source.size, spec.threshold, spec.dilate), ""
-    path = Path(spec.files_dir or "") / f"{image_id}.png"
-    if not path.is_file():
-        return np.zeros((source.height, source.width), dtype=bool), f"no mask file {path}"
-    return imaging.mask_from_file(path, source.size, spec.dilate), ""
+        return imaging.mask_from_probs(probs, source.size, spec.threshold, spec.dilate)
+    if mask_file is None:
+        return np.zeros((source.height, source.width), dtype=bool)
+    return imaging.mask_from_file(io.BytesIO(mask_file), source.size, spec.dilate)
 
 
 def edit_image(
@@ -187,10 +197,99 @@ class RecipeResult:
     sheet: list[tuple[str, Image.Image, Image.Image | None, Image.Image]] = field(
         default_factory=list
     )
+    executor: dict[str, Any] = field(default_factory=lambda: {"executor": "local"})
 
 
 def _failed(image_id: str, reason: str) -> dict[str, Any]:
     return {"image_id": image_id, "status": "failed", "reason": reason, "resumed": False}
+
+
+@dataclass
+class EditJob:
+    """One image to edit, everything in memory (it may travel to a Ray worker): the source
+    file's bytes, the mask file's, the resume key and, when the output with that key already
+    exists, its bytes (scored again, not edited again)."""
+
+    image_id: str
+    source: bytes
+    mask_file: bytes | None
+    note: str
+    key: str
+    existing: bytes | None
+
+
+@dataclass
+class EditDone:
+    row: dict[str, Any]
+    edited: Image.Image
+    mask: np.ndarray | None
+
+
+def plan_job(
+    recipe: RecipeConfig, base_key: str, image_id: str, path: str, root: Path, out_dir: Path
+) -> EditJob | dict[str, Any]:
+    """The job for one manifest row (no model needed), or its failure row."""
+    src_path = root / path
+    try:
+        decoded = load_rgb(src_path)  # unreadable sources fail here, with the local message
+        source = src_path.read_bytes()
+    except ImageFailure as exc:
+        return _failed(image_id, f"cannot read {path}: {exc.reason}")
+    mask_file, note = read_mask_file(recipe, image_id, root)
+    if mask_file is not None:
+        try:  # a corrupt mask fails its row before any model work
+            imaging.mask_from_file(io.BytesIO(mask_file), decoded.size, 0)
+        except ImageFailure as exc:
+            return _failed(image_id, f"cannot read the mask: {exc.detail}")
+    digest = hashlib.md5(source).hexdigest()
+    if mask_file is not None:
+        digest += hashlib.md5(mask_file).hexdigest()
+    key = hashlib.sha256(f"{base_key}|{digest}".encode()).hexdigest()[:20]
+    target = out_dir / f"{image_id}.png"
+    existing = target.read_bytes() if imaging.saved_key(target) == key else None
+    return EditJob(image_id, source, mask_file, note, key, existing)
+
+
+def run_job(loaded: Models, recipe: RecipeConfig, job: EditJob) -> EditDone:
+    """Mask, edit (unless resumed or the mask is empty) and score one image: the per-image
+    worker both executors run."""
+    start = time.perf_counter()
+    source = load_rgb(job.source)
+    mask = compute_mask(recipe, source, loaded.segmenter, job.mask_file)
+    empty = mask is not None and not mask.any()
+    if job.existing is not None:
+        edited = load_rgb(job.existing)
+    else:
+        edited = source.copy() if empty else edit_image(loaded.pipe, recipe, source, mask)
+    row: dict[str, Any] = {
+        "image_id": job.image_id,
+        "status": "unchanged" if empty else "edited",
+        "reason": job.note or ("empty mask: copied unchanged" if empty else ""),
+        "resumed": job.existing is not None,
+        "mask_fraction": 1.0 if mask is None else float(mask.mean()),
+        "seconds": round(time.perf_counter() - start, 3),
+        "key": job.key,
+    }
+    row.update(loaded.scorer.compare(source, edited))
+    row["success"] = success(row, recipe.goal)
+    return EditDone(row, edited, mask)
+
+
+def store(job: EditJob, done: EditDone, out_dir: Path) -> None:
+    """Write a newly edited image (with its resume key); resumed ones are already there."""
+    if job.existing is None:
+        imaging.save_png(done.edited, out_dir / f"{job.image_id}.png", job.key)
+
+
+def sheet_entry(job: EditJob, done: EditDone):
+    mask_img = imaging.mask_image(done.mask) if done.mask is not None else None
+    return (job.image_id, load_rgb(job.source), mask_img, done.edited)
+
+
+def finish(rows: list[dict[str, Any]], out_dir: Path) -> pd.DataFrame:
+    keep = {r["image_id"] for r in rows if r["status"] != "failed"}
+    _remove_stale(out_dir, keep)
+    return pd.DataFrame(rows).reindex(columns=TABLE_COLUMNS)
 
 
 def edit_recipe(
@@ -200,60 +299,43 @@ def edit_recipe(
     out_dir: Path,
     root: Path = Path("."),
     loaded: Models | None = None,
+    ray_cfg=None,
 ) -> RecipeResult:
     """Edit every selected image with recipe `name`; see the module docstring."""
     recipe = cfg.recipes[name]
-    images = select_images(manifest, cfg.max_images)
+    images = usable_images(manifest, cfg.max_images).rows
     out_dir.mkdir(parents=True, exist_ok=True)
-    result = RecipeResult(pd.DataFrame(columns=TABLE_COLUMNS))
+    remove_partial_writes(out_dir)  # PNGs of a killed run: DVC would track them
     if images.empty:
         _remove_stale(out_dir, set())
         log.info("edit %s: no images to edit (manifest has no status=ok rows)", name)
-        return result
+        return RecipeResult(pd.DataFrame(columns=TABLE_COLUMNS))
+    masks = root / (recipe.mask.files_dir or "")
+    if recipe.mask.source == "files" and not masks.is_dir():
+        raise StageError(
+            f"edit.recipes.{name}.mask.files_dir: no folder {recipe.mask.files_dir} "
+            "(relative to the repo root)"
+        )
+    if cfg.executor == "ray":
+        from alien_hotels.distributed.edit import edit_recipe_on_ray
+
+        return edit_recipe_on_ray(name, cfg, images, out_dir, root, ray_cfg)
+    result = RecipeResult(pd.DataFrame(columns=TABLE_COLUMNS))
     loaded = loaded or load_models(name, recipe, cfg)
     base_key = recipe_hash(recipe, loaded.dtype + loaded.key_extra)
     rows: list[dict[str, Any]] = []
     bar = tqdm(images.itertuples(index=False), total=len(images), desc=f"edit {name}", unit="img")
     for item in bar:
-        image_id = str(item.image_id)
-        src_path = root / str(item.path)
-        try:
-            source = imaging.load_rgb(src_path)
-            digest = imaging.file_md5(src_path)
-        except (OSError, UnidentifiedImageError, ValueError) as exc:
-            rows.append(_failed(image_id, f"cannot read {item.path}: {exc}"))
+        job = plan_job(recipe, base_key, str(item.image_id), str(item.path), root, out_dir)
+        if isinstance(job, dict):
+            rows.append(job)
             continue
-        start = time.perf_counter()
-        mask, note = compute_mask(recipe, image_id, source, loaded.segmenter)
-        if recipe.mask.source == "files" and not note:
-            digest += imaging.file_md5(Path(recipe.mask.files_dir or "") / f"{image_id}.png")
-        key = hashlib.sha256(f"{base_key}|{digest}".encode()).hexdigest()[:20]
-        target = out_dir / f"{image_id}.png"
-        empty = mask is not None and not mask.any()
-        resumed = target.is_file() and imaging.saved_key(target) == key
-        if resumed:
-            edited = imaging.load_rgb(target)
-        else:
-            edited = source.copy() if empty else edit_image(loaded.pipe, recipe, source, mask)
-            imaging.save_png(edited, target, key)
-        row: dict[str, Any] = {
-            "image_id": image_id,
-            "status": "unchanged" if empty else "edited",
-            "reason": note or ("empty mask: copied unchanged" if empty else ""),
-            "resumed": resumed,
-            "mask_fraction": 1.0 if mask is None else float(mask.mean()),
-            "seconds": round(time.perf_counter() - start, 3),
-            "key": key,
-        }
-        row.update(loaded.scorer.compare(source, edited))
-        row["success"] = success(row, recipe.goal)
-        rows.append(row)
+        done = run_job(loaded, recipe, job)
+        store(job, done, out_dir)
+        rows.append(done.row)
         if len(result.sheet) < cfg.sheet_rows:
-            mask_img = imaging.mask_image(mask) if mask is not None else None
-            result.sheet.append((image_id, source, mask_img, edited))
-    keep = {r["image_id"] for r in rows if r["status"] != "failed"}
-    _remove_stale(out_dir, keep)
-    result.table = pd.DataFrame(rows).reindex(columns=TABLE_COLUMNS)
+            result.sheet.append(sheet_entry(job, done))
+    result.table = finish(rows, out_dir)
     return result
 
 
@@ -292,19 +374,20 @@ def sweep(
     name = cfg.sweep.recipe
     fields = list(cfg.sweep.grid)
     columns = [*fields, "n_images", *SWEEP_METRICS]
-    images = select_images(manifest, cfg.sweep.max_images)
+    images = usable_images(manifest, cfg.sweep.max_images).rows
     if images.empty or not cfg.recipes:
         return pd.DataFrame(columns=columns)
     recipe = cfg.recipes[name]
     loaded = loaded or load_models(name, recipe, cfg)
     prepared = []
     for item in images.itertuples(index=False):
+        mask_bytes, _ = read_mask_file(recipe, str(item.image_id), root)
         try:
-            source = imaging.load_rgb(root / str(item.path))
-        except (OSError, UnidentifiedImageError, ValueError) as exc:
+            source = load_rgb(root / str(item.path))
+            mask = compute_mask(recipe, source, loaded.segmenter, mask_bytes)
+        except ImageFailure as exc:
             log.warning("sweep: skipping %s: %s", item.image_id, exc)
             continue
-        mask, _ = compute_mask(recipe, str(item.image_id), source, loaded.segmenter)
         prepared.append((source, mask))
     points = list(itertools.product(*cfg.sweep.grid.values()))
     out = []

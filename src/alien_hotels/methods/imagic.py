@@ -23,13 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from PIL import Image, ImageDraw, UnidentifiedImageError
+from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 from alien_hotels.editing import imaging, models
 from alien_hotels.editing.config import EditConfig
 from alien_hotels.editing.runner import SCORE_KEYS, load_scorer, select_images
 from alien_hotels.editing.scores import success
+from alien_hotels.imageio import ImageFailure, load_rgb
 from alien_hotels.methods import training
 from alien_hotels.methods.config import ImagicConfig
 
@@ -282,9 +283,9 @@ def run(
     for item in tqdm(images.itertuples(index=False), total=len(images), desc="imagic", unit="img"):
         image_id = str(item.image_id)
         try:
-            source = imaging.load_rgb(root / str(item.path))
+            source = load_rgb(root / str(item.path))
             source_md5 = imaging.file_md5(root / str(item.path))
-        except (OSError, UnidentifiedImageError, ValueError) as exc:
+        except (ImageFailure, OSError) as exc:
             rows.append(
                 {
                     "image_id": image_id,
@@ -325,7 +326,7 @@ def _one_image(loaded: Loaded, image_id, source, source_md5, out_dir, result) ->
     seconds = round(time.perf_counter() - start, 3)
     rows, columns = [], []
     for alpha, path in targets.items():
-        generated = imaging.load_rgb(path)
+        generated = load_rgb(path)
         row = {
             "image_id": image_id,
             "alpha": alpha,

@@ -19,12 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from tqdm.auto import tqdm
 
 from alien_hotels.common import StageError, atomic_path
 from alien_hotels.editing import imaging
 from alien_hotels.editing.config import EditConfig, RecipeConfig
+from alien_hotels.imageio import ImageFailure, load_rgb
 from alien_hotels.methods import training
 from alien_hotels.methods.config import TextualInversionConfig
 
@@ -71,8 +72,8 @@ def load_references(cfg: TextualInversionConfig) -> list[tuple[Path, Image.Image
     images, bad = [], []
     for path in files:
         try:
-            images.append((path, imaging.load_rgb(path)))
-        except (OSError, UnidentifiedImageError, ValueError) as exc:
+            images.append((path, load_rgb(path)))
+        except (ImageFailure, OSError) as exc:
             bad.append(f"{path.name} ({exc})")
     if bad:
         raise StageError(

@@ -30,10 +30,11 @@ def run(params: Params, paths: StagePaths = StagePaths()) -> pd.DataFrame:
         }
         n_images = len(sample)
     else:
-        from alien_hotels.captioning.run import MANIFEST_COLUMNS, caption_images
+        from alien_hotels.captioning.run import caption_images
+        from alien_hotels.images import read_manifest
 
-        manifest = read_csv(paths.images_manifest, MANIFEST_COLUMNS, what="images manifest")
-        result = caption_images(manifest, cfg, root=Path("."))
+        manifest = read_manifest(paths.images_manifest)
+        result = caption_images(manifest, cfg, root=Path("."), ray_cfg=params.ray)
         captions, failures, metrics = result.captions, result.failures, result.metrics
         metrics = {"method": cfg.method, **metrics}
         n_images = metrics["images"]

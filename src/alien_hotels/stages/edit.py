@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 
-from alien_hotels.common import StageError, atomic_path, read_csv, write_csv, write_json
+from alien_hotels.common import StageError, atomic_path, write_csv, write_json
 from alien_hotels.config import Params
 from alien_hotels.editing import imaging, report, runner
+from alien_hotels.images import read_manifest, usable_images
 from alien_hotels.stages.paths import StagePaths
 
 log = logging.getLogger("alien_hotels")
@@ -22,14 +23,18 @@ def run(params: Params, recipe: str | None = None, paths: StagePaths = StagePath
             f"edit: unknown recipe {unknown[0]!r}; edit.recipes has: "
             f"{', '.join(cfg.recipes) or '(none)'}"
         )
-    manifest = read_csv(paths.images_manifest, runner.MANIFEST_COLUMNS, what="images manifest")
-    for name in names:  # every model is checked before any image is edited
-        if not runner.select_images(manifest, cfg.max_images).empty:
+    manifest = read_manifest(paths.images_manifest)
+    for name in names:  # every model is checked before any image is edited (ray: on workers)
+        if cfg.executor == "local" and not usable_images(manifest, cfg.max_images).rows.empty:
             runner.check_weights(name, cfg.recipes[name], cfg)
     out: dict[str, dict] = {}
     for name in names:
-        result = runner.edit_recipe(name, cfg, manifest, paths.edited_dir / name)
-        metrics = report.clean({"recipe": name, **runner.recipe_metrics(result.table)})
+        result = runner.edit_recipe(
+            name, cfg, manifest, paths.edited_dir / name, ray_cfg=params.ray
+        )
+        metrics = report.clean(
+            {"recipe": name, **runner.recipe_metrics(result.table), **result.executor}
+        )
         sheet = imaging.contact_sheet(result.sheet, title=f"recipe {name}")
         with atomic_path(paths.edit_sheets / f"{name}.jpg") as tmp:
             sheet.save(tmp, format="JPEG", quality=88)

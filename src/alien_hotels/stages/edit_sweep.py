@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import pandas as pd
 
-from alien_hotels.common import read_csv, write_csv, write_json
+from alien_hotels.common import write_csv, write_json
 from alien_hotels.config import Params
 from alien_hotels.editing import report, runner
+from alien_hotels.images import read_manifest
 from alien_hotels.stages.paths import StagePaths
 
 
 def run(params: Params, paths: StagePaths = StagePaths()) -> pd.DataFrame:
     cfg = params.edit
-    table = runner.sweep(
-        cfg, read_csv(paths.images_manifest, runner.MANIFEST_COLUMNS, what="images manifest")
-    )
+    table = runner.sweep(cfg, read_manifest(paths.images_manifest))
     best = None
     if not table.empty:
         ranked = table.assign(success=pd.to_numeric(table["success"], errors="coerce"))

@@ -1,0 +1,66 @@
+"""The `ray` config group and the executor keys (no Ray instance needed), and the shipped KubeRay
+manifest."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from alien_hotels.config import ConfigError
+from alien_hotels.distributed.caption import scratch_path
+from conftest import ROOT, compose
+
+
+def test_executors_default_to_local_and_ray_has_its_section():
+    params = compose()
+    assert params.caption.executor == "local" and params.edit.executor == "local"
+    assert params.ray is not None and params.ray.address is None
+    assert compose("caption=clip_interrogator").caption.executor == "local"
+    ray = compose("ray.address=ray://head:10001", "ray.num_gpus_per_worker=1").ray
+    assert ray.address == "ray://head:10001" and ray.num_gpus_per_worker == 1
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("caption.executor=dask", r"caption\.executor = 'dask'.*'local' or 'ray'"),
+        ("edit.executor=slurm", r"edit\.executor = 'slurm'"),
+        ("ray.address=http://head", r"ray\.address = 'http://head'"),
+        ("ray.min_workers=5", r"ray\.min_workers \(5\) must not exceed ray\.num_workers \(2\)"),
+        ("ray.num_gpus_per_worker=-1", r"ray\.num_gpus_per_worker"),
+    ],
+)
+def test_bad_ray_settings_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        compose(override)
+
+
+def test_checkpoint_key_does_not_depend_on_the_executor():
+    from alien_hotels.captioning.checkpoint import config_key
+
+    local = compose("caption=clip_interrogator").caption
+    ray = compose("caption=clip_interrogator", "caption.executor=ray").caption
+    assert config_key(local, "cpu", "float32") == config_key(ray, "cpu", "float32")
+
+
+def test_scratch_paths_stay_inside_the_scratch_folder():
+    assert scratch_path("data/images/a.jpg") == "data/images/a.jpg"
+    for outside in ("/etc/passwd", "../x.jpg", "a/../../b.png"):
+        got = scratch_path(outside)
+        assert got.startswith("_outside/") and ".." not in got.split("/"), got
+
+
+def test_kuberay_manifest_has_a_gpu_worker_group_and_the_model_cache():
+    docs = list(yaml.safe_load_all((ROOT / "deploy/kuberay-raycluster.yaml").read_text()))
+    cluster = next(d for d in docs if d["kind"] == "RayCluster")
+    assert cluster["spec"]["rayVersion"] == "2.60.0"
+    (group,) = cluster["spec"]["workerGroupSpecs"]
+    container = group["template"]["spec"]["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert {"name": "model-cache", "mountPath": "/cache", "readOnly": True} in container[
+        "volumeMounts"
+    ]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["HF_HOME"] == "/cache/huggingface" and env["HF_HUB_OFFLINE"] == "1"
+    claims = {d["metadata"]["name"] for d in docs if d["kind"] == "PersistentVolumeClaim"}
+    assert "alien-hotels-models" in claims
