@@ -28,9 +28,10 @@ from tqdm.auto import tqdm
 
 from alien_hotels.editing import imaging, models
 from alien_hotels.editing.config import EditConfig
-from alien_hotels.editing.runner import SCORE_KEYS, load_scorer, select_images
+from alien_hotels.editing.runner import SCORE_KEYS, load_scorer
 from alien_hotels.editing.scores import success
 from alien_hotels.imageio import ImageFailure, load_rgb
+from alien_hotels.images import usable_images
 from alien_hotels.methods import training
 from alien_hotels.methods.config import ImagicConfig
 
@@ -270,7 +271,7 @@ def run(
 ) -> ImagicResult:
     """Imagic over the selected images; see the module docstring."""
     imagic = cfg.imagic
-    images = select_images(manifest, imagic.max_images)
+    images = usable_images(manifest, imagic.max_images).rows
     result = ImagicResult(pd.DataFrame(columns=TABLE_COLUMNS), {})
     out_dir.mkdir(parents=True, exist_ok=True)  # a DVC output even when there is nothing to do
     if images.empty:
