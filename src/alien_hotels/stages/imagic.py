@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 
-from alien_hotels.common import atomic_path, read_csv, write_csv, write_json
+from alien_hotels.common import atomic_path, write_csv, write_json
 from alien_hotels.config import Params
-from alien_hotels.editing import report, runner
+from alien_hotels.editing import report
+from alien_hotels.images import read_manifest
 from alien_hotels.methods import imagic
 from alien_hotels.stages.paths import StagePaths
 
@@ -15,8 +16,7 @@ log = logging.getLogger("alien_hotels")
 
 def run(params: Params, paths: StagePaths = StagePaths()) -> dict:
     cfg = params.edit
-    manifest = read_csv(paths.images_manifest, runner.MANIFEST_COLUMNS, what="images manifest")
-    result = imagic.run(cfg, manifest, paths.imagic_dir)
+    result = imagic.run(cfg, read_manifest(paths.images_manifest), paths.imagic_dir)
     paths.imagic_sheets.mkdir(parents=True, exist_ok=True)
     for stale in paths.imagic_sheets.glob("*.jpg"):
         if stale.stem not in result.sheets:
