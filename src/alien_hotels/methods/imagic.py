@@ -128,24 +128,21 @@ def optimise(
     latents = training.encode_latents(parts, training.pixels(image, image.size))
     e_target = training.text_embeddings(parts, [cfg.target_text])
     e_opt = torch.nn.Parameter(e_target.detach().clone().float())
-    optimizer = torch.optim.Adam([e_opt], lr=cfg.embedding_lr)
-    for step in tqdm(range(cfg.embedding_steps), desc="imagic embedding", unit="step", leave=False):
-        loss = training.denoising_loss(parts, latents, e_opt, generator)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if on_step is not None:
-            on_step("embedding", step)
+
+    def descend(phase: str, params: list, lr: float, steps: int, embedding) -> None:
+        """Adam on `params` against the denoising loss of the source under `embedding`."""
+        optimizer = torch.optim.Adam(params, lr=lr)
+        for step in tqdm(range(steps), desc=f"imagic {phase}", unit="step", leave=False):
+            training.denoising_loss(parts, latents, embedding, generator).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if on_step is not None:
+                on_step(phase, step)
+
+    descend("embedding", [e_opt], cfg.embedding_lr, cfg.embedding_steps, e_opt)
     e_opt = e_opt.detach()
     trainable = _trainable(parts, cfg)
-    optimizer = torch.optim.Adam(trainable, lr=cfg.unet_lr)
-    for step in tqdm(range(cfg.unet_steps), desc="imagic unet", unit="step", leave=False):
-        loss = training.denoising_loss(parts, latents, e_opt, generator)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if on_step is not None:
-            on_step("unet", step)
+    descend("unet", trainable, cfg.unet_lr, cfg.unet_steps, e_opt)
     for param in trainable:
         param.requires_grad_(False)
     state = {"e_target": e_target.cpu(), "e_optimised": e_opt.cpu()}
