@@ -350,3 +350,83 @@ def test_imagic_outputs_per_alpha_and_alpha_changes_reuse_the_trained_state(
     Path("data/imagic/images/img0/alpha_0.500.png").unlink()
     imagic_stage.run(params)
     assert Path("data/imagic/images/img0/alpha_0.500.png").read_bytes() == kept
+
+
+# --- a tiny model that has learned its text ------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def trained_sd(tmp_path_factory) -> Path:
+    """`testing.trained_sd`: a tiny Stable Diffusion trained on "a red room" / "a green room"
+    (about half a minute), saved to disk."""
+    import torch
+
+    from alien_hotels.testing.trained_sd import trained_tiny_sd
+
+    torch.set_num_threads(1)
+    path = tmp_path_factory.mktemp("trained_sd") / "sd"
+    trained_tiny_sd().save_pretrained(path)
+    return path
+
+
+@pytest.mark.ml
+def test_trained_fixture_draws_what_its_text_says(trained_sd: Path):
+    """The premise of the Imagic test below: this model's text decides the picture."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from alien_hotels.editing.scores import ssim
+    from alien_hotels.testing.trained_sd import caption, room
+
+    pipe = StableDiffusionPipeline.from_pretrained(trained_sd, safety_checker=None)
+    pipe.set_progress_bar_config(disable=True)
+    for colour, other in (("red", "green"), ("green", "red")):
+        out = pipe(
+            caption(colour),
+            height=64,
+            width=64,
+            num_inference_steps=10,
+            guidance_scale=3.0,
+            generator=torch.Generator().manual_seed(0),
+        ).images[0]
+        assert ssim(room(colour), out) > ssim(room(other), out) + 0.1
+
+
+@pytest.mark.ml
+@pytest.mark.parametrize("finetune", ["lora", "full"])
+def test_imagic_alpha_0_reconstructs_the_source_and_alpha_1_follows_the_target(
+    workdir: Path, trained_sd: Path, finetune: str
+):
+    """Source: a red room whose window the model never saw lower down; target: "a green room".
+    alpha 0 (the optimised embedding on the tuned model) must be closer to the source by the
+    stage's own SSIM, alpha 1 greener by the stage's own success score (goal: green)."""
+    from alien_hotels.testing.trained_sd import caption, room
+
+    Path("data/images").mkdir(parents=True)
+    room("red", window=(0.5, 0.75)).save("data/images/src.png")
+    Path("data/interim").mkdir(parents=True)
+    pd.DataFrame(
+        [("src", "data/images/src.png", "ok", "")], columns=["image_id", "path", "status", "reason"]
+    ).to_csv("data/interim/images.csv", index=False)
+    params = compose(
+        *IMAGIC_TINY,
+        f"edit.imagic.model_id={trained_sd}",
+        f"edit.imagic.target_text='{caption('green')}'",
+        "edit.imagic.goal=green",
+        f"edit.imagic.finetune={finetune}",
+        "edit.imagic.embedding_steps=50",
+        "edit.imagic.embedding_lr=5e-2",
+        "edit.imagic.unet_steps=30",
+        "edit.imagic.unet_lr=1e-3",
+        "edit.imagic.inference_steps=10",
+        "edit.imagic.guidance_scale=3.0",
+        "edit.imagic.alphas=[0.0,0.5,1.0]",
+    )
+    imagic_stage.run(params)
+    table = pd.read_csv("data/processed/imagic.csv").set_index("alpha")
+    assert (table.status == "edited").all()
+    ssim, success = table["ssim"], table["success"]
+    assert ssim[0.0] > ssim[1.0] + 0.1, ssim.to_dict()
+    assert success[1.0] > success[0.0] + 0.3, success.to_dict()
+    curve = pd.read_csv("plots/imagic_alpha.csv").set_index("alpha")
+    assert curve.loc[0.0, "ssim"] == pytest.approx(ssim[0.0])
