@@ -137,12 +137,20 @@ def tiny_pipeline(kind: Kind = "img2img", seed: int = 0):
         )
     else:
         scheduler = PNDMScheduler(skip_prk_steps=True, steps_offset=1)
-    pipe = classes[kind](
+    return assemble(
+        classes[kind],
         unet=tiny_unet(UNET_CHANNELS[kind], seed),
         vae=tiny_vae(seed),
         text_encoder=tiny_text_encoder(seed),
         tokenizer=tiny_tokenizer(),
         scheduler=scheduler,
+    )
+
+
+def assemble(pipeline_class, **components):
+    """A pipeline from its parts, without safety checker or image encoder, progress bar off."""
+    pipe = pipeline_class(
+        **components,
         safety_checker=None,
         feature_extractor=None,
         image_encoder=None,

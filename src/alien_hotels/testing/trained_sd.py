@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from alien_hotels.testing.diffusion import HIDDEN, tiny_text_encoder, tiny_tokenizer
+from alien_hotels.testing.diffusion import HIDDEN, assemble, tiny_text_encoder, tiny_tokenizer
 
 SIZE = 64
 ROOMS = {"red": (200, 40, 40), "green": (40, 190, 60)}
@@ -137,16 +137,11 @@ def trained_tiny_sd(vae_steps: int = 150, unet_steps: int = 400, seed: int = 0):
         optimizer.zero_grad(set_to_none=True)
     unet.requires_grad_(False).eval()
     text_encoder.requires_grad_(False).eval()
-    pipe = StableDiffusionPipeline(
+    return assemble(
+        StableDiffusionPipeline,
         vae=vae,
         unet=unet,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         scheduler=DDIMScheduler(**SCHEDULE, clip_sample=False, timestep_spacing="trailing"),
-        safety_checker=None,
-        feature_extractor=None,
-        image_encoder=None,
-        requires_safety_checker=False,
     )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
