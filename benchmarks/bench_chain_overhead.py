@@ -33,7 +33,8 @@ NO_KERNEL = {
     "aten::select", "aten::detach", "aten::alias", "aten::resolve_conj", "aten::resolve_neg",
     "aten::empty", "aten::empty_strided", "aten::empty_like", "aten::lift_fresh",
     "aten::permute", "aten::chunk", "aten::split", "aten::unbind", "aten::flatten",
-    "aten::contiguous", "aten::_unsafe_view", "aten::narrow", "aten::numpy_T", "aten::split_with_sizes",
+    "aten::contiguous", "aten::_unsafe_view", "aten::narrow", "aten::numpy_T",
+    "aten::split_with_sizes",
     "aten::unflatten", "aten::view_as", "aten::expand_as", "aten::broadcast_tensors",
     "aten::result_type", "aten::is_nonzero", "aten::_has_compatible_shallow_copy_type",
 }  # fmt: skip
