@@ -223,15 +223,15 @@ class FastChain:
             (_, _, tokens), s = next(scored)
             if job.reverse:
                 s = -s
-            band = torch.nonzero(s >= s.max() - self.margin).flatten()
+            band = _band(s, self.margin)
             if len(band) == 1:
-                result.append(texts[int(band[0])])
+                result.append(texts[band[0]])
                 continue
             # Too close to call in this precision: the library's computation scores the band (in
             # list order, so its first-index tie rule holds) and decides.
             job.stats.fallbacks += 1
             job.stats.rescored += len(band)
-            band_texts = [texts[i] for i in band.tolist()]
+            band_texts = [texts[i] for i in band]
             result.append(
                 self.library_rank_top(job.features, tokens[band], band_texts, job.reverse)
             )
@@ -376,6 +376,13 @@ def _supported(model) -> bool:
         return False
 
 
+def _band(scores, margin: float) -> list[int]:
+    """Indices (in list order) of the CPU `scores` within `margin` of the best."""
+    import torch
+
+    return torch.nonzero(scores >= scores.max() - margin).flatten().tolist()
+
+
 def _plain(text: str) -> bool:
     """Printable ASCII without `&`: text the tokenizer's cleaning leaves as it is, but for
     whitespace and case (see `ChainTokens`)."""
@@ -423,16 +430,7 @@ def encode_text_grouped(model, groups: list):
     pos = model.positional_embedding.to(cast)
     device = pos.device
     groups = [t.cpu() for t in groups]
-    prefix_lens = [common_prefix_length(t) for t in groups]
-    tokens = torch.cat(groups)
-    group_of_row = torch.repeat_interleave(torch.tensor([len(t) for t in groups]))
-    plen = torch.tensor(prefix_lens)[group_of_row]
-    eot = tokens.argmax(dim=-1)  # open_clip pools at argmax: the end-of-text token
-    lengths = eot - plen + 1
-    width = int(lengths.max())
-    valid = torch.arange(width)[None, :] < lengths[:, None]  # (n, width): real suffix positions
-    rows, cols = valid.nonzero(as_tuple=True)  # packed order: row-major
-    at = plen[rows] + cols  # each packed token's position in its row
+    prefix_lens, tokens, lengths, width, rows, cols, at = _layout(groups)
 
     def dev(t):
         return t.to(device, non_blocking=True)
@@ -461,6 +459,24 @@ def encode_text_grouped(model, groups: list):
         else:
             pooled = pooled @ model.text_projection
     return pooled
+
+
+def _layout(groups: list):
+    """Host side of `encode_text_grouped`, on CPU tokens: each group's prefix length, the rows,
+    each row's suffix length (to its end-of-text), the widest suffix, and the packed tokens'
+    (row, suffix column, position in the row)."""
+    import torch
+
+    prefix_lens = [common_prefix_length(t) for t in groups]
+    tokens = torch.cat(groups)
+    group_of_row = torch.repeat_interleave(torch.tensor([len(t) for t in groups]))
+    plen = torch.tensor(prefix_lens)[group_of_row]
+    eot = tokens.argmax(dim=-1)  # open_clip pools at argmax: the end-of-text token
+    lengths = eot - plen + 1
+    width = int(lengths.max())
+    valid = torch.arange(width)[None, :] < lengths[:, None]  # (n, width): real suffix positions
+    rows, cols = valid.nonzero(as_tuple=True)  # packed order: row-major
+    return prefix_lens, tokens, lengths, width, rows, cols, plen[rows] + cols
 
 
 def _packed_block(block, x, prefix_kv, layout):
