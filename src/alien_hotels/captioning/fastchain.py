@@ -16,7 +16,8 @@ the suffixes of every image's candidates share one packed forward.
 
 Exactness (banded fallback): the fast scores equal the library's up to float rounding. Every
 candidate whose fast score lies within `margin` of the leader's is rescored by the library's own
-`rank_top` (full 77-token encode, same precision, same order, so its tie order holds); with
+`rank_top` computation (`library_rank_top`: full 77-token encode, same precision, same order, so
+its tie order holds); with
 `margin` at least twice the fast path's largest deviation from the library, the library's choice
 is always inside that band (docs/captioning.md states the contract per precision). Unsupported
 text towers (not open_clip's default causal `ResidualAttentionBlock` with argmax pooling) use
