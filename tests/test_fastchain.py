@@ -17,6 +17,7 @@ from alien_hotels.captioning import libcompat
 from alien_hotels.captioning.fastchain import (
     MARGINS,
     ChainJob,
+    ChainTokens,
     FastChain,
     common_prefix_length,
     encode_text_grouped,
@@ -99,16 +100,18 @@ def test_rank_top_matches_library_without_fallbacks(ci):
     assert all(job.stats.steps == 1 for job, _ in jobs)
 
 
-def spy_library_rank_top(monkeypatch, ci) -> list[list[str]]:
-    """Record the candidate lists the library's `rank_top` is asked to score."""
+def spy_band_rescoring(monkeypatch, ci, fast) -> list[list[str]]:
+    """Record the candidate lists the band rescoring (the library's `rank_top` computation on
+    the candidates' token rows) is asked to score; check those rows are the tokenizer's."""
     calls: list[list[str]] = []
-    original = ci.rank_top
+    original = fast.library_rank_top
 
-    def recording(image_features, text_array, reverse=False):
-        calls.append(list(text_array))
-        return original(image_features, text_array, reverse=reverse)
+    def recording(image_features, tokens, texts, reverse=False):
+        calls.append(list(texts))
+        assert torch.equal(tokens, ci.tokenize(texts))
+        return original(image_features, tokens, texts, reverse=reverse)
 
-    monkeypatch.setattr(ci, "rank_top", recording)
+    monkeypatch.setattr(fast, "library_rank_top", recording)
     return calls
 
 
@@ -125,9 +128,10 @@ def test_near_tie_rescores_only_the_band_and_takes_the_library_choice(ci0, monke
         ordered = fast_sims.sort(descending=True).values
         # A margin that puts exactly the top `band` candidates within reach of the leader.
         margin = float(ordered[0] - (ordered[band - 1] + ordered[band]) / 2)
-        calls = spy_library_rank_top(monkeypatch, ci)
+        forced = FastChain(ci, margin=margin)
+        calls = spy_band_rescoring(monkeypatch, ci, forced)
         job = ChainJob(f, [])
-        assert FastChain(ci, margin=margin).rank_many([(job, texts)]) == [expected]
+        assert forced.rank_many([(job, texts)]) == [expected]
         assert (job.stats.fallbacks, job.stats.rescored) == (1, band)
         assert len(calls) == 1 and len(calls[0]) == band
         assert calls[0] == [t for t in texts if t in calls[0]]  # the library's list order
@@ -313,3 +317,161 @@ def test_stage_records_chain_fallbacks_per_image(tmp_path, monkeypatch):
     ci = library_interrogator(paths, flavor_intermediate_count=32)
     expected = [ci.interrogate(Image.open(tmp_path / r["path"]).convert("RGB"), 2, 4) for r in rows]
     assert result.captions["caption"].tolist() == expected
+
+
+# -- host side: cached candidate tokens, band rescoring on those rows ------------------------
+
+
+def library_phrases() -> list[str]:
+    """clip-interrogator's own phrases where concatenation is hardest (non-ASCII, `&`, ending in
+    punctuation, as the merged table spells artists), and a sample of the rest."""
+    from pathlib import Path
+
+    import clip_interrogator
+
+    data = Path(clip_interrogator.__file__).parent / "data"
+
+    def lines(name):
+        return data.joinpath(name).read_text(encoding="utf-8", errors="replace").splitlines()
+
+    flavors, artists = lines("flavors.txt"), [f"by {a}" for a in lines("artists.txt")]
+    hard = [
+        p
+        for p in flavors + artists + lines("movements.txt") + lines("negative.txt")
+        if not (p.isascii() and p.isprintable()) or "&" in p or (p and not p[-1].isalnum())
+    ]
+    return hard + flavors[::200] + artists[::40] + lines("mediums.txt")
+
+
+EDGE_PHRASES = [
+    "", " ", "  padded  ", "UPPER Case", "&amp;", "amp; x", "&#39;s", "'s", "!", "(1937)",
+    "Ã© mojibake", "sÃ³", "\u00a0nbsp", "ﬁne ligature", "ＷＩＤＥ", "x\ny", "tab\tx", "İstanbul",
+    "ΣΑΣ", "Σ x", "é", "a \u2019quote\u2019", "<b>bold</b> &amp; more", "3", "a3", "ツ",
+    "&EACUTE;", "<b>",  # ftfy unescapes that entity unless a "<" is in the whole string
+]  # fmt: skip
+EDGE_PROMPTS = [
+    "a hotel room with a large bed", "a room, dragon!", "symmetry!!", "a <b> tag", "it's",
+    "by Zdzisław Beksiński", "café &amp; bar", "x &", "trailing space ", "  double  spaces",
+    "line\nbreak", "sÃ³", "ΣΑΣ", "ﬁ", "a 3", "UPPER", "", "&EACUTE; room",
+]  # fmt: skip
+
+
+def test_chain_tokens_equal_the_tokenizer_rows(ci0):
+    """Rows built from cached phrase ids equal `ci.tokenize` of the full strings, for prompts
+    and phrases where concatenating token ids is wrong (punctuation that merges with the comma,
+    HTML entities, mojibake, case that lowers differently in context) and a long prompt that
+    truncates at 77 tokens."""
+    tokenize = ci0.tokenize
+    chain_tokens = ChainTokens(tokenize)
+    assert chain_tokens.supported
+    phrases = library_phrases() + EDGE_PHRASES
+    long_prompt = ", ".join(ci0.flavors.labels[100:140])  # past the context
+    for prompt in [*EDGE_PROMPTS, long_prompt, None]:
+        texts = phrases if prompt is None else [f"{prompt}, {f}" for f in phrases]
+        assert torch.equal(chain_tokens(prompt, phrases), tokenize(texts)), prompt
+
+
+def test_chain_tokens_other_tokenizers_tokenize_every_string(ci0):
+    calls = []
+
+    def tokenize(texts):
+        calls.append(list(texts))
+        return ci0.tokenize(texts)
+
+    chain_tokens = ChainTokens(tokenize)
+    assert not chain_tokens.supported
+    out = chain_tokens("a room", ["bed", "lamp"])
+    assert calls == [["a room, bed", "a room, lamp"]]
+    assert torch.equal(out, ci0.tokenize(calls[0]))
+
+
+def test_chain_steps_score_the_tokenizer_rows_and_encode_each_phrase_once(ci0, monkeypatch):
+    """Over whole chains of several images (one FastChain, reused: its phrase cache carries
+    over), every step scores exactly `ci.tokenize(texts)` and the strings are the library's;
+    the tokenizer encodes each phrase once, not every candidate string of every step."""
+    ci = ci0
+    fast = FastChain(ci)
+    feats = engine(ci, "fast").image_features(images(3, 41))
+    labels = ci.flavors.labels
+    steps = []
+    candidates = fast._candidates
+    reference = copy.copy(ci.tokenize)  # not counted below
+
+    def checking(job, prompt, phrases):
+        out = candidates(job, prompt, phrases)
+        _, texts, tokens = out
+        assert torch.equal(tokens, reference(texts))
+        steps.append(len(texts))
+        return out
+
+    encoded = []
+    encode = ci.tokenize.encode
+
+    def counting(text):
+        encoded.append(text)
+        return encode(text)
+
+    seen: set[str] = set()
+    for offset in (0, 30):  # the second round's phrases overlap the first's
+        jobs = []
+        for i in range(len(feats)):
+            f = feats[i : i + 1]
+            flaves = labels[offset + i * 25 : offset + i * 25 + 70]
+            jobs.append(ChainJob(f, flaves, "a room", ci.similarity(f, "a room"), 3, 6))
+        expected = [ci.chain(j.features, j.phrases, j.best_prompt, j.best_sim, 3, 6) for j in jobs]
+        new = {p for j in jobs for p in j.phrases} - seen
+        seen |= new
+        steps.clear()
+        encoded.clear()
+        monkeypatch.setattr(fast, "_candidates", checking)
+        monkeypatch.setattr(ci.tokenize, "encode", counting)
+        got = fast.chains(jobs)
+        monkeypatch.undo()
+        assert got == expected
+        assert len(steps) >= 3 * 3
+        # New phrases once each, plus per image and step: the prompt, the library's similarity
+        # and max-length checks (and one `tokenize` of the final prompt each).
+        assert len(encoded) <= len(new) + 4 * len(steps)
+        assert len(encoded) < sum(steps) / 2
+
+
+def test_replaced_tokenizer_gets_a_fresh_phrase_cache(ci0, monkeypatch):
+    """The phrase cache belongs to one tokenizer: after `ci.tokenize` is replaced (here by a
+    case-sensitive one, whose ids differ), rows and strings follow the new tokenizer."""
+    import open_clip
+
+    ci = ci0
+    fast = FastChain(ci)
+    f = engine(ci, "fast").image_features(images(1, 43))
+    phrases = [f"{x} Hotel Lobby" for x in ci.flavors.labels[:40]]
+    sim = ci.similarity(f, "A Room")
+    job = ChainJob(f, phrases, "A Room", sim, 2, 3)
+    assert fast.chains([job]) == [ci.chain(f, phrases, "A Room", sim, 2, 3)]
+    old_rows = fast.tokens("A Room", phrases)
+    cased = open_clip.tokenizer.SimpleTokenizer(clean="whitespace")
+    monkeypatch.setattr(ci, "tokenize", cased)
+    rows = fast.tokens("A Room", phrases)
+    texts = [f"A Room, {x}" for x in phrases]
+    assert torch.equal(rows, cased(texts)) and not torch.equal(rows, old_rows)
+    sim = ci.similarity(f, "A Room")
+    job = ChainJob(f, phrases, "A Room", sim, 2, 3)
+    assert fast.chains([job]) == [ci.chain(f, phrases, "A Room", sim, 2, 3)]
+
+
+def test_band_rescoring_on_rows_equals_library_rank_top(ci0):
+    """`library_rank_top` on `ci.tokenize(texts)` is the library's `rank_top(texts)`, in each
+    precision, either direction, with exact ties (first index wins)."""
+    rng = np.random.default_rng(5)
+    labels = ci0.flavors.labels
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        ci = in_precision(ci0, dtype)
+        fast = FastChain(ci)
+        feats = engine(ci0, "fast").image_features(images(3, 44)).to(dtype)
+        for i in range(len(feats)):
+            f = feats[i : i + 1]
+            pick = rng.choice(200, 30, replace=False).tolist()
+            texts = [f"a room, {labels[j]}" for j in pick]
+            texts += texts[:5]  # exact ties
+            for reverse in (False, True):
+                got = fast.library_rank_top(f, ci.tokenize(texts), texts, reverse)
+                assert got == ci.rank_top(f, texts, reverse)

@@ -16,11 +16,19 @@ the suffixes of every image's candidates share one packed forward.
 
 Exactness (banded fallback): the fast scores equal the library's up to float rounding. Every
 candidate whose fast score lies within `margin` of the leader's is rescored by the library's own
-`rank_top` (full 77-token encode, same precision, same order, so its tie order holds); with
+`rank_top` computation (`library_rank_top`: full 77-token encode, same precision, same order, so
+its tie order holds); with
 `margin` at least twice the fast path's largest deviation from the library, the library's choice
 is always inside that band (docs/captioning.md states the contract per precision). Unsupported
 text towers (not open_clip's default causal `ResidualAttentionBlock` with argmax pooling) use
 the library path throughout.
+
+Host side (what is left of a step on a GPU): the candidates' token rows are built from the ids of
+the prompt (tokenized once per step) and of each phrase (tokenized once per `FastChain`), not by
+tokenizing 2048 strings per step (`ChainTokens`: equal to the tokenizer's rows, see there); the
+band is rescored on those rows (the library's `rank_top` less its tokenize call, same rows); the
+packed forward's layout is computed on the CPU tokens, so it makes no host syncs; the band is
+chosen from one transfer of all images' scores per step.
 """
 
 from __future__ import annotations
@@ -96,6 +104,7 @@ class FastChain:
         self.ci = ci
         self.supported = _supported(ci.clip_model)
         self._margin = margin
+        self._tokens: ChainTokens | None = None
 
     @property
     def margin(self) -> float:
@@ -103,6 +112,14 @@ class FastChain:
             return self._margin
         precision = score_precision(self.ci.clip_model, str(self.ci.device).startswith("cuda"))
         return MARGINS.get(precision, max(MARGINS.values()))
+
+    @property
+    def tokens(self) -> ChainTokens:
+        """The candidate-row builder of the current `ci.tokenize` (a new one, with an empty
+        cache, whenever the tokenizer is replaced)."""
+        if self._tokens is None or self._tokens.tokenize is not self.ci.tokenize:
+            self._tokens = ChainTokens(self.ci.tokenize)
+        return self._tokens
 
     def __call__(
         self,
@@ -131,7 +148,7 @@ class FastChain:
         # The library's set iteration order decides ties: keep it.
         runs = [_Running(job, set(job.phrases)) for job in jobs]
         fresh = [r for r in runs if not r.job.best_prompt]
-        firsts = self.rank_many([(r.job, list(r.phrases)) for r in fresh])
+        firsts = self._rank([self._candidates(r.job, None, list(r.phrases)) for r in fresh])
         for r, first in zip(fresh, firsts, strict=True):
             r.job.best_prompt = first
             r.job.best_sim = ci.similarity(r.job.features, first)
@@ -140,7 +157,7 @@ class FastChain:
             r.curr, r.curr_sim = r.job.best_prompt, r.job.best_sim
         active = [r for r in runs if r.job.max_count > 0]
         while active:
-            tops = self.rank_many([(r.job, [f"{r.curr}, {f}" for f in r.phrases]) for r in active])
+            tops = self._rank([self._candidates(r.job, r.curr, list(r.phrases)) for r in active])
             still = []
             for r, best in zip(active, tops, strict=True):
                 job = r.job
@@ -163,6 +180,14 @@ class FastChain:
             active = still
         return [r.job.best_prompt for r in runs]
 
+    def _candidates(self, job: ChainJob, prompt: str | None, phrases: list[str]):
+        """(job, texts, token rows) of one chain step: `"<prompt>, <phrase>"` per phrase (the
+        bare phrases without a prompt), rows from the token cache where the tower is ours."""
+        texts = phrases if prompt is None else [f"{prompt}, {f}" for f in phrases]
+        if not (self.supported and len(texts) >= 2):
+            return job, texts, None
+        return job, texts, self.tokens(prompt, phrases)
+
     # -- ranking --------------------------------------------------------------------------------
 
     def rank_top(self, image_features, text_array: list[str], reverse: bool = False) -> str:
@@ -171,35 +196,64 @@ class FastChain:
 
     def rank_many(self, groups: list[tuple[ChainJob, list[str]]]) -> list[str]:
         """`Interrogator.rank_top` for each (image, candidates) pair, scored in one forward."""
+        return self._rank([(job, texts, None) for job, texts in groups])
+
+    def _rank(self, groups: list[tuple]) -> list[str]:
+        """`rank_many` of (job, texts, token rows of the texts or None: tokenized here)."""
         import torch
 
         ci = self.ci
-        fast = [(job, texts) for job, texts in groups if self.supported and len(texts) >= 2]
-        sims = []
+        fast = [
+            (job, texts, ci.tokenize(texts) if tokens is None else tokens)
+            for job, texts, tokens in groups
+            if self.supported and len(texts) >= 2
+        ]
+        scores = []
         if fast:
-            tokens = [ci.tokenize(list(texts)).to(ci.device) for _, texts in fast]
-            sims = self.similarities(tokens, [job.features for job, _ in fast])
-        scored = iter(sims)
+            sims = self.similarities([t for *_, t in fast], [job.features for job, *_ in fast])
+            # One transfer (one host sync) for every image's scores.
+            scores = torch.cat(sims).float().cpu().split([len(s) for s in sims])
+        scored = iter(zip(fast, scores, strict=True))
         result = []
-        for job, texts in groups:
+        for job, texts, _ in groups:
             job.stats.steps += 1
             if not (self.supported and len(texts) >= 2):
                 job.stats.library_steps += 1
                 result.append(ci.rank_top(job.features, texts, reverse=job.reverse))
                 continue
-            s = next(scored).float()
+            (_, _, tokens), s = next(scored)
             if job.reverse:
                 s = -s
-            band = torch.nonzero(s >= s.max() - self.margin).flatten().tolist()
+            band = _band(s, self.margin)
             if len(band) == 1:
                 result.append(texts[band[0]])
                 continue
-            # Too close to call in this precision: the library scores the band (in list order,
-            # so its first-index tie rule holds) and decides.
+            # Too close to call in this precision: the library's computation scores the band (in
+            # list order, so its first-index tie rule holds) and decides.
             job.stats.fallbacks += 1
             job.stats.rescored += len(band)
-            result.append(ci.rank_top(job.features, [texts[i] for i in band], reverse=job.reverse))
+            band_texts = [texts[i] for i in band]
+            result.append(
+                self.library_rank_top(job.features, tokens[band], band_texts, job.reverse)
+            )
         return result
+
+    def library_rank_top(self, image_features, tokens, texts: list[str], reverse: bool = False):
+        """clip-interrogator 0.6.0's `Interrogator.rank_top(image_features, texts, reverse)`
+        given `tokens = ci.tokenize(texts)`: its body after the tokenize line, verbatim but for
+        `torch.cuda.amp.autocast()`, written as the `torch.autocast` it stands for."""
+        import torch
+
+        ci = self.ci
+        ci._prepare_clip()
+        text_tokens = tokens.to(ci.device)
+        with torch.no_grad(), torch.autocast("cuda", enabled=torch.cuda.is_available()):
+            text_features = ci.clip_model.encode_text(text_tokens)
+            text_features /= text_features.norm(dim=-1, keepdim=True)
+            similarity = text_features @ image_features.T
+            if reverse:
+                similarity = -similarity
+        return texts[similarity.argmax().item()]
 
     def similarities(self, tokens: list, image_features: list) -> list:
         """Per group: cosine similarity of each token row's text features with that group's
@@ -207,7 +261,7 @@ class FastChain:
         import torch
 
         model = self.ci.clip_model
-        on_cuda = tokens[0].is_cuda
+        on_cuda = model.positional_embedding.is_cuda
         autocast = torch.autocast("cuda") if on_cuda else nullcontext()
         with torch.no_grad(), autocast:
             features = encode_text_grouped(model, tokens)
@@ -217,6 +271,86 @@ class FastChain:
                 out.append((features[start : start + len(t)] @ image.T)[:, 0])
                 start += len(t)
             return out
+
+
+class ChainTokens:
+    """`tokenize([f"{prompt}, {phrase}" for phrase in phrases])` without tokenizing every
+    string: the phrases' ids come from a cache filled once per phrase, the prompt is tokenized
+    once per call.
+
+    Why the rows are equal (open_clip's `SimpleTokenizer`, `lower` or `whitespace` cleaning, no
+    reduction): a row is `[sot] + bpe(findall(clean(text))) + [eot]`, truncated to the context
+    with its last token set to `eot`. No token of its regex contains whitespace, so when
+    `clean(prompt + ", " + phrase) == clean(prompt + ",") + " " + clean(phrase)` the ids are
+    `encode(prompt + ",") + encode(phrase)`. For printable ASCII without `&` that equality holds
+    by construction: ftfy leaves such text unchanged (its mojibake fixer returns ASCII as is; its
+    other fixers act on non-ASCII, control characters and HTML entities), `html.unescape` needs
+    an `&`, and whitespace cleaning joins the words `str.split` gives, which split at the added
+    space. Any other candidate is checked: its full string is cleaned (the tokenizer's own
+    `clean_fn`) and compared, and tokenized whole where it differs.
+    Other tokenizers: every string is tokenized."""
+
+    def __init__(self, tokenize):
+        self.tokenize = tokenize
+        self.supported = _concatenable(tokenize)
+        # phrase -> (its ids, its cleaned text, whether it is printable ASCII without "&")
+        self._phrases: dict[str, tuple[list[int], str, bool]] = {}
+
+    def phrase(self, text: str) -> tuple[list[int], str, bool]:
+        entry = self._phrases.get(text)
+        if entry is None:
+            tok = self.tokenize
+            entry = (tok.encode(text), tok.clean_fn(text), _plain(text))
+            self._phrases[text] = entry
+        return entry
+
+    def __call__(self, prompt: str | None, phrases: list[str]):
+        """Token rows (CPU, long) of `"<prompt>, <phrase>"` per phrase; `prompt=None`: of the
+        bare phrases."""
+        import torch
+
+        tok = self.tokenize
+        if not self.supported:
+            texts = phrases if prompt is None else [f"{prompt}, {f}" for f in phrases]
+            return tok(texts)
+        entries = [self.phrase(f) for f in phrases]
+        head = [tok.sot_token_id]
+        if prompt is not None:
+            head += tok.encode(prompt + ",")
+        n, context = len(phrases), tok.context_length
+        lengths = torch.tensor([len(ids) for ids, _, _ in entries], dtype=torch.long)
+        flat = torch.tensor([i for ids, _, _ in entries for i in ids], dtype=torch.long)
+        rows = torch.repeat_interleave(torch.arange(n), lengths)
+        starts = torch.cumsum(lengths, 0) - lengths
+        cols = len(head) + torch.arange(len(flat)) - starts[rows]
+        keep = cols < context  # truncation
+        out = torch.zeros(n, context, dtype=torch.long)
+        out[:, : min(len(head), context)] = torch.tensor(head[:context])
+        out[rows[keep], cols[keep]] = flat[keep]
+        eot = (len(head) + lengths).clamp(max=context - 1)  # truncated rows end in eot too
+        out[torch.arange(n), eot] = tok.eot_token_id
+        if prompt is not None:
+            self._check(out, prompt, phrases, entries)
+        return out
+
+    def _check(self, out, prompt: str, phrases: list[str], entries) -> None:
+        """Rows of candidates not provably concatenable: compare the cleaned texts, and
+        tokenize whole the strings where they differ."""
+        tok = self.tokenize
+        plain_prompt = _plain(prompt)
+        head_clean = None
+        whole = []
+        for i, (f, (_, clean, plain)) in enumerate(zip(phrases, entries, strict=True)):
+            if plain and plain_prompt:
+                continue
+            if head_clean is None:
+                head_clean = tok.clean_fn(prompt + ",")
+            text = f"{prompt}, {f}"
+            if tok.clean_fn(text) != head_clean + " " + clean:
+                whole.append((i, text))
+        if whole:
+            index, texts = zip(*whole, strict=True)
+            out[list(index)] = tok(list(texts))
 
 
 def _supported(model) -> bool:
@@ -243,6 +377,34 @@ def _supported(model) -> bool:
         return False
 
 
+def _band(scores, margin: float) -> list[int]:
+    """Indices (in list order) of the CPU `scores` within `margin` of the best."""
+    import torch
+
+    return torch.nonzero(scores >= scores.max() - margin).flatten().tolist()
+
+
+def _plain(text: str) -> bool:
+    """Printable ASCII without `&`: text the tokenizer's cleaning leaves as it is, but for
+    whitespace and case (see `ChainTokens`)."""
+    return text.isascii() and text.isprintable() and "&" not in text
+
+
+def _concatenable(tokenize) -> bool:
+    """open_clip's `SimpleTokenizer` with the cleaning `ChainTokens` reasons about."""
+    try:
+        from open_clip import tokenizer as oct
+
+        return (
+            type(tokenize) is oct.SimpleTokenizer
+            and tokenize.reduction_fn is None
+            and tokenize.clean_fn in (oct._clean_lower, oct._clean_whitespace)
+            and bool(tokenize.context_length)
+        )
+    except (ImportError, AttributeError):
+        return False
+
+
 def common_prefix_length(tokens) -> int:
     """Leading positions shared by every row, stopping before the earliest end-of-text."""
     same = (tokens == tokens[:1]).all(dim=0)
@@ -261,45 +423,61 @@ def encode_text_grouped(model, groups: list):
     group's shared prefix runs once (all groups' prefixes in one padded batch); each row's
     suffix, up to its end-of-text token, runs against its group's cached keys/values. The suffix
     tokens of all rows of all groups are packed into one sequence for the linear layers (no
-    padding work); only attention sees them padded per row."""
+    padding work); only attention sees them padded per row. The layout (prefix lengths, where
+    each suffix token goes) is computed on the CPU tokens and moved once: no host syncs."""
     import torch
 
     cast = model.transformer.get_cast_dtype()
     pos = model.positional_embedding.to(cast)
-    device = groups[0].device
-    prefix_lens = [common_prefix_length(t) for t in groups]
-    tokens = torch.cat(groups)
-    group_of_row = torch.cat(
-        [torch.full((len(t),), g, device=device) for g, t in enumerate(groups)]
-    )
-    plen = torch.tensor(prefix_lens, device=device)[group_of_row]
+    device = pos.device
+    groups = [t.cpu() for t in groups]
+    prefix_lens, tokens, lengths, width, rows, cols, at = _layout(groups)
+
+    def dev(t):
+        return t.to(device, non_blocking=True)
+
     prefix_kv = []
     width_p = max(prefix_lens)
     if width_p > 0:  # pads after a shorter prefix never reach its real positions (causal)
-        x = model.token_embedding(torch.stack([t[0, :width_p] for t in groups])).to(cast)
+        x = model.token_embedding(dev(torch.stack([t[0, :width_p] for t in groups]))).to(cast)
         x = x + pos[:width_p]
+        causal_p = torch.ones(width_p, width_p, dtype=torch.bool, device=device).tril()
         for block in model.transformer.resblocks:
-            x, kv = _block(block, x)
+            x, kv = _block(block, x, causal_p)
             prefix_kv.append(kv)
-    eot = tokens.argmax(dim=-1)  # open_clip pools at argmax: the end-of-text token
-    lengths = eot - plen + 1
-    width = int(lengths.max())
-    offsets = torch.arange(width, device=device)
-    valid = offsets[None, :] < lengths[:, None]  # (n, width): real suffix positions
-    rows, cols = valid.nonzero(as_tuple=True)  # packed order: row-major
-    x = model.token_embedding(tokens[rows, plen[rows] + cols]).to(cast)
-    x = x + pos[plen[rows] + cols]
-    layout = (valid, rows, cols, [len(t) for t in groups], prefix_lens)
+    x = model.token_embedding(dev(tokens[rows, at])).to(cast)
+    x = x + pos[dev(at)]
+    future = torch.ones(width, width, dtype=torch.bool, device=device).triu(1)
+    layout = (dev(rows), dev(cols), (len(tokens), width), future, [len(t) for t in groups],
+              prefix_lens)  # fmt: skip
     for i, block in enumerate(model.transformer.resblocks):
         x = _packed_block(block, x, prefix_kv[i] if prefix_kv else None, layout)
     last = torch.cumsum(lengths, 0) - 1  # each row's end-of-text in the packed sequence
-    pooled = model.ln_final(x[last])
+    pooled = model.ln_final(x[dev(last)])
     if model.text_projection is not None:
         if isinstance(model.text_projection, torch.nn.Linear):
             pooled = model.text_projection(pooled)
         else:
             pooled = pooled @ model.text_projection
     return pooled
+
+
+def _layout(groups: list):
+    """Host side of `encode_text_grouped`, on CPU tokens: each group's prefix length, the rows,
+    each row's suffix length (to its end-of-text), the widest suffix, and the packed tokens'
+    (row, suffix column, position in the row)."""
+    import torch
+
+    prefix_lens = [common_prefix_length(t) for t in groups]
+    tokens = torch.cat(groups)
+    group_of_row = torch.repeat_interleave(torch.tensor([len(t) for t in groups]))
+    plen = torch.tensor(prefix_lens)[group_of_row]
+    eot = tokens.argmax(dim=-1)  # open_clip pools at argmax: the end-of-text token
+    lengths = eot - plen + 1
+    width = int(lengths.max())
+    valid = torch.arange(width)[None, :] < lengths[:, None]  # (n, width): real suffix positions
+    rows, cols = valid.nonzero(as_tuple=True)  # packed order: row-major
+    return prefix_lens, tokens, lengths, width, rows, cols, plen[rows] + cols
 
 
 def _packed_block(block, x, prefix_kv, layout):
@@ -310,16 +488,14 @@ def _packed_block(block, x, prefix_kv, layout):
     import torch
     import torch.nn.functional as F
 
-    valid, rows, cols, group_sizes, prefix_lens = layout
+    rows, cols, (n, width), future, group_sizes, prefix_lens = layout
     attn = block.attn
     d = x.shape[1]
     h = attn.num_heads
-    n, width = valid.shape
     qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)
     padded = qkv.new_zeros((n, width, 3 * d))
     padded[rows, cols] = qkv
     q, k, v = (u.view(n, width, h, d // h).transpose(1, 2) for u in padded.chunk(3, dim=-1))
-    causal = torch.ones(width, width, dtype=torch.bool, device=x.device).tril()
     scale = (d // h) ** -0.5
     out = torch.empty_like(q)
     start = 0
@@ -327,7 +503,7 @@ def _packed_block(block, x, prefix_kv, layout):
         sl = slice(start, start + size)
         start += size
         own = (q[sl] @ k[sl].transpose(-1, -2)) * scale
-        own = own.masked_fill(~causal, float("-inf"))
+        own = own.masked_fill(future, float("-inf"))
         p = prefix_lens[g]
         if prefix_kv is None or p == 0:
             out[sl] = own.float().softmax(-1).to(q.dtype) @ v[sl]
@@ -341,10 +517,9 @@ def _packed_block(block, x, prefix_kv, layout):
     return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
-def _block(block, x):
+def _block(block, x, causal):
     """One `ResidualAttentionBlock` on whole prefixes `x` (G, S, D), causal. Returns the new
     hidden states and their keys/values (G, H, S, d)."""
-    import torch
     import torch.nn.functional as F
 
     attn = block.attn
@@ -352,7 +527,6 @@ def _block(block, x):
     h = attn.num_heads
     q, k, v = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
     q, k, v = (t.view(b, s, h, d // h).transpose(1, 2) for t in (q, k, v))
-    causal = torch.ones(s, s, dtype=torch.bool, device=x.device).tril()
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=causal)
     out = out.transpose(1, 2).reshape(b, s, d)
     x = x + block.ls_1(attn.out_proj(out))
