@@ -196,6 +196,26 @@ def caption_project(tmp_path_factory, caption_models):
     return root
 
 
+def kill_driver_when(root: Path, command: list[str], ready, timeout: float = 300) -> None:
+    """Run a stage driver in `root` and SIGKILL its process group once `ready()` holds (or it
+    exits, or `timeout` passes): a driver killed mid-run."""
+    driver = subprocess.Popen(
+        command,
+        cwd=root,
+        env=subprocess_env(OMP_NUM_THREADS="1", RAY_AUTH_MODE="token"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and driver.poll() is None and not ready():
+            time.sleep(0.02)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+
+
 def checkpoint_rows(directory: Path) -> list[dict]:
     return [json.loads(x) for x in next(directory.glob("*.jsonl")).read_text().splitlines()]
 
@@ -247,25 +267,13 @@ def test_caption_driver_killed_resumes_from_the_checkpoint(
         "ray.num_workers=1",
     ]
     write_params(root, *overrides, f"ray.address={ray_address}")
-    driver = subprocess.Popen(
-        ["alien-hotels", "caption"],
-        cwd=root,
-        env=subprocess_env(OMP_NUM_THREADS="1", RAY_AUTH_MODE="token"),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
     ckpt_dir = root / "data/checkpoints/caption"
-    deadline = time.monotonic() + 300
-    try:
-        while time.monotonic() < deadline and driver.poll() is None:
-            files = list(ckpt_dir.glob("*.jsonl"))
-            if files and files[0].read_text().count("\n") >= 4:
-                break
-            time.sleep(0.02)
-    finally:
-        os.killpg(driver.pid, signal.SIGKILL)
-        driver.wait()
+
+    def four_rows() -> bool:
+        files = list(ckpt_dir.glob("*.jsonl"))
+        return bool(files) and files[0].read_text().count("\n") >= 4
+
+    kill_driver_when(root, ["alien-hotels", "caption"], four_rows)
     done = checkpoint_rows(ckpt_dir)
     assert 4 <= len(done) < 22, "the driver was not killed mid-run"
     assert not (root / "data/processed").exists()
@@ -404,24 +412,10 @@ def test_edit_driver_killed_resumes_what_is_missing(
     root = edit_project
     overrides = [*tiny_edit_overrides(edit_models), "edit.executor=ray", "ray.num_workers=1"]
     write_params(root, *overrides, f"ray.address={ray_address}")
-    driver = subprocess.Popen(
-        ["alien-hotels", "edit", "aliens"],
-        cwd=root,
-        env=subprocess_env(OMP_NUM_THREADS="1", RAY_AUTH_MODE="token"),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
     edited = root / "data/edited/aliens"
-    deadline = time.monotonic() + 300
-    try:
-        while time.monotonic() < deadline and driver.poll() is None:
-            if len(list(edited.glob("*.png"))) >= 2:
-                break
-            time.sleep(0.02)
-    finally:
-        os.killpg(driver.pid, signal.SIGKILL)
-        driver.wait()
+    kill_driver_when(
+        root, ["alien-hotels", "edit", "aliens"], lambda: len(list(edited.glob("*.png"))) >= 2
+    )
     done = len(list(edited.glob("*.png")))
     assert 2 <= done < 6, "the driver was not killed mid-run"
 
