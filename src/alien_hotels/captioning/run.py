@@ -9,9 +9,10 @@ Batches are fixed slices of the manifest's `ok` rows. A resumed run recomputes t
 killed in as a whole (keeping only the images not yet done), so every image is computed in the
 same batch as in an uninterrupted run and the output is identical.
 
-`caption_batch` is the per-batch worker: `caption.executor=local` runs it here, `ray` runs it on
-Ray actors (`alien_hotels.distributed.caption`) with this process appending to the same
-checkpoint, so both write the same tables.
+`caption_batch` is the per-batch worker: `LocalCaptioner` runs it here; the stage entry point
+(`alien_hotels.stages.caption`) passes the Ray executor instead for `caption.executor=ray`, whose
+actors run the same function while this process appends to the same checkpoint, so both write the
+same tables. This module never imports the Ray side (it imports this one).
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -42,8 +44,15 @@ class CaptionRun:
 
 
 def caption_images(
-    manifest: pd.DataFrame, cfg: CaptionConfig, root: Path = Path("."), ray_cfg=None
+    manifest: pd.DataFrame,
+    cfg: CaptionConfig,
+    root: Path = Path("."),
+    executor: Callable[[CaptionConfig], Any] | None = None,
 ) -> CaptionRun:
+    """Caption the manifest's usable images with `executor(cfg)` (default `LocalCaptioner`):
+    an object with `device`, `dtype`, `weights`, `run` and `metrics`, used as a context manager.
+    It is made only after the manifest is checked, so a bad manifest fails before any connection.
+    """
     selected = usable_images(manifest)
     rows, skipped = selected.rows, selected.skipped
     if rows.empty:
@@ -52,14 +61,15 @@ def caption_images(
             f"(statuses: {skipped or 'none'}); run the images stage with a dataset that has "
             "images, or use caption=precomputed"
         )
-    if cfg.executor == "ray":
-        from alien_hotels.distributed.caption import RayCaptioner
-
-        executor = RayCaptioner(cfg, ray_cfg)  # connects and checks every worker's models
-    else:
-        executor = LocalCaptioner(cfg)  # checks the models, before any work
-    with executor:
-        device, dtype, weights = executor.device, executor.dtype, executor.weights
+    if executor is None:
+        if cfg.executor != "local":
+            raise ValueError(
+                f"caption.executor={cfg.executor}: pass its executor (alien_hotels.stages.caption "
+                "picks it)"
+            )
+        executor = LocalCaptioner
+    with executor(cfg) as captioner:  # checks the models (ray: on every worker) before any work
+        device, dtype, weights = captioner.device, captioner.dtype, captioner.weights
         key = config_key(cfg, device, dtype)
         checkpoint = Checkpoint(root / cfg.checkpoint_dir, key, enabled=cfg.resume)
         ids = [str(i) for i in rows["image_id"]]
@@ -75,12 +85,12 @@ def caption_images(
         started = time.perf_counter()
         computed = 0
         if todo:
-            computed = executor.run(root, ids, paths, todo, checkpoint, already)
+            computed = captioner.run(root, ids, paths, todo, checkpoint, already)
         wall = time.perf_counter() - started
     run = _collect(
         rows, ids, paths, checkpoint, cfg, skipped, device, dtype, weights, computed, already, wall
     )
-    run.metrics.update(executor.metrics())
+    run.metrics.update(captioner.metrics())
     return run
 
 

@@ -18,6 +18,8 @@ from typing import Any
 
 from alien_hotels.captioning import CaptionConfig
 from alien_hotels.captioning.checkpoint import Checkpoint
+from alien_hotels.captioning.images import load_row, prefetch
+from alien_hotels.captioning.run import caption_batch, load_engine
 from alien_hotels.common import StageError
 from alien_hotels.distributed import RayConfig
 from alien_hotels.distributed.pool import ActorPool, Worker, ray_session
@@ -50,7 +52,6 @@ class CaptionWorker(Worker):
 
     def load(self) -> dict[str, Any]:
         from alien_hotels.captioning.models import check_models, resolve_device
-        from alien_hotels.captioning.run import load_engine
 
         device, dtype = resolve_device(self.cfg)
         weights = check_models(self.cfg)
@@ -60,9 +61,6 @@ class CaptionWorker(Worker):
         return {"device": device, "dtype": dtype, "weights": weights, "weight_labels": labels}
 
     def run(self, payload: dict[str, Any]) -> list[dict[str, Any]]:
-        from alien_hotels.captioning.images import load_row, prefetch
-        from alien_hotels.captioning.run import caption_batch
-
         cfg = self.cfg
         done = {tuple(pair) for pair in payload["done"]}
         rows: list[dict[str, Any]] = []
@@ -94,7 +92,7 @@ class CaptionWorker(Worker):
 
 class RayCaptioner:
     """The driver side: same interface as `LocalCaptioner` (device, dtype, weights, run,
-    metrics)."""
+    metrics); the caption stage hands it to `caption_images` for `caption.executor=ray`."""
 
     def __init__(self, cfg: CaptionConfig, ray_cfg: RayConfig | None):
         self.cfg = cfg

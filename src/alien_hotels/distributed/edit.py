@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from alien_hotels.distributed import RayConfig
 from alien_hotels.distributed.pool import ActorPool, Worker, ray_session
+from alien_hotels.editing import runner
 from alien_hotels.editing.config import EditConfig
 
 
@@ -29,11 +30,9 @@ class EditWorker(Worker):
         self.loaded = None
 
     def load(self) -> dict[str, Any]:
-        from alien_hotels.editing.runner import check_weights, load_models
-
         recipe = self.cfg.recipes[self.name]
-        found = check_weights(self.name, recipe, self.cfg)
-        self.loaded = load_models(self.name, recipe, self.cfg)
+        found = runner.check_weights(self.name, recipe, self.cfg)
+        self.loaded = runner.load_models(self.name, recipe, self.cfg)
         scorer = self.loaded.scorer
         return {
             "dtype": self.loaded.dtype,
@@ -43,12 +42,10 @@ class EditWorker(Worker):
         }
 
     def run(self, payload: list[tuple[Any, bool]]) -> list[Any]:
-        from alien_hotels.editing.runner import run_job
-
         recipe = self.cfg.recipes[self.name]
         out = []
         for job, want_mask in payload:
-            done = run_job(self.loaded, recipe, job)
+            done = runner.run_job(self.loaded, recipe, job)
             if not want_mask:
                 done.mask = None  # only the contact sheet's rows need it back
             out.append(done)
@@ -62,9 +59,9 @@ def edit_recipe_on_ray(
     out_dir: Path,
     root: Path,
     ray_cfg: RayConfig | None,
-):
-    from alien_hotels.editing import runner
-
+) -> runner.RecipeResult:
+    """`runner.edit_recipe`'s executor for `edit.executor=ray` (the edit stage binds `ray_cfg`):
+    the selected `images` edited on Ray actors, written here."""
     recipe = cfg.recipes[name]
     what = f"edit {name}"
     with (

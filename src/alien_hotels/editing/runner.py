@@ -7,8 +7,10 @@ and score the source and the result. An image whose output already carries the s
 edited again. Nothing loads a model when there is nothing to edit.
 
 Each image goes through `plan_job` (no model: readable?, resume key, output already there?),
-`run_job` (the models: mask, edit, scores) and `store` (the PNG). `edit.executor=local` runs all
-three here; `ray` runs `run_job` on Ray actors (`alien_hotels.distributed.edit`).
+`run_job` (the models: mask, edit, scores) and `store` (the PNG). `edit_recipe` runs all three
+here; for `edit.executor=ray` the stage entry point (`alien_hotels.stages.edit`) passes the Ray
+executor (`alien_hotels.distributed.edit`), which runs `run_job` on Ray actors. This module never
+imports the Ray side (it imports this one).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import io
 import itertools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -299,9 +302,13 @@ def edit_recipe(
     out_dir: Path,
     root: Path = Path("."),
     loaded: Models | None = None,
-    ray_cfg=None,
+    executor: Callable[[str, EditConfig, pd.DataFrame, Path, Path], RecipeResult] | None = None,
 ) -> RecipeResult:
-    """Edit every selected image with recipe `name`; see the module docstring."""
+    """Edit every selected image with recipe `name`; see the module docstring.
+
+    `executor(name, cfg, images, out_dir, root)`, when given, edits the selected images instead
+    of the local loop below (after the checks every executor shares).
+    """
     recipe = cfg.recipes[name]
     images = usable_images(manifest, cfg.max_images).rows
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -316,10 +323,12 @@ def edit_recipe(
             f"edit.recipes.{name}.mask.files_dir: no folder {recipe.mask.files_dir} "
             "(relative to the repo root)"
         )
-    if cfg.executor == "ray":
-        from alien_hotels.distributed.edit import edit_recipe_on_ray
-
-        return edit_recipe_on_ray(name, cfg, images, out_dir, root, ray_cfg)
+    if executor is not None:
+        return executor(name, cfg, images, out_dir, root)
+    if cfg.executor != "local":
+        raise ValueError(
+            f"edit.executor={cfg.executor}: pass its executor (alien_hotels.stages.edit picks it)"
+        )
     result = RecipeResult(pd.DataFrame(columns=TABLE_COLUMNS))
     loaded = loaded or load_models(name, recipe, cfg)
     base_key = recipe_hash(recipe, loaded.dtype + loaded.key_extra)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -30,11 +31,18 @@ def run(params: Params, paths: StagePaths = StagePaths()) -> pd.DataFrame:
         }
         n_images = len(sample)
     else:
-        from alien_hotels.captioning.run import caption_images
+        from alien_hotels.captioning.run import LocalCaptioner, caption_images
         from alien_hotels.images import read_manifest
 
         manifest = read_manifest(paths.images_manifest)
-        result = caption_images(manifest, cfg, root=Path("."), ray_cfg=params.ray)
+        # The executor is chosen here, the stage entry point: the captioning code below never
+        # imports the Ray side, which imports it (and a local run loads no Ray code).
+        executor = LocalCaptioner
+        if cfg.executor == "ray":
+            from alien_hotels.distributed.caption import RayCaptioner
+
+            executor = functools.partial(RayCaptioner, ray_cfg=params.ray)
+        result = caption_images(manifest, cfg, root=Path("."), executor=executor)
         captions, failures, metrics = result.captions, result.failures, result.metrics
         metrics = {"method": cfg.method, **metrics}
         n_images = metrics["images"]

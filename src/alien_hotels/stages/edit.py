@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 
 from alien_hotels.common import StageError, atomic_path, write_csv, write_json
@@ -27,11 +28,16 @@ def run(params: Params, recipe: str | None = None, paths: StagePaths = StagePath
     for name in names:  # every model is checked before any image is edited (ray: on workers)
         if cfg.executor == "local" and not usable_images(manifest, cfg.max_images).rows.empty:
             runner.check_weights(name, cfg.recipes[name], cfg)
+    # The executor is chosen here, the stage entry point: the editing code never imports the Ray
+    # side, which imports it (and a local run loads no Ray code).
+    executor = None
+    if cfg.executor == "ray":
+        from alien_hotels.distributed.edit import edit_recipe_on_ray
+
+        executor = functools.partial(edit_recipe_on_ray, ray_cfg=params.ray)
     out: dict[str, dict] = {}
     for name in names:
-        result = runner.edit_recipe(
-            name, cfg, manifest, paths.edited_dir / name, ray_cfg=params.ray
-        )
+        result = runner.edit_recipe(name, cfg, manifest, paths.edited_dir / name, executor=executor)
         metrics = report.clean(
             {"recipe": name, **runner.recipe_metrics(result.table), **result.executor}
         )
