@@ -9,7 +9,13 @@ does with a half model) and float32 weights under `torch.autocast` (as CUDA runs
 Prints max and 99.9th percentile of |fast - library| and the margin that `fastchain.MARGINS`
 should hold (4x the max: the band needs 2x, the rest is headroom for towers not sampled here).
 
+`--batch` measures the second tolerance of the contract instead: how far the library's own score
+of a candidate moves with the batch it is computed in (the same rows scored in band-sized
+batches of 1 to 33 rows vs in the full batch), which `fastchain.TIE_TOLERANCES` must be 4x of.
+`--device cuda` measures it on a GPU under the library's float16 autocast.
+
     PYTHONPATH=src python benchmarks/bench_margins.py [--towers 3] [--prompts 6] [--quick]
+    PYTHONPATH=src python benchmarks/bench_margins.py --batch [--device cuda]
 """
 
 from __future__ import annotations
@@ -77,6 +83,83 @@ def deviations(model, tokenizer, flavors, prompts, precision: str, mode: str, rn
     return torch.cat(out)
 
 
+BANDS = (1, 2, 3, 5, 8, 17, 33)
+
+
+def batch_deviations(model, tokenizer, flavors, prompts, precision, mode, rng, device="cpu"):
+    """|library score in a band batch - the same row's library score in the full batch|."""
+    import torch
+
+    dtype = getattr(torch, precision)
+    if mode == "weights":
+        model = copy.deepcopy(model).to(dtype)
+    model = model.to(device)
+    autocast = torch.autocast(device, dtype=dtype, enabled=mode == "autocast")
+    dim = model.text_projection.shape[1]
+    out = []
+    for prompt in prompts:
+        texts = [f"{prompt}, {f}" if prompt else f for f in rng.sample(flavors, 2 * CANDIDATES)]
+        tokens = tokenizer(texts).to(device)
+        image = torch.randn(1, dim, generator=torch.Generator().manual_seed(rng.randrange(1 << 30)))
+        image = (image / image.norm()).to(device, dtype if mode == "weights" else torch.float32)
+
+        def scores(rows, image=image):  # the library's rank_top computation
+            with torch.no_grad(), autocast:
+                f = model.encode_text(rows)
+                f = f / f.norm(dim=-1, keepdim=True)
+                return (f @ image.T)[:, 0].float()
+
+        full = scores(tokens)
+        for k in BANDS:
+            band = sorted(rng.sample(range(len(texts)), k))
+            out.append((scores(tokens[band]) - full[band]).abs().cpu())
+    return torch.cat(out)
+
+
+def main_batch(args, tokenizer, flavors) -> None:
+    import torch
+
+    from alien_hotels.captioning.fastchain import TIE_TOLERANCES
+
+    on_cuda = args.device == "cuda"
+    if on_cuda:  # what the library computes on CUDA: float32 weights under float16 autocast
+        cases = [("float16", "autocast"), ("float32", "weights")]
+    else:
+        cases = [("float32", "weights"), ("float16", "weights"), ("bfloat16", "weights")]
+    towers = TOWERS[:-1] if args.quick else TOWERS
+    results = {case: [] for case in cases}
+    for width, layers, heads in towers:
+        big = width >= BIG and not on_cuda
+        for seed in range(1 if big else args.towers):
+            model = text_tower(width, layers, heads, seed, 1.0)
+            rng = random.Random(seed)
+            prompts = [""] + [
+                ", ".join(rng.sample(flavors, rng.randint(1, 12)))
+                for _ in range((args.big_prompts if big else args.prompts) - 1)
+            ]
+            for precision, mode in cases:
+                rng_case = random.Random(seed * 7 + 1)
+                results[(precision, mode)].append(
+                    batch_deviations(
+                        model, tokenizer, flavors, prompts, precision, mode, rng_case, args.device
+                    )
+                )
+        print(f"  towers width {width} x {layers} layers done", flush=True)
+    print(
+        f"library score vs batch composition ({args.device}): band batches of {BANDS} rows "
+        f"vs the full batch of {2 * CANDIDATES}"
+    )
+    print(f"  {'precision':9} {'computed as':12} {'samples':>8} {'max':>10} {'changed':>8}")
+    for (precision, mode), parts in results.items():
+        d = torch.cat(parts)
+        mx = float(d.max())
+        print(
+            f"  {precision:9} {mode:12} {len(d):8d} {mx:10.2e} {float((d > 0).float().mean()):8.1%}"
+            f"   4x = {4 * mx:.1e} (fastchain.TIE_TOLERANCES: {TIE_TOLERANCES[precision]:.1e}, "
+            f"{'covers' if TIE_TOLERANCES[precision] >= 2 * mx else 'DOES NOT cover'} 2x max)"
+        )
+
+
 def main() -> None:
     import clip_interrogator
     import open_clip
@@ -88,11 +171,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--big-prompts", type=int, default=2, help="prompts per real-size tower")
     parser.add_argument("--quick", action="store_true", help="skip the ViT-L-14-size towers")
+    parser.add_argument("--batch", action="store_true", help="library score vs batch instead")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     tokenizer = open_clip.get_tokenizer("ViT-L-14")
     data = Path(clip_interrogator.__file__).parent / "data"
     flavors = [f for f in data.joinpath("flavors.txt").read_text().splitlines() if f.strip()]
+    if args.batch:
+        main_batch(args, tokenizer, flavors)
+        return
     towers = TOWERS[:-1] if args.quick else TOWERS
     cases = [("float32", "weights"), ("float16", "weights"), ("float16", "autocast"),
              ("bfloat16", "weights"), ("bfloat16", "autocast")]  # fmt: skip

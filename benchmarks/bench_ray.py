@@ -20,6 +20,7 @@ differences to other jobs sharing the machine.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import tempfile
 import time
@@ -43,6 +44,7 @@ def main() -> None:
 
     from alien_hotels.captioning.run import caption_images
     from alien_hotels.config import compose_params, validate_params
+    from alien_hotels.distributed.caption import RayCaptioner
     from alien_hotels.testing.interrogator import save_tiny_models, tiny_overrides
 
     torch.set_num_threads(1)
@@ -82,7 +84,10 @@ def main() -> None:
                 compose_params([*base, *extra, f"caption.checkpoint_dir={root}/ckpt{i}"], conf)
             )
             start = time.perf_counter()
-            run = caption_images(manifest, params.caption, root, params.ray)
+            executor = None  # the local loop
+            if params.caption.executor == "ray":
+                executor = functools.partial(RayCaptioner, ray_cfg=params.ray)
+            run = caption_images(manifest, params.caption, root, executor)
             total = time.perf_counter() - start
             compute = run.metrics["wall_seconds"]
             # model work: each image's own seconds on its worker (batch share + prompt search);

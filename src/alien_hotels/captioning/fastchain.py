@@ -14,14 +14,22 @@
 The chains of several images advance together (`chains`): each image has its own prefix, and
 the suffixes of every image's candidates share one packed forward.
 
-Exactness (banded fallback): the fast scores equal the library's up to float rounding. Every
-candidate whose fast score lies within `margin` of the leader's is rescored by the library's own
-`rank_top` computation (`library_rank_top`: full 77-token encode, same precision, same order, so
-its tie order holds); with
-`margin` at least twice the fast path's largest deviation from the library, the library's choice
-is always inside that band (docs/captioning.md states the contract per precision). Unsupported
-text towers (not open_clip's default causal `ResidualAttentionBlock` with argmax pooling) use
-the library path throughout.
+Exactness, in two levels (docs/captioning.md states the contract per precision):
+
+1. Banded fallback. The fast scores equal the library's up to float rounding. Every candidate
+   whose fast score lies within `margin` of the leader's is rescored by the library's own
+   `rank_top` computation (`library_similarities`: full 77-token encode, same precision, same
+   order); with `margin` at least twice the fast path's largest deviation from the library, the
+   library's choice is always inside that band.
+2. Full-batch decision. The last bits of a row's library score depend on the batch it is
+   computed in (BLAS blocking on CPU, cuBLAS kernel choice by shape on CUDA), so the band's
+   scores can differ from the library's full-step scores by up to a batch tolerance. When the
+   band's two leaders are within `tie_tolerance` (twice that deviation and more), only the
+   library's own batch can say which it picks: the library's computation runs over the full
+   candidate list, as `rank_top` does, and decides.
+
+Unsupported text towers (not open_clip's default causal `ResidualAttentionBlock` with argmax
+pooling) use the library path throughout.
 
 Host side (what is left of a step on a GPU): the candidates' token rows are built from the ids of
 the prompt (tokenized once per step) and of each phrase (tokenized once per `FastChain`), not by
@@ -44,14 +52,23 @@ from alien_hotels.captioning.libcompat import check_private_apis
 # needs 2x; the rest is headroom for towers not sampled (docs/performance.md).
 MARGINS = {"float32": 5e-6, "float16": 2e-2, "bfloat16": 2e-1}
 
+# Leader gaps (library scores of the band) at or below which the library's full candidate batch
+# decides: 4x the largest change of a library score with batch composition (the same rows scored
+# in a band batch vs in the full batch; `benchmarks/bench_margins.py --batch`). The decision needs
+# 2x. CPU measured: TODO. CUDA float16 is not measured here (no GPU): its value is the CPU float16
+# figure's, and `benchmarks/gpu_check.sh` measures it on the card.
+TIE_TOLERANCES = {"float32": 1e-6, "float16": 4e-3, "bfloat16": 4e-2}
+
 
 @dataclass
 class ChainStats:
-    """Per image: chain steps, steps with a near tie, candidates the library rescored."""
+    """Per image: chain steps, steps with a near tie, candidates the library rescored, and steps
+    whose band leaders were too close for the band's batch (decided on the full batch)."""
 
     steps: int = 0
     fallbacks: int = 0
     rescored: int = 0
+    full_batch: int = 0
     library_steps: int = 0  # whole steps run by the library (unsupported tower, < 2 candidates)
 
     def as_dict(self) -> dict[str, int]:
@@ -59,6 +76,7 @@ class ChainStats:
             "chain_steps": self.steps,
             "chain_fallbacks": self.fallbacks,
             "chain_rescored": self.rescored,
+            "chain_full_batch": self.full_batch,
             "chain_library_steps": self.library_steps,
         }
 
@@ -88,6 +106,14 @@ class _Running:
     idx: int = 0
 
 
+def span(name: str):
+    """A named range in `torch.profiler` traces (benchmarks/gpu_profile.sh splits a step by
+    these); costs a few microseconds when no profiler runs."""
+    import torch
+
+    return torch.profiler.record_function(name)
+
+
 def score_precision(model, on_cuda: bool) -> str:
     """The dtype similarities are computed in: the library runs CUDA under autocast (float16
     matmuls whatever the weights), elsewhere in the text tower's own dtype."""
@@ -99,19 +125,29 @@ def score_precision(model, on_cuda: bool) -> str:
 
 
 class FastChain:
-    def __init__(self, ci, margin: float | None = None):
+    def __init__(self, ci, margin: float | None = None, tie_tolerance: float | None = None):
         check_private_apis()
         self.ci = ci
         self.supported = _supported(ci.clip_model)
         self._margin = margin
+        self._tie_tolerance = tie_tolerance
         self._tokens: ChainTokens | None = None
+
+    @property
+    def precision(self) -> str:
+        return score_precision(self.ci.clip_model, str(self.ci.device).startswith("cuda"))
 
     @property
     def margin(self) -> float:
         if self._margin is not None:
             return self._margin
-        precision = score_precision(self.ci.clip_model, str(self.ci.device).startswith("cuda"))
-        return MARGINS.get(precision, max(MARGINS.values()))
+        return MARGINS.get(self.precision, max(MARGINS.values()))
+
+    @property
+    def tie_tolerance(self) -> float:
+        if self._tie_tolerance is not None:
+            return self._tie_tolerance
+        return TIE_TOLERANCES.get(self.precision, max(TIE_TOLERANCES.values()))
 
     @property
     def tokens(self) -> ChainTokens:
@@ -148,22 +184,28 @@ class FastChain:
         # The library's set iteration order decides ties: keep it.
         runs = [_Running(job, set(job.phrases)) for job in jobs]
         fresh = [r for r in runs if not r.job.best_prompt]
-        firsts = self._rank([self._candidates(r.job, None, list(r.phrases)) for r in fresh])
+        with span("chain.host"):
+            groups = [self._candidates(r.job, None, list(r.phrases)) for r in fresh]
+        firsts = self._rank(groups)
         for r, first in zip(fresh, firsts, strict=True):
             r.job.best_prompt = first
-            r.job.best_sim = ci.similarity(r.job.features, first)
+            with span("chain.single_prompt"):
+                r.job.best_sim = ci.similarity(r.job.features, first)
             r.phrases.remove(first)
         for r in runs:
             r.curr, r.curr_sim = r.job.best_prompt, r.job.best_sim
         active = [r for r in runs if r.job.max_count > 0]
         while active:
-            tops = self._rank([self._candidates(r.job, r.curr, list(r.phrases)) for r in active])
+            with span("chain.host"):
+                groups = [self._candidates(r.job, r.curr, list(r.phrases)) for r in active]
+            tops = self._rank(groups)
             still = []
             for r, best in zip(active, tops, strict=True):
                 job = r.job
                 flave = best[len(r.curr) + 2 :]
                 prompt = r.curr + ", " + flave
-                sim = ci.similarity(job.features, prompt)
+                with span("chain.single_prompt"):
+                    sim = ci.similarity(job.features, prompt)
                 if job.reverse:
                     sim = -sim
                 if sim > job.best_sim:
@@ -171,7 +213,9 @@ class FastChain:
                 if not (sim > r.curr_sim or r.idx < job.min_count):
                     continue  # the library's `break`: this chain is done
                 r.curr, r.curr_sim = prompt, sim
-                if _prompt_at_max_len(prompt, ci.tokenize):
+                with span("chain.single_prompt"):
+                    at_max_len = _prompt_at_max_len(prompt, ci.tokenize)
+                if at_max_len:
                     continue
                 r.phrases.remove(flave)
                 r.idx += 1
@@ -210,9 +254,11 @@ class FastChain:
         ]
         scores = []
         if fast:
-            sims = self.similarities([t for *_, t in fast], [job.features for job, *_ in fast])
+            with span("chain.forward"):
+                sims = self.similarities([t for *_, t in fast], [job.features for job, *_ in fast])
             # One transfer (one host sync) for every image's scores.
-            scores = torch.cat(sims).float().cpu().split([len(s) for s in sims])
+            with span("chain.transfer"):
+                scores = torch.cat(sims).float().cpu().split([len(s) for s in sims])
         scored = iter(zip(fast, scores, strict=True))
         result = []
         for job, texts, _ in groups:
@@ -228,19 +274,36 @@ class FastChain:
             if len(band) == 1:
                 result.append(texts[band[0]])
                 continue
-            # Too close to call in this precision: the library's computation scores the band (in
-            # list order, so its first-index tie rule holds) and decides.
-            job.stats.fallbacks += 1
-            job.stats.rescored += len(band)
-            band_texts = [texts[i] for i in band]
-            result.append(
-                self.library_rank_top(job.features, tokens[band], band_texts, job.reverse)
-            )
+            with span("chain.band"):
+                result.append(self._decide_band(job, tokens, texts, band))
         return result
+
+    def _decide_band(self, job: ChainJob, tokens, texts: list[str], band: list[int]) -> str:
+        """The library's choice among near-tied candidates. The library's computation scores the
+        band (in list order, so its first-index tie rule holds); when the band's two leaders are
+        within `tie_tolerance`, the scores of a band batch cannot say what the library's full
+        batch gives, and the library's computation over all candidates decides."""
+        import torch
+
+        job.stats.fallbacks += 1
+        job.stats.rescored += len(band)
+        sims = self.library_similarities(job.features, tokens[band], job.reverse).float().cpu()
+        top = int(sims.argmax())
+        runner_up = float(sims[torch.arange(len(sims)) != top].max())
+        if float(sims[top]) - runner_up <= self.tie_tolerance:
+            job.stats.full_batch += 1
+            with span("chain.full_batch"):
+                return self.library_rank_top(job.features, tokens, texts, job.reverse)
+        return texts[band[top]]
 
     def library_rank_top(self, image_features, tokens, texts: list[str], reverse: bool = False):
         """clip-interrogator 0.6.0's `Interrogator.rank_top(image_features, texts, reverse)`
-        given `tokens = ci.tokenize(texts)`: its body after the tokenize line, verbatim but for
+        given `tokens = ci.tokenize(texts)`."""
+        return texts[self.library_similarities(image_features, tokens, reverse).argmax().item()]
+
+    def library_similarities(self, image_features, tokens, reverse: bool = False):
+        """The similarities clip-interrogator 0.6.0's `rank_top` takes its argmax of, given
+        `tokens = ci.tokenize(texts)`: its body after the tokenize line, verbatim but for
         `torch.cuda.amp.autocast()`, written as the `torch.autocast` it stands for."""
         import torch
 
@@ -253,7 +316,7 @@ class FastChain:
             similarity = text_features @ image_features.T
             if reverse:
                 similarity = -similarity
-        return texts[similarity.argmax().item()]
+        return similarity[:, 0]
 
     def similarities(self, tokens: list, image_features: list) -> list:
         """Per group: cosine similarity of each token row's text features with that group's
@@ -430,8 +493,9 @@ def encode_text_grouped(model, groups: list):
     cast = model.transformer.get_cast_dtype()
     pos = model.positional_embedding.to(cast)
     device = pos.device
-    groups = [t.cpu() for t in groups]
-    prefix_lens, tokens, lengths, width, rows, cols, at = _layout(groups)
+    with span("chain.host"):
+        groups = [t.cpu() for t in groups]
+        prefix_lens, tokens, lengths, width, rows, cols, at = _layout(groups)
 
     def dev(t):
         return t.to(device, non_blocking=True)
@@ -484,7 +548,7 @@ def _packed_block(block, x, prefix_kv, layout):
     """One `ResidualAttentionBlock` on packed suffix tokens `x` (T, D): linear layers on the
     packed tokens, attention per group on a (rows, width) padded view. Pads sit after each row's
     real tokens, so the causal mask alone keeps them out of every real position. A group's
-    prefix keys/values are broadcast, never copied per row."""
+    prefix keys/values meet its rows as one matmul per head, never copied per row."""
     import torch
     import torch.nn.functional as F
 
@@ -508,10 +572,15 @@ def _packed_block(block, x, prefix_kv, layout):
         if prefix_kv is None or p == 0:
             out[sl] = own.float().softmax(-1).to(q.dtype) @ v[sl]
             continue
-        pk, pv = (t[g : g + 1, :, :p] for t in prefix_kv)
-        pre = (q[sl] @ pk.transpose(-1, -2)) * scale  # (size, h, width, p), prefix broadcast
+        # The group's prefix keys/values (h, p, d/h) meet all its rows' queries as one matmul per
+        # head: a broadcast (size, h, ...) @ (1, h, ...) matmul would copy them once per row.
+        pk, pv = (t[g, :, :p] for t in prefix_kv)
+        flat_q = q[sl].transpose(0, 1).reshape(h, size * width, d // h)
+        pre = (flat_q @ pk.transpose(-1, -2)).view(h, size, width, p).transpose(0, 1) * scale
         weights = torch.cat([pre, own], dim=-1).float().softmax(-1).to(q.dtype)
-        out[sl] = weights[..., :p] @ pv + weights[..., p:] @ v[sl]
+        flat_w = weights[..., :p].transpose(0, 1).reshape(h, size * width, p)
+        from_prefix = (flat_w @ pv).view(h, size, width, d // h).transpose(0, 1)
+        out[sl] = from_prefix + weights[..., p:] @ v[sl]
     out = out.transpose(1, 2).reshape(n, width, d)[rows, cols]
     x = x + block.ls_1(attn.out_proj(out))
     return x + block.ls_2(block.mlp(block.ln_2(x)))

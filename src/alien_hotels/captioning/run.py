@@ -220,7 +220,7 @@ def _collect(
     seconds = [done[i].get("seconds", 0.0) for i in ok]
     chain = {
         key: [done[i].get(key, 0) for i in ok]
-        for key in ("chain_steps", "chain_fallbacks", "chain_rescored")
+        for key in ("chain_steps", "chain_fallbacks", "chain_rescored", "chain_full_batch")
     }
     metrics = {
         "images": len(ids),
@@ -234,8 +234,9 @@ def _collect(
         "wall_seconds": wall,
         "mode": cfg.mode,
         "chain": cfg.chain,
-        # Flavor-chain steps, near-tie steps the library decided and candidates it rescored:
-        # per image (mean, max over the captioned images) and in total.
+        # Flavor-chain steps, near-tie steps the library decided on the band, candidates it
+        # rescored, and steps so close it decided on the full candidate batch: per image (mean,
+        # max over the captioned images) and in total.
         **{
             f"{key}_per_image_{stat}": (fn(values) if values else None)
             for key, values in chain.items()
