@@ -519,10 +519,24 @@ def test_chain_steps_score_the_tokenizer_rows_and_encode_each_phrase_once(ci0, m
         monkeypatch.undo()
         assert got == expected
         assert len(steps) >= 3 * 3
-        # New phrases once each, plus per image and step: the prompt, the library's similarity
-        # and max-length checks (and one `tokenize` of the final prompt each).
-        assert len(encoded) <= len(new) + 4 * len(steps)
+        # New phrases once each, plus per image and step the prompt: the library's similarity
+        # and max-length checks read the chosen candidate's row, tokenizing nothing.
+        assert len(encoded) <= len(new) + len(steps)
         assert len(encoded) < sum(steps) / 2
+
+
+def test_similarity_on_rows_equals_library_similarity(ci0):
+    """`library_similarity` on `ci.tokenize([text])` is the library's `similarity(text)` to the
+    last bit (the chain's stopping rule compares these values), in each precision."""
+    labels = ci0.flavors.labels
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        ci = in_precision(ci0, dtype)
+        fast = FastChain(ci)
+        feats = engine(ci0, "fast").image_features(images(2, 47)).to(dtype)
+        for i in range(len(feats)):
+            f = feats[i : i + 1]
+            for text in ["a room", ", ".join(labels[i : i + 30]), ", ".join(labels[:90])]:
+                assert fast.library_similarity(f, ci.tokenize([text])) == ci.similarity(f, text)
 
 
 def test_replaced_tokenizer_gets_a_fresh_phrase_cache(ci0, monkeypatch):

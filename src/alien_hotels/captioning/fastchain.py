@@ -187,10 +187,10 @@ class FastChain:
         with span("chain.host"):
             groups = [self._candidates(r.job, None, list(r.phrases)) for r in fresh]
         firsts = self._rank(groups)
-        for r, first in zip(fresh, firsts, strict=True):
+        for r, first, group in zip(fresh, firsts, groups, strict=True):
             r.job.best_prompt = first
             with span("chain.single_prompt"):
-                r.job.best_sim = ci.similarity(r.job.features, first)
+                r.job.best_sim = self._similarity(r.job.features, first, group)
             r.phrases.remove(first)
         for r in runs:
             r.curr, r.curr_sim = r.job.best_prompt, r.job.best_sim
@@ -200,12 +200,12 @@ class FastChain:
                 groups = [self._candidates(r.job, r.curr, list(r.phrases)) for r in active]
             tops = self._rank(groups)
             still = []
-            for r, best in zip(active, tops, strict=True):
+            for r, best, group in zip(active, tops, groups, strict=True):
                 job = r.job
                 flave = best[len(r.curr) + 2 :]
                 prompt = r.curr + ", " + flave
                 with span("chain.single_prompt"):
-                    sim = ci.similarity(job.features, prompt)
+                    sim = self._similarity(job.features, prompt, group)
                 if job.reverse:
                     sim = -sim
                 if sim > job.best_sim:
@@ -214,7 +214,11 @@ class FastChain:
                     continue  # the library's `break`: this chain is done
                 r.curr, r.curr_sim = prompt, sim
                 with span("chain.single_prompt"):
-                    at_max_len = _prompt_at_max_len(prompt, ci.tokenize)
+                    row = _row_of(prompt, group)
+                    if row is None:
+                        at_max_len = _prompt_at_max_len(prompt, ci.tokenize)
+                    else:  # the library's test on the tokenizer's row of the prompt
+                        at_max_len = bool(row[-1] != 0)
                 if at_max_len:
                     continue
                 r.phrases.remove(flave)
@@ -223,6 +227,29 @@ class FastChain:
                     still.append(r)
             active = still
         return [r.job.best_prompt for r in runs]
+
+    def _similarity(self, image_features, text: str, group) -> float:
+        """`ci.similarity(image_features, text)`, on the candidate's token row where the step
+        built one (the tokenizer's row of `text`: no tokenizing)."""
+        row = _row_of(text, group)
+        if row is None:
+            return self.ci.similarity(image_features, text)
+        return self.library_similarity(image_features, row[None])
+
+    def library_similarity(self, image_features, tokens) -> float:
+        """clip-interrogator 0.6.0's `Interrogator.similarity(image_features, text)` given
+        `tokens = ci.tokenize([text])`: its body after the tokenize line (a batch of one, as
+        the library computes it, so the value is the library's to the last bit)."""
+        import torch
+
+        ci = self.ci
+        ci._prepare_clip()
+        text_tokens = tokens.to(ci.device)
+        with torch.no_grad(), torch.autocast("cuda", enabled=torch.cuda.is_available()):
+            text_features = ci.clip_model.encode_text(text_tokens)
+            text_features /= text_features.norm(dim=-1, keepdim=True)
+            similarity = text_features @ image_features.T
+        return similarity[0][0].item()
 
     def _candidates(self, job: ChainJob, prompt: str | None, phrases: list[str]):
         """(job, texts, token rows) of one chain step: `"<prompt>, <phrase>"` per phrase (the
@@ -438,6 +465,12 @@ def _supported(model) -> bool:
         )
     except AttributeError:
         return False
+
+
+def _row_of(text: str, group):
+    """The token row a chain step built for candidate `text` (None: the step had no rows)."""
+    _, texts, rows = group
+    return None if rows is None else rows[texts.index(text)]
 
 
 def _band(scores, margin: float) -> list[int]:
