@@ -1,7 +1,8 @@
 """Seconds per Textual Inversion step and per Imagic image on the real Stable Diffusion 1.5
-architecture (random weights, CPU, reduced resolution).
+architecture (random weights, CPU at reduced resolution; or CUDA, fp16 autocast).
 
     python -m benchmarks.bench_training [--resolution 128] [--ti-steps 2]
+    python -m benchmarks.bench_training --device cuda --resolution 512   (benchmarks/gpu_check.sh)
 
 Builds diffusers' `UNet2DConditionModel`, `AutoencoderKL` and transformers' `CLIPTextModel` with
 the SD 1.5 configs written below (860M + 84M + 123M parameters) and runs the stages' own code
@@ -90,7 +91,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--resolution", type=int, default=128)
     parser.add_argument("--ti-steps", type=int, default=2)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--mixed-precision", default="auto", help="auto: fp16 on CUDA, else no")
+    parser.add_argument("--budget", type=float, default=1e9, help="seconds; Imagic skipped after")
     args = parser.parse_args()
+    t_start = time.perf_counter()
 
     import numpy as np
     import torch
@@ -99,31 +104,41 @@ def main() -> None:
     from alien_hotels.config import compose_params, validate_params
     from alien_hotels.methods import imagic, textual_inversion, training
 
-    res = args.resolution
-    parts = training.parts_from_pipeline(sd15_pipeline(), "cpu")
+    res, device = args.resolution, args.device
+    autocast_dtype = training.resolve_precision(args.mixed_precision, device, "--mixed-precision")
+    parts = training.parts_from_pipeline(sd15_pipeline(), device, autocast_dtype)
     n_params = sum(p.numel() for p in parts.unet.parameters()) / 1e6
+    where = torch.cuda.get_device_name() if device == "cuda" else "CPU"
     print(
-        f"SD 1.5 architecture, random weights, CPU, torch threads {torch.get_num_threads()}, "
-        f"{res}x{res} px ({res // 8}x{res // 8} latents), UNet {n_params:.0f}M parameters"
+        f"SD 1.5 architecture, random weights, {where}, autocast {autocast_dtype}, torch threads "
+        f"{torch.get_num_threads()}, {res}x{res} px ({res // 8}x{res // 8} latents), UNet "
+        f"{n_params:.0f}M parameters",
+        flush=True,
     )
+
+    def now() -> float:  # CUDA runs asynchronously: a time stamp waits for the queued work
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
     conf = Path(__file__).resolve().parents[1] / "conf"
 
     # baseline: one UNet forward pass, batch 1, inference
-    latents = torch.randn(1, 4, res // 8, res // 8)
+    latents = torch.randn(1, 4, res // 8, res // 8, device=device)
     cond = training.text_embeddings(parts, ["a hotel room"])
-    with torch.no_grad():
+    with torch.no_grad(), training.autocast(parts):
         parts.unet(latents, 500, cond)  # warm-up
         times = []
         for _ in range(3):
-            start = time.perf_counter()
+            start = now()
             parts.unet(latents, 500, cond)
-            times.append(time.perf_counter() - start)
+            times.append(now() - start)
     base = statistics.median(times)
 
     def show(name: str, seconds: float) -> None:
-        print(f"{name:32s}{seconds:8.2f} s   x{seconds / base:5.1f} baseline")
+        print(f"{name:32s}{seconds:8.3f} s   x{seconds / base:5.1f} baseline", flush=True)
 
-    print(f"baseline UNet forward           {base:8.2f} s")
+    print(f"baseline UNet forward           {base:8.3f} s", flush=True)
 
     with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp):
         refs = Path("data/references/bench")
@@ -134,7 +149,7 @@ def main() -> None:
         cfg = validate_params(
             compose_params(
                 [
-                    "edit.device=cpu",
+                    f"edit.device={device}",
                     f"edit.textual_inversion.reference_dir={refs}",
                     f"edit.textual_inversion.resolution={res}",
                     f"edit.textual_inversion.steps={args.ti_steps + 1}",
@@ -152,11 +167,14 @@ def main() -> None:
             cfg.textual_inversion,
             cfg,
             Path("ckpt"),
-            on_step=lambda _: stamps.append(time.perf_counter()),
+            on_step=lambda _: stamps.append(now()),
             parts=parts,
         )
         ti_step = statistics.median(np.diff(stamps))  # the first step (warm-up) is excluded
         show("textual inversion step", ti_step)
+        if time.perf_counter() - t_start > args.budget:
+            print(f"imagic: skipped (time budget {args.budget:.0f} s)")
+            return
 
         image = Image.fromarray(np.random.default_rng(9).integers(0, 256, (res, res, 3), np.uint8))
         overrides = [
@@ -168,18 +186,18 @@ def main() -> None:
         icfg = validate_params(compose_params(overrides, conf)).edit.imagic
         marks: dict[str, list[float]] = {"embedding": [], "unet": []}
         with imagic.tuned(parts, icfg, None):
-            start = time.perf_counter()
+            start = now()
             state = imagic.optimise(
                 parts,
                 icfg,
                 image,
-                on_step=lambda phase, _: marks[phase].append(time.perf_counter()),
+                on_step=lambda phase, _: marks[phase].append(now()),
             )
             emb_step = statistics.median(np.diff([start, *marks["embedding"]])[1:])
             lora_step = statistics.median(np.diff([marks["embedding"][-1], *marks["unet"]])[1:])
-            start = time.perf_counter()
+            start = now()
             imagic.generate(parts, icfg, state, 0.7, (res, res))
-            ddim_step = (time.perf_counter() - start) / icfg.inference_steps  # with decode
+            ddim_step = (now() - start) / icfg.inference_steps  # with decode
         show("imagic embedding step", emb_step)
         show("imagic LoRA step", lora_step)
         show("imagic DDIM step (CFG, batch 2)", ddim_step)
@@ -190,7 +208,7 @@ def main() -> None:
         train = im.embedding_steps * emb_step + im.unet_steps * lora_step
         generate = len(im.alphas) * im.inference_steps * ddim_step
         print(
-            f"shipped defaults at {res} px on this CPU: textual inversion "
+            f"shipped defaults at {res} px on this {where}: textual inversion "
             f"{ti_total * ti_step / 3600:.1f} h; imagic per image {train / 3600:.1f} h training "
             f"+ {generate / 60:.1f} min for {len(im.alphas)} alphas"
         )
