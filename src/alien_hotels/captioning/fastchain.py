@@ -187,10 +187,9 @@ class FastChain:
         with span("chain.host"):
             groups = [self._candidates(r.job, None, list(r.phrases)) for r in fresh]
         firsts = self._rank(groups)
-        for r, first, group in zip(fresh, firsts, groups, strict=True):
-            r.job.best_prompt = first
-            with span("chain.single_prompt"):
-                r.job.best_sim = self._similarity(r.job.features, first, group)
+        sims = self._similarities_of(groups, firsts)
+        for r, first, sim in zip(fresh, firsts, sims, strict=True):
+            r.job.best_prompt, r.job.best_sim = first, sim
             r.phrases.remove(first)
         for r in runs:
             r.curr, r.curr_sim = r.job.best_prompt, r.job.best_sim
@@ -199,13 +198,12 @@ class FastChain:
             with span("chain.host"):
                 groups = [self._candidates(r.job, r.curr, list(r.phrases)) for r in active]
             tops = self._rank(groups)
+            # The chosen candidate is `"<curr>, <flave>"`: the library's next prompt.
+            sims = self._similarities_of(groups, tops)
             still = []
-            for r, best, group in zip(active, tops, groups, strict=True):
+            for r, prompt, sim, group in zip(active, tops, sims, groups, strict=True):
                 job = r.job
-                flave = best[len(r.curr) + 2 :]
-                prompt = r.curr + ", " + flave
-                with span("chain.single_prompt"):
-                    sim = self._similarity(job.features, prompt, group)
+                flave = prompt[len(r.curr) + 2 :]
                 if job.reverse:
                     sim = -sim
                 if sim > job.best_sim:
@@ -213,12 +211,11 @@ class FastChain:
                 if not (sim > r.curr_sim or r.idx < job.min_count):
                     continue  # the library's `break`: this chain is done
                 r.curr, r.curr_sim = prompt, sim
-                with span("chain.single_prompt"):
-                    row = _row_of(prompt, group)
-                    if row is None:
-                        at_max_len = _prompt_at_max_len(prompt, ci.tokenize)
-                    else:  # the library's test on the tokenizer's row of the prompt
-                        at_max_len = bool(row[-1] != 0)
+                _, candidates, rows = group
+                if rows is None:
+                    at_max_len = _prompt_at_max_len(prompt, ci.tokenize)
+                else:  # the library's test, on the tokenizer's row of the prompt
+                    at_max_len = bool(rows[candidates.index(prompt)][-1] != 0)
                 if at_max_len:
                     continue
                 r.phrases.remove(flave)
@@ -228,18 +225,38 @@ class FastChain:
             active = still
         return [r.job.best_prompt for r in runs]
 
-    def _similarity(self, image_features, text: str, group) -> float:
-        """`ci.similarity(image_features, text)`, on the candidate's token row where the step
-        built one (the tokenizer's row of `text`: no tokenizing)."""
-        row = _row_of(text, group)
-        if row is None:
-            return self.ci.similarity(image_features, text)
-        return self.library_similarity(image_features, row[None])
+    def _similarities_of(self, groups: list[tuple], texts: list[str]) -> list[float]:
+        """`ci.similarity(job.features, text)` per (group, chosen text): computed on the chosen
+        candidate's token row where the step built one (the tokenizer's row of the text: no
+        tokenizing), each in a batch of one as the library computes it, all moved to the host
+        in one transfer."""
+        import torch
+
+        with span("chain.single_prompt"):
+            out: list = []
+            for (job, candidates, rows), text in zip(groups, texts, strict=True):
+                if rows is None:
+                    out.append(self.ci.similarity(job.features, text))
+                else:
+                    row = rows[candidates.index(text)]
+                    out.append(self._library_similarity(job.features, row[None]))
+            on_device = [i for i, v in enumerate(out) if isinstance(v, torch.Tensor)]
+            if on_device:
+                with span("chain.transfer"):
+                    values = torch.stack([out[i] for i in on_device]).cpu().tolist()
+                for i, v in zip(on_device, values, strict=True):
+                    out[i] = v
+            return out
 
     def library_similarity(self, image_features, tokens) -> float:
         """clip-interrogator 0.6.0's `Interrogator.similarity(image_features, text)` given
-        `tokens = ci.tokenize([text])`: its body after the tokenize line (a batch of one, as
-        the library computes it, so the value is the library's to the last bit)."""
+        `tokens = ci.tokenize([text])`."""
+        return self._library_similarity(image_features, tokens).item()
+
+    def _library_similarity(self, image_features, tokens):
+        """`Interrogator.similarity`'s body after the tokenize line (a batch of one, as the
+        library computes it), its value left on the device (in float64: exact, and its
+        `.item()` is the library's float)."""
         import torch
 
         ci = self.ci
@@ -249,7 +266,7 @@ class FastChain:
             text_features = ci.clip_model.encode_text(text_tokens)
             text_features /= text_features.norm(dim=-1, keepdim=True)
             similarity = text_features @ image_features.T
-        return similarity[0][0].item()
+        return similarity[0][0].double()
 
     def _candidates(self, job: ChainJob, prompt: str | None, phrases: list[str]):
         """(job, texts, token rows) of one chain step: `"<prompt>, <phrase>"` per phrase (the
@@ -287,7 +304,8 @@ class FastChain:
             with span("chain.transfer"):
                 scores = torch.cat(sims).float().cpu().split([len(s) for s in sims])
         scored = iter(zip(fast, scores, strict=True))
-        result = []
+        result: list[str | None] = []
+        near_ties = []
         for job, texts, _ in groups:
             job.stats.steps += 1
             if not (self.supported and len(texts) >= 2):
@@ -298,30 +316,44 @@ class FastChain:
             if job.reverse:
                 s = -s
             band = _band(s, self.margin)
-            if len(band) == 1:
-                result.append(texts[band[0]])
-                continue
+            result.append(texts[band[0]] if len(band) == 1 else None)
+            if len(band) > 1:
+                near_ties.append((len(result) - 1, job, tokens, texts, band))
+        if near_ties:
             with span("chain.band"):
-                result.append(self._decide_band(job, tokens, texts, band))
+                for i, text in zip(
+                    (t[0] for t in near_ties), self._decide_bands(near_ties), strict=True
+                ):
+                    result[i] = text
         return result
 
-    def _decide_band(self, job: ChainJob, tokens, texts: list[str], band: list[int]) -> str:
-        """The library's choice among near-tied candidates. The library's computation scores the
-        band (in list order, so its first-index tie rule holds); when the band's two leaders are
-        within `tie_tolerance`, the scores of a band batch cannot say what the library's full
-        batch gives, and the library's computation over all candidates decides."""
+    def _decide_bands(self, near_ties: list[tuple]) -> list[str]:
+        """The library's choice among each image's near-tied candidates. The library's
+        computation scores each band in a batch of its own (in list order, so its first-index
+        tie rule holds; all bands launched before one transfer); where a band's two leaders are
+        within `tie_tolerance`, a band batch's scores cannot say what the library's full batch
+        gives, and the library's computation over all candidates decides."""
         import torch
 
-        job.stats.fallbacks += 1
-        job.stats.rescored += len(band)
-        sims = self.library_similarities(job.features, tokens[band], job.reverse).float().cpu()
-        top = int(sims.argmax())
-        runner_up = float(sims[torch.arange(len(sims)) != top].max())
-        if float(sims[top]) - runner_up <= self.tie_tolerance:
+        sims = [
+            self.library_similarities(job.features, tokens[band], job.reverse)
+            for _, job, tokens, _, band in near_ties
+        ]
+        with span("chain.transfer"):
+            sims = torch.cat(sims).float().cpu().split([len(s) for s in sims])
+        chosen = []
+        for (_, job, tokens, texts, band), s in zip(near_ties, sims, strict=True):
+            job.stats.fallbacks += 1
+            job.stats.rescored += len(band)
+            top = int(s.argmax())
+            runner_up = float(s[torch.arange(len(s)) != top].max())
+            if float(s[top]) - runner_up > self.tie_tolerance:
+                chosen.append(texts[band[top]])
+                continue
             job.stats.full_batch += 1
             with span("chain.full_batch"):
-                return self.library_rank_top(job.features, tokens, texts, job.reverse)
-        return texts[band[top]]
+                chosen.append(self.library_rank_top(job.features, tokens, texts, job.reverse))
+        return chosen
 
     def library_rank_top(self, image_features, tokens, texts: list[str], reverse: bool = False):
         """clip-interrogator 0.6.0's `Interrogator.rank_top(image_features, texts, reverse)`
@@ -465,12 +497,6 @@ def _supported(model) -> bool:
         )
     except AttributeError:
         return False
-
-
-def _row_of(text: str, group):
-    """The token row a chain step built for candidate `text` (None: the step had no rows)."""
-    _, texts, rows = group
-    return None if rows is None else rows[texts.index(text)]
 
 
 def _band(scores, margin: float) -> list[int]:
