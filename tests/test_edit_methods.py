@@ -283,6 +283,38 @@ def test_recipe_using_the_token_needs_a_learned_embedding(workdir: Path, tiny_sd
         runner.check_weights("neon", params.edit.recipes["neon"], params.edit)
 
 
+@pytest.mark.ml
+@pytest.mark.ray
+def test_ray_edit_worker_keys_token_recipes_like_the_local_loop(
+    ti_reference_run: Path, tiny_sd: Path, workdir: Path
+):
+    """A recipe whose prompt uses the learned token: the Ray worker's resume key is the local
+    loop's (it covers the embedding), so a retrained embedding is never served stale outputs."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from alien_hotels.distributed.edit import EditWorker
+    from alien_hotels.editing import runner
+
+    embedding = workdir / "data/textual_inversion/learned_embeds.safetensors"
+    embedding.parent.mkdir(parents=True)
+    shutil.copy(ti_reference_run / "data/textual_inversion/learned_embeds.safetensors", embedding)
+    cfg = compose(
+        f"edit.recipes.neon.model_id={tiny_sd}",
+        "edit.recipes.neon.prompt='a room in the style of <alien-style>'",
+        "edit.scores.clipseg_model_id=null",
+        "edit.scores.clip_model_id=null",
+        "edit.device=cpu",
+    ).edit
+    recipe = cfg.recipes["neon"]
+    local = runner.loaded_key(recipe, runner.load_models("neon", recipe, cfg))
+    assert EditWorker("neon", cfg).load()["base_key"] == local
+    learned = load_file(str(embedding))
+    save_file({k: v + 1 for k, v in learned.items()}, str(embedding))  # retrained
+    assert EditWorker("neon", cfg).load()["base_key"] != local
+
+
 IMAGIC_TINY = [
     "edit.imagic.resolution=64",
     "edit.imagic.embedding_steps=3",

@@ -36,6 +36,8 @@ class EditWorker(Worker):
         scorer = self.loaded.scorer
         return {
             "dtype": self.loaded.dtype,
+            # the local loop's key: it covers the learned embedding a token recipe loads
+            "base_key": runner.loaded_key(recipe, self.loaded),
             "score_models": [scorer.segmenter is not None, scorer.clip is not None],
             # `repo@commit` or path of each model: every node must run the same weights
             "weight_labels": sorted((key, item.label) for key, item in found.items()),
@@ -71,12 +73,12 @@ def edit_recipe_on_ray(
             (name, cfg),
             ray_cfg,
             what,
-            agree_on=("dtype", "score_models", "weight_labels"),
+            agree_on=("dtype", "base_key", "score_models", "weight_labels"),
         ) as pool,
     ):
         info = pool.start()  # every worker's models checked before any image
         out_dir.mkdir(parents=True, exist_ok=True)
-        base_key = runner.recipe_hash(recipe, info["dtype"])
+        base_key = info["base_key"]
         per_task = ray_cfg.batch_size or 1
         positions = list(range(len(images)))
         tasks = [tuple(positions[i : i + per_task]) for i in range(0, len(positions), per_task)]

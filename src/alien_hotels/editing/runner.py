@@ -148,6 +148,12 @@ def load_models(name: str, recipe: RecipeConfig, cfg: EditConfig) -> Models:
     )
 
 
+def loaded_key(recipe: RecipeConfig, loaded: Models) -> str:
+    """The resume key of a recipe run with these models (dtype, and the learned embedding when
+    the prompt uses its token): every executor keys its outputs with this."""
+    return recipe_hash(recipe, loaded.dtype + loaded.key_extra)
+
+
 def recipe_hash(recipe: RecipeConfig, dtype: str) -> str:
     text = f"{KEY_VERSION}|{dtype}|{recipe.model_dump_json()}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -331,7 +337,7 @@ def edit_recipe(
         )
     result = RecipeResult(pd.DataFrame(columns=TABLE_COLUMNS))
     loaded = loaded or load_models(name, recipe, cfg)
-    base_key = recipe_hash(recipe, loaded.dtype + loaded.key_extra)
+    base_key = loaded_key(recipe, loaded)
     rows: list[dict[str, Any]] = []
     bar = tqdm(images.itertuples(index=False), total=len(images), desc=f"edit {name}", unit="img")
     for item in bar:
