@@ -21,7 +21,7 @@ PYTHON=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo pyth
 IMAGES=${IMAGES:-4}
 BATCH=${BATCH:-8}
 BUDGET=${BUDGET:-300}  # seconds for everything; the captioning part gets all but SD_SECONDS
-SD_SECONDS=${SD_SECONDS:-75}
+SD_SECONDS=${SD_SECONDS:-60}
 export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader

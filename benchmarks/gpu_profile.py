@@ -5,9 +5,10 @@ side runs), an `Interrogator` stub, candidates from clip-interrogator's flavors.
 images whose chains start from a caption plus three flavors, image features in the `random` and
 `planted` regimes (`chain_regimes`). Per regime: one warm-up step (`FastChain.chains` with
 min=max=1), then `torch.profiler` (CPU, plus CUDA on a GPU) over two steps from the same start.
-Printed: the band sizes (ChainStats, and the first step's candidates within the float32 /
-float16 margins), the top operators by CUDA time (on a GPU) and by CPU time, how busy the GPU
-was (kernel time / wall), and the step split by `fastchain`'s `record_function` ranges:
+Printed: the band sizes (ChainStats; and, from the fast scores, the candidates within the
+float32 / float16 margins of the leader at the first step and after the profiled steps), the
+top operators by CUDA time (on a GPU) and by CPU time, how busy the GPU was (kernel time /
+wall), and the step split by `fastchain`'s `record_function` ranges:
 chain.host (token rows, packed layout), chain.forward (the prefix-cached packed forward),
 chain.transfer (the one score transfer per step), chain.band (band rescoring by the library's
 code), chain.full_batch (the library's full candidate batch), chain.single_prompt
@@ -53,6 +54,10 @@ def parse_args(argv=None):
     parser.add_argument("--plant-k", type=int, default=3)
     parser.add_argument("--plant-noise", type=float, default=0.5)
     parser.add_argument("--row-limit", type=int, default=15)
+    parser.add_argument("--margin", type=float, default=None,
+                        help="FastChain margin (default: its precision's; 2e-2 on CPU float32 "
+                        "gives float16's bands, slowly)")  # fmt: skip
+    parser.add_argument("--tie-tolerance", type=float, default=None)
     parser.add_argument("--threads", type=int, default=1, help="CPU torch threads")
     args = parser.parse_args(argv)
     cuda = args.device == "cuda"
@@ -87,15 +92,19 @@ def profile_regime(args, ci, fast, flavors, prompts, regime: str) -> None:
         cr.sync()
         wall = time.perf_counter() - start
     probe = cr.band_probe(fast, prompts, flavors, features)
+    later = [job.best_prompt for job in run]
+    used = {f for p in later for f in p.split(", ")}
+    probe_later = cr.band_probe(fast, later, [f for f in flavors if f not in used], features)
     steps = args.steps
     print(f"\n== regime {regime}: {steps} profiled chain steps of {len(prompts)} images, wall "
           f"{wall:.3f} s ({wall / steps * 1e3:.1f} ms per step, profiler on)")  # fmt: skip
     print(f"band sizes ({regime}): {cr.stats_line(run)}")
-    print(
-        f"first step, candidates within the margin of the leader (mean per image): float32 "
-        f"margin {probe['band@float32']:.1f}, float16 margin {probe['band@float16']:.1f} of "
-        f"{len(flavors)}; leader gap {probe['gap']:.2e}"
-    )
+    for when, pr in (("first step", probe), ("after the steps", probe_later)):
+        print(
+            f"{when}, candidates within the margin of the leader (mean per image): float32 "
+            f"margin {pr['band@float32']:.1f}, float16 margin {pr['band@float16']:.1f} of "
+            f"{len(flavors)}; leader gap {pr['gap']:.2e}"
+        )
     events = prof.events()
     averages = prof.key_averages()
     if cuda:
@@ -133,7 +142,7 @@ def main(argv=None) -> None:
     model, tokenizer = cr.text_clip(args.device, args.dtype, args.tiny, args.layers)
     ci = cr.library_stub(model, tokenizer, args.device)
     flavors, prompts = cr.candidates_and_prompts(args.candidates, args.images)
-    fast = FastChain(ci)
+    fast = FastChain(ci, margin=args.margin, tie_tolerance=args.tie_tolerance)
     tower = "tiny CLIP (2 layers, width 32)" if args.tiny else (
         f"ViT-L-14 text tower ({len(model.transformer.resblocks)} layers)")  # fmt: skip
     where = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
