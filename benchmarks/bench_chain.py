@@ -2,8 +2,9 @@
 
 One `rank_top` over 128 candidates `"<prompt>, <flavor>"` on open_clip's real ViT-L-14 text tower
 (random weights, pretrained=None), CPU fp32; the library's step and ours in the same run, same
-inputs: without a near tie, and with the top k candidates forced within the margin (the band the
-library rescores). Then `mode=best` end to end on the tiny test models, per image.
+inputs: without a near tie, with the top k candidates forced within the margin (the band the
+library rescores), and with a near-exact tie (the image midway between the two leaders: the
+library's full batch decides). Then `mode=best` end to end on the tiny test models, per image.
 
     PYTHONPATH=src python benchmarks/bench_chain.py [--threads 1] [--repeats 2] [--bands 2 8 16]
 """
@@ -101,6 +102,25 @@ def bench_step(repeats: int, candidates: int, bands: list[int]) -> None:
             f"same choice: {band_top == lib_top}"
         )
     print(f"  same choice without ties: {lib_top == ours_top}, max |similarity diff| {diff:.2e}")
+    # A near-exact tie: the image midway between the two leaders' library features, so the
+    # library decides on rounding alone and ours must run the library over the full batch.
+    a, b = (ref @ image.T)[:, 0].topk(2).indices.tolist()
+    tie = ref[a] + ref[b]
+    tie = (tie / tie.norm())[None]
+    lib_tie_s, lib_tie = timed(lambda: ci.rank_top(tie, texts), repeats)
+    jobs = []
+
+    def tie_step():
+        jobs.append(ChainJob(tie, []))
+        return fast.rank_many([(jobs[-1], texts)])[0]
+
+    tie_s, ours_tie = timed(tie_step, repeats)
+    stats = jobs[-1].stats
+    print(
+        f"  FastChain, exact tie (full-batch decision): {tie_s * 1000:9.1f} ms   "
+        f"{lib_tie_s / tie_s:6.1f}x   rescored {stats.rescored}, full batch {stats.full_batch}, "
+        f"same choice: {ours_tie == lib_tie}"
+    )
 
 
 def bench_e2e(images: int) -> None:
