@@ -206,8 +206,10 @@ def _optimise(cfg, parts, latents, learned, references, checkpoint_dir, on_step)
                 "generator": generator.get_state(),
                 "losses": result.losses,
             }
-            with atomic_path(ckpt_path) as tmp:
-                torch.save(checkpoint, tmp)
+            # Through a file object: given a path, torch.save names the archive's records after
+            # the file, here the random temporary name, so identical checkpoints differed.
+            with atomic_path(ckpt_path) as tmp, tmp.open("wb") as fh:
+                torch.save(checkpoint, fh)
         if on_step is not None:
             on_step(step)
     bar.close()
@@ -262,10 +264,9 @@ def save_embedding(result: TrainResult, cfg: TextualInversionConfig, target: Pat
     if result.embedding is None:
         training.write_empty_safetensors(target, {**metadata, "status": "empty"})
         return
-    from safetensors.torch import save_file
-
-    with atomic_path(target) as tmp:
-        save_file({cfg.placeholder_token: result.embedding.contiguous()}, str(tmp), metadata)
+    training.save_safetensors(
+        {cfg.placeholder_token: result.embedding.contiguous()}, target, metadata
+    )
 
 
 def loss_metrics(result: TrainResult, cfg: TextualInversionConfig) -> dict[str, Any]:

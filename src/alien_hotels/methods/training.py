@@ -167,6 +167,29 @@ def digest(*parts: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
+def save_safetensors(tensors: dict[str, Any], target: Path, metadata: dict[str, str]) -> None:
+    """`safetensors.torch.save_file`, with a header whose bytes depend only on its content.
+
+    safetensors keeps `metadata` in a Rust HashMap, which iterates in an order drawn at random in
+    every process (not fixed by PYTHONHASHSEED): two runs with identical tensors wrote files with
+    different bytes, so DVC saw a changed output. The header is rewritten with sorted metadata.
+    """
+    from safetensors.torch import save
+
+    raw = save(tensors, metadata)
+    size = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8 : 8 + size])
+    header["__metadata__"] = dict(sorted(header.pop("__metadata__", {}).items()))
+    tensor_entries = sorted(
+        ((k, v) for k, v in header.items() if k != "__metadata__"),
+        key=lambda item: item[1]["data_offsets"],
+    )
+    text = json.dumps({"__metadata__": header["__metadata__"], **dict(tensor_entries)}).encode()
+    text += b" " * (-len(text) % 8)  # the format pads the header to 8 bytes with spaces
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + size :])
+
+
 def write_empty_safetensors(target: Path, metadata: dict[str, str]) -> None:
     """A valid safetensors file with no tensors, written without torch or safetensors installed
     (the bundled sample runs on the base install)."""
