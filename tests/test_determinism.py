@@ -39,27 +39,43 @@ for command in sys.argv[1:]:
 """
 
 
+def segments(commands: list[str]) -> list[list[str]]:
+    """The commands as processes: `caption` alone, as the `alien-hotels caption` a user runs
+    (it re-runs itself under a fixed hash seed, which would restart a shared driver), the
+    others together in one driver process between them."""
+    out: list[list[str]] = []
+    for command in commands:
+        if command == "caption":
+            out.append(["alien-hotels", "caption"])
+        elif out and out[-1][0] == sys.executable:
+            out[-1].append(command)
+        else:
+            out.append([sys.executable, "-c", DRIVER, command])
+    return out
+
+
 def run_twins(name: str, tmp_path_factory, setup, commands: list[str]) -> tuple[Path, Path]:
     """Two copies of one working folder (`setup(folder)` fills each), the same commands run in
-    each under a different hash seed, concurrently. Returns the folders."""
+    each under a different hash seed, the two folders concurrently. Returns the folders."""
     roots = [tmp_path_factory.mktemp(f"{name}_hash{seed}") for seed in HASH_SEEDS]
     for root in roots:
         setup(root)
     assert (roots[0] / "params.yaml").read_bytes() == (roots[1] / "params.yaml").read_bytes()
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", DRIVER, *commands],
-            cwd=root,
-            env=subprocess_env(PYTHONHASHSEED=seed, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1"),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for root, seed in zip(roots, HASH_SEEDS, strict=True)
-    ]
-    outs = [proc.communicate(timeout=900)[0] for proc in procs]
-    for proc, out in zip(procs, outs, strict=True):
-        assert proc.returncode == 0, out[-4000:]
+    for segment in segments(commands):
+        procs = [
+            subprocess.Popen(
+                segment,
+                cwd=root,
+                env=subprocess_env(PYTHONHASHSEED=seed, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1"),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for root, seed in zip(roots, HASH_SEEDS, strict=True)
+        ]
+        outs = [proc.communicate(timeout=900)[0] for proc in procs]
+        for proc, out in zip(procs, outs, strict=True):
+            assert proc.returncode == 0, out[-4000:]
     return roots[0], roots[1]
 
 
@@ -99,6 +115,37 @@ def assert_same_outputs(a: Path, b: Path, outputs: list[str]) -> None:
         for rel in files:
             differ = without_timings(a / rel) != without_timings(b / rel)
             assert not differ, f"{rel} differs between PYTHONHASHSEED={' and '.join(HASH_SEEDS)}"
+
+
+def test_caption_command_pins_the_hash_seed(tmp_path: Path):
+    """`alien-hotels caption` re-runs itself under PYTHONHASHSEED=0 from any seed: the library's
+    chain iterates a set of phrases, whose order then no longer depends on the process."""
+    probe = (
+        "import sys; from alien_hotels.cli import pin_hash_seed; pin_hash_seed(); "
+        "print(hash('a room, neon lights'), list({'calm', 'safe', 'green', 'neon', 'glow'}))"
+    )
+    seen = {
+        subprocess.run(
+            [sys.executable, "-c", probe],
+            env=subprocess_env(PYTHONHASHSEED=seed),
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for seed in ("0", "1", "2", "random")
+    }
+    assert len(seen) == 1
+    unpinned = {
+        subprocess.run(
+            [sys.executable, "-c", probe.replace("pin_hash_seed(); ", "")],
+            env=subprocess_env(PYTHONHASHSEED=seed),
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for seed in ("1", "2")
+    }
+    assert len(unpinned) == 2  # the probe does see the seed
 
 
 # --- the torch stages ----------------------------------------------------------------------

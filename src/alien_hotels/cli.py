@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -65,9 +66,24 @@ def images(params: ParamsOption = Path("params.yaml")) -> None:
     _run("images", params)
 
 
+def pin_hash_seed() -> None:
+    """Re-run this process with `PYTHONHASHSEED=0` unless it has it already.
+
+    CLIP Interrogator's flavor chain iterates a `set` of phrases, whose order follows Python's
+    per-process string hash, and in exact ties (candidates equal after the 77-token truncation)
+    that order picks the flavor: the library's captions, and so ours, would differ from process
+    to process. One fixed seed gives the same captions in every process (Ray workers get it
+    too, see `distributed/pool.py`)."""
+    if os.environ.get("PYTHONHASHSEED") != "0":
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(sys.executable, sys.orig_argv, {**os.environ, "PYTHONHASHSEED": "0"})
+
+
 @app.command()
 def caption(params: ParamsOption = Path("params.yaml")) -> None:
     """Caption every sampled image (caption.*)."""
+    pin_hash_seed()
     _run("caption", params)
 
 
