@@ -52,6 +52,12 @@ def text_tower(width: int, layers: int, heads: int, seed: int, init_scale: float
     return model.eval()
 
 
+def chain_prompts(flavors: list[str], seed: int, n: int) -> list[str]:
+    """No prompt, then n - 1 prompts of 1 to 12 flavors, as the chain builds them."""
+    rng = random.Random(seed)
+    return [""] + [", ".join(rng.sample(flavors, rng.randint(1, 12))) for _ in range(n - 1)]
+
+
 def deviations(model, tokenizer, flavors, prompts, precision: str, mode: str, rng):
     """|fast - library| similarity of every candidate of every prompt, as one flat tensor."""
     import torch
@@ -132,11 +138,7 @@ def main_batch(args, tokenizer, flavors) -> None:
         big = width >= BIG and not on_cuda
         for seed in range(1 if big else args.towers):
             model = text_tower(width, layers, heads, seed, 1.0)
-            rng = random.Random(seed)
-            prompts = [""] + [
-                ", ".join(rng.sample(flavors, rng.randint(1, 12)))
-                for _ in range((args.big_prompts if big else args.prompts) - 1)
-            ]
+            prompts = chain_prompts(flavors, seed, args.big_prompts if big else args.prompts)
             for precision, mode in cases:
                 rng_case = random.Random(seed * 7 + 1)
                 results[(precision, mode)].append(
@@ -191,11 +193,7 @@ def main() -> None:
         for seed in range(1 if big else args.towers):
             for init_scale in (1.0, 3.0):
                 model = text_tower(width, layers, heads, seed, init_scale)
-                rng = random.Random(seed)
-                prompts = [""] + [
-                    ", ".join(rng.sample(flavors, rng.randint(1, 12)))
-                    for _ in range((args.big_prompts if big else args.prompts) - 1)
-                ]
+                prompts = chain_prompts(flavors, seed, args.big_prompts if big else args.prompts)
                 for precision, mode in cases:
                     rng_case = random.Random(seed * 7 + 1)
                     results[(precision, mode)].append(

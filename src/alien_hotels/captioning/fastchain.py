@@ -256,19 +256,10 @@ class FastChain:
         return self._library_similarity(image_features, tokens).item()
 
     def _library_similarity(self, image_features, tokens):
-        """`Interrogator.similarity`'s body after the tokenize line (a batch of one, as the
-        library computes it), its value left on the device (in float64: exact, and its
-        `.item()` is the library's float)."""
-        import torch
-
-        ci = self.ci
-        ci._prepare_clip()
-        text_tokens = tokens.to(ci.device)
-        with torch.no_grad(), torch.autocast("cuda", enabled=torch.cuda.is_available()):
-            text_features = ci.clip_model.encode_text(text_tokens)
-            text_features /= text_features.norm(dim=-1, keepdim=True)
-            similarity = text_features @ image_features.T
-        return similarity[0][0].double()
+        """`Interrogator.similarity`'s value, left on the device (in float64: exact, and its
+        `.item()` is the library's float). Its body after the tokenize line is `rank_top`'s
+        without the negation, here on a batch of one row, as the library computes it."""
+        return self.library_similarities(image_features, tokens)[0].double()
 
     def _candidates(self, job: ChainJob, prompt: str | None, phrases: list[str]):
         """(job, texts, token rows) of one chain step: `"<prompt>, <phrase>"` per phrase (the
