@@ -3,12 +3,15 @@
 One Ray head (`ray start --head --block` on 127.0.0.1, 2 CPUs) serves the whole module; stages
 connect to it by address, in this process or as `alien-hotels` subprocesses, and run the tiny
 random-weight models through the same code as the local executor. Faults are real: worker
-processes and drivers are SIGKILLed by PID."""
+processes and drivers are SIGKILLed by PID, and a node of a multi-node cluster
+(`ray.cluster_utils.Cluster`) is removed mid-run. Every cluster uses token authentication with a
+token made here (a temporary file): nothing reads or writes ~/.ray."""
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -56,14 +59,28 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def ray_address(tmp_path_factory):
-    """host:port of a Ray head started for this module (stopped, with its workers, after).
-
-    The head uses Ray's default token authentication (~/.ray/auth_token); drivers connect with
-    RAY_AUTH_MODE=token, as a cluster's users do."""
+def ray_token(tmp_path_factory):
+    """A cluster token in a temporary file, set for this process and every subprocess (the heads,
+    nodes and drivers) for the module: RAY_AUTH_MODE=token, RAY_AUTH_TOKEN_PATH. A fresh machine
+    has no ~/.ray/auth_token, and the tests must not read or write the user's."""
+    home_token = Path.home() / ".ray" / "auth_token"
+    had_home_token = home_token.exists()
+    path = tmp_path_factory.mktemp("ray_auth") / "auth_token"
+    path.write_text(secrets.token_hex(32))  # what `ray get-auth-token --generate` writes
+    path.chmod(0o600)
     with pytest.MonkeyPatch.context() as env:
         env.setenv("RAY_AUTH_MODE", "token")
-        yield from _ray_head(tmp_path_factory)
+        env.setenv("RAY_AUTH_TOKEN_PATH", str(path))
+        env.delenv("RAY_AUTH_TOKEN", raising=False)  # Ray prefers it over the file
+        yield path
+    assert had_home_token or not home_token.exists(), "a test wrote ~/.ray/auth_token"
+
+
+@pytest.fixture(scope="module")
+def ray_address(ray_token, tmp_path_factory):
+    """host:port of a Ray head started for this module (stopped, with its workers, after), with
+    token authentication (`ray_token`), as a cluster's users run it."""
+    yield from _ray_head(tmp_path_factory)
 
 
 def _ray_head(tmp_path_factory):
@@ -202,7 +219,7 @@ def kill_driver_when(root: Path, command: list[str], ready, timeout: float = 300
     driver = subprocess.Popen(
         command,
         cwd=root,
-        env=subprocess_env(OMP_NUM_THREADS="1", RAY_AUTH_MODE="token"),
+        env=subprocess_env(OMP_NUM_THREADS="1"),  # the token: ray_token's environment
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -289,6 +306,108 @@ def test_caption_driver_killed_resumes_from_the_checkpoint(
     assert len(checkpoint_rows(ckpt_dir)) == 22
 
 
+class NodeRemover(threading.Thread):
+    """Once the run has checkpointed 4 rows, removes a worker node whose raylet runs
+    `ray::<actor>.run` (a node lost mid-task, as a preempted spot instance is), noting how many
+    rows the run had by then."""
+
+    def __init__(self, cluster, actor: str, checkpoint_dir: Path):
+        super().__init__(daemon=True)
+        self.cluster = cluster
+        self.title = f"ray::{actor}.run"
+        self.checkpoint_dir = checkpoint_dir
+        self.rows_before: int | None = None
+        self.error: BaseException | None = None
+        self.stop = threading.Event()
+
+    def rows(self) -> int:
+        files = list(self.checkpoint_dir.glob("*.jsonl"))
+        return files[0].read_text().count("\n") if files else 0
+
+    def run(self) -> None:
+        import psutil
+        from ray._private import ray_constants
+
+        try:
+            # a worker process is a child of its node's raylet
+            raylets = {
+                node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid: node
+                for node in self.cluster.worker_nodes
+            }
+            while not self.stop.is_set():
+                rows = self.rows()
+                for proc in psutil.process_iter(["ppid", "cmdline"]) if rows >= 4 else []:
+                    node = raylets.get(proc.info["ppid"])
+                    cmdline = proc.info["cmdline"] or []
+                    if node is not None and cmdline and cmdline[0].startswith(self.title):
+                        self.rows_before = rows
+                        # no graceful drain: the node's processes are SIGKILLed
+                        self.cluster.remove_node(node, allow_graceful=False)
+                        return
+                time.sleep(0.02)
+        except BaseException as exc:  # reported by the test, not lost in this thread
+            self.error = exc
+
+
+@pytest.fixture
+def ray_cluster(ray_token):
+    """Ray's multi-node test cluster on this machine: a head with no CPUs (the driver's node, so
+    no worker lands there) and two 1-CPU worker nodes, one caption worker each; token auth from
+    `ray_token` (the nodes inherit this process's environment)."""
+    from ray.cluster_utils import Cluster
+
+    # a removed node is declared dead after ~1.5 s (health checks every 0.5 s, 3 misses), not
+    # after Ray's default 5 misses 3 s apart: the test stays short
+    fast_death = {"health_check_period_ms": 500, "health_check_failure_threshold": 3}
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 0,
+            "include_dashboard": False,
+            "_system_config": fast_death,
+        },
+    )
+    try:
+        for _ in range(2):
+            cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        yield cluster
+    finally:
+        cluster.shutdown()
+
+
+def test_caption_on_ray_equals_local_when_a_node_is_lost_mid_run(
+    ray_cluster, caption_models, caption_project, monkeypatch
+):
+    monkeypatch.chdir(caption_project)
+    on_ray = compose(
+        *tiny_overrides(caption_models),
+        *CAPTION,
+        "caption.checkpoint_dir=ckpt_node",
+        "caption.executor=ray",
+        f"ray.address={ray_cluster.address}",
+        "ray.num_workers=2",
+        "ray.min_workers=2",  # one on each worker node before work starts
+    )
+    remover = NodeRemover(ray_cluster, "CaptionWorker", Path("ckpt_node"))
+    remover.start()
+    try:
+        caption_stage.run(on_ray, caption_paths("node"))
+    finally:
+        remover.stop.set()
+        remover.join()
+    assert remover.error is None, remover.error
+    assert remover.rows_before is not None, "no node was removed"
+    assert 4 <= remover.rows_before < 22, "the node was not removed mid-run"
+    assert len(ray_cluster.worker_nodes) == 1
+    for name in ("captions.csv", "caption_failures.csv"):
+        assert Path(f"node/{name}").read_bytes() == Path(f"local/{name}").read_bytes(), name
+    metrics = json.loads(Path("node/captioning.json").read_text())
+    assert metrics["ray_workers_lost"] >= 1 and metrics["ray_tasks_retried"] >= 1
+    ids = [row["image_id"] for row in checkpoint_rows(Path("ckpt_node"))]
+    assert len(ids) == len(set(ids)) == 22
+
+
 def test_worker_without_the_model_fails_naming_node_and_model(
     ray_address, caption_models, tmp_path, monkeypatch
 ):
@@ -330,6 +449,36 @@ def test_unreachable_address_fails_before_any_work(stage, tmp_path, monkeypatch)
     assert time.monotonic() - started < 30
     left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
     assert all(p.startswith(("data/images/", "data/interim/")) for p in left), left
+
+
+def test_missing_token_names_the_fix(ray_address, caption_models, tmp_path):
+    """A driver with RAY_AUTH_MODE=token and no token (none in the environment, no
+    ~/.ray/auth_token) connecting to a token-auth head: what a user runs and sees."""
+    write_manifest(tmp_path, random_images(tmp_path, 2, seed=5))
+    overrides = [*tiny_overrides(caption_models), *CAPTION, "caption.executor=ray"]
+    write_params(tmp_path, *overrides, f"ray.address={ray_address}")
+    env = subprocess_env(HOME=str(tmp_path / "home"))  # an empty home: no ~/.ray
+    env.pop("RAY_AUTH_TOKEN_PATH")
+    result = subprocess.run(
+        ["alien-hotels", "caption"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    message = result.stderr.split("error: ", 1)[1]
+    assert message.startswith(
+        f"ray.address={ray_address}: Token authentication is enabled but no authentication token "
+        "was found (RAY_AUTH_MODE=token). Print the cluster's token on the head node with "
+        "`ray get-auth-token`, save it in a file on this machine and set RAY_AUTH_TOKEN_PATH"
+    ), message
+    assert 'see docs/scale.md, "Authentication". Nothing was computed or written.' in message
+    assert (
+        not (tmp_path / "data/processed").exists() and not (tmp_path / "data/checkpoints").exists()
+    )
+    assert not (tmp_path / "home/.ray").exists()
 
 
 # -- edit ---------------------------------------------------------------------------------------

@@ -61,11 +61,20 @@ def _check_reachable(address: str, timeout: float) -> None:
         ) from None
 
 
+# How a driver gets a token-auth cluster's token (docs/scale.md, "Authentication").
+TOKEN_FIX = (
+    "Print the cluster's token on the head node with `ray get-auth-token`, save it in a file on "
+    "this machine and set RAY_AUTH_TOKEN_PATH to that file (or export it as RAY_AUTH_TOKEN); "
+    'see docs/scale.md, "Authentication".'
+)
+
+
 @contextmanager
 def ray_session(cfg: RayConfig | None, what: str) -> Iterator[None]:
     """Connected to the cluster of `ray.address` for the block (an existing connection of this
     process, e.g. a notebook's, is used and left open)."""
     import ray
+    from ray.exceptions import AuthenticationError
 
     if cfg is None:
         raise StageError(
@@ -88,12 +97,25 @@ def ray_session(cfg: RayConfig | None, what: str) -> Iterator[None]:
     try:
         # "local": always a new instance here, never a stale /tmp/ray/ray_current_cluster
         ray.init(address=cfg.address or "local", **kwargs)
+    except AuthenticationError as exc:
+        # RAY_AUTH_MODE=token and no token here. Ray's own advice (`ray get-auth-token
+        # --generate`) would make a new token, one the cluster does not accept.
+        raise StageError(
+            f"ray.address={cfg.address}: {exc.message} (RAY_AUTH_MODE=token). {TOKEN_FIX} "
+            "Nothing was computed or written."
+        ) from None
     except (ConnectionError, TimeoutError, RuntimeError) as exc:
-        hint = ""
-        if cfg.address is not None and os.environ.get("RAY_AUTH_MODE") != "token":
+        if cfg.address is None:
+            hint = ""
+        elif os.environ.get("RAY_AUTH_MODE") != "token":
             hint = (
-                " If the cluster uses token authentication (Ray's default), set "
-                "RAY_AUTH_MODE=token and provide its token (RAY_AUTH_TOKEN or ~/.ray/auth_token)."
+                " If the cluster uses token authentication, set RAY_AUTH_MODE=token and give "
+                f"this machine the cluster's token: {TOKEN_FIX}"
+            )
+        else:
+            hint = (
+                " If the log above says `InvalidAuthToken`, this machine's token is not the "
+                f"cluster's: {TOKEN_FIX}"
             )
         raise StageError(
             f"ray.address={cfg.address}: cannot connect to the Ray cluster ({exc}).{hint} "
