@@ -15,6 +15,7 @@ import secrets
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -160,6 +161,17 @@ class WorkerKiller(threading.Thread):
             time.sleep(0.02)
 
 
+def hash_under_seed_0(text: str) -> int:
+    probe = subprocess.run(
+        [sys.executable, "-c", f"print(hash({text!r}))"],
+        env=subprocess_env(PYTHONHASHSEED="0"),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(probe.stdout)
+
+
 def write_params(root: Path, *overrides: str):
     params = compose(*overrides)
     (root / "params.yaml").write_text(yaml.safe_dump(params.model_dump(mode="json")))
@@ -267,6 +279,8 @@ def test_caption_on_ray_equals_local_with_bad_images_and_a_killed_worker(
     metrics = json.loads(Path("ray/captioning.json").read_text())
     assert metrics["executor"] == "ray"
     assert metrics["ray_workers_lost"] >= 1 and metrics["ray_tasks_retried"] >= 1
+    # the workers (the replacement too) iterate sets of strings as `alien-hotels caption` does
+    assert metrics["ray_string_hash"] == hash_under_seed_0("alien-hotels")
     # every image exactly once in the checkpoint, though a task was computed twice
     ids = [row["image_id"] for row in checkpoint_rows(Path("ckpt_ray"))]
     assert len(ids) == len(set(ids)) == 22

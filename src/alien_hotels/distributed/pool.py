@@ -25,6 +25,11 @@ from alien_hotels.distributed import RayConfig
 
 log = logging.getLogger("alien_hotels.distributed")
 
+# Workers start with one string-hash seed: set iteration order (CLIP Interrogator's chain
+# iterates a set of phrases, whose order decides exact ties) is then the same on every worker
+# and equal to `alien-hotels caption`'s own (`cli.pin_hash_seed`).
+HASH_SEED = "0"
+
 
 def node_name() -> str:
     """`hostname (ip)` of the calling process's node, for messages."""
@@ -38,7 +43,8 @@ class Worker:
 
     def setup(self) -> dict[str, Any]:
         """Load the models; report where this worker runs, or why it cannot (a StageError)."""
-        info = {"node": node_name(), "pid": os.getpid()}
+        # `string_hash` tells whether this process iterates sets of strings as the others do
+        info = {"node": node_name(), "pid": os.getpid(), "string_hash": hash("alien-hotels")}
         try:
             info.update(self.load())
         except StageError as exc:
@@ -152,6 +158,8 @@ class ActorPool:
             "num_gpus": cfg.num_gpus_per_worker,
             "max_restarts": 0,  # replacements are this pool's job: they must pass setup first
             "max_task_retries": 0,
+            # merged into the job's runtime_env per variable (Ray's rule for env_vars)
+            "runtime_env": {"env_vars": {"PYTHONHASHSEED": HASH_SEED}},
         }
         if cfg.memory_per_worker:
             options["memory"] = cfg.memory_per_worker
@@ -163,7 +171,7 @@ class ActorPool:
         self._args = args
         self.cfg = cfg
         self.what = what
-        self.agree_on = tuple(agree_on)
+        self.agree_on = ("string_hash", *agree_on)
         self.reference: dict[str, Any] | None = None
         self.ready: dict[int, _Slot] = {}
         self.starting: dict[Any, _Slot] = {}  # setup ref -> slot
@@ -338,4 +346,5 @@ class ActorPool:
             "ray_nodes": sorted(self.nodes),
             "ray_workers_lost": self.workers_lost,
             "ray_tasks_retried": self.tasks_retried,
+            "ray_string_hash": (self.reference or {}).get("string_hash"),
         }
