@@ -60,7 +60,14 @@ def test_kuberay_manifest_has_a_gpu_worker_group_and_the_model_cache():
     assert {"name": "model-cache", "mountPath": "/cache", "readOnly": True} in container[
         "volumeMounts"
     ]
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["HF_HOME"] == "/cache/huggingface" and env["HF_HUB_OFFLINE"] == "1"
+    # token authentication: head and workers take the one token from the same Secret
+    head = cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    for pod in (head, container):
+        pod_env = {e["name"]: e for e in pod["env"]}
+        assert pod_env["RAY_AUTH_MODE"]["value"] == "token"
+        secret = pod_env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]
+        assert secret == {"name": "alien-hotels-ray-token", "key": "token"}
     claims = {d["metadata"]["name"] for d in docs if d["kind"] == "PersistentVolumeClaim"}
     assert "alien-hotels-models" in claims
