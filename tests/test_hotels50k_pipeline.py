@@ -33,6 +33,7 @@ def test_exp_run_hotels50k_samples_and_fetches(project: Path):
 
         exp = ["dvc", "exp", "run", "-S", "data=hotels50k", "-S", "data.n_hotels=3"]
         exp += ["-S", "data.caption_column=description"]  # the synthetic captions
+        exp += ["-S", "images.allow_private_addresses=true"]  # the server is on loopback
         # Up to the map: the edit stages would need Stable Diffusion weights for these photos.
         run([*exp, "map"], project)
         sample = pd.read_csv(project / "data/interim/sample.csv")

@@ -50,6 +50,7 @@ CFG = compose().images.updated(
     backoff_s=0.01,
     max_redirects=3,
     max_bytes=5_000_000,
+    allow_private_addresses=True,  # the test server is on loopback
 )
 
 

@@ -10,7 +10,13 @@ For each row of the sample table the image is taken, in this order, from
 
 Downloads run on a bounded thread pool; each has connect/read timeouts and a total deadline,
 retries with exponential backoff on connection errors and 429/5xx answers (urllib3's `Retry`), a
-redirect limit and a size limit. TLS certificates are always verified for https URLs (there is no
+redirect limit and a size limit. Addresses that are not public (loopback, private, link-local
+such as a cloud's metadata endpoint, ...) are refused before connecting unless
+`images.allow_private_addresses` is on: each host is resolved once, every address checked, and
+the connection made to the checked address (docs/images.md, "Safety"). Politeness: at most
+`images.per_host_workers` requests at a time per host, `Retry-After` on 429/503 honoured up to
+`images.max_retry_after_s`, `X-Robots-Tag: noai`/`noimageai` answers recorded as `opted_out`.
+TLS certificates are always verified for https URLs (there is no
 switch to turn that off; `images.ca_bundle` may name extra trusted roots); plain http URLs, which
 the dataset has, are fetched as they are. Every image, local or downloaded, is checked before it
 is kept: a real image in an allowed format, declared pixel count under `images.max_pixels`
@@ -25,9 +31,11 @@ short reason in `data/interim/images.csv`, and the counts go to `metrics/images.
 from __future__ import annotations
 
 import io
+import ipaddress
 import logging
 import os
 import shutil
+import socket
 import threading
 import time
 from collections import Counter
@@ -77,6 +85,12 @@ class ImagesConfig(Section):
     # Certificates are always verified (there is no switch); this only names a CA bundle to trust
     # instead of certifi's.
     ca_bundle: str | None
+    # Off: URLs (and redirects) to loopback, private, link-local, ... addresses are refused.
+    allow_private_addresses: bool
+    per_host_workers: int = Field(ge=1, le=64)  # concurrent requests to one host name
+    # Longest Retry-After (429/503) waited for; a longer one is recorded as the status.
+    max_retry_after_s: float = Field(ge=0, le=3600)
+    respect_opt_out: bool  # X-Robots-Tag: noai / noimageai -> `opted_out`, nothing kept
 
 
 class FetchError(Exception):
@@ -165,25 +179,151 @@ def _resized(width: int, height: int, cfg: ImagesConfig) -> tuple[int, int] | No
 
 # --- downloading ------------------------------------------------------------------------------
 
+# X-Robots-Tag directives by which a site opts its images out of AI use (img2dataset's defaults).
+OPT_OUT_DIRECTIVES = {"noai", "noimageai"}
+
+
+class BlockedAddress(Exception):  # not an OSError, so urllib3 never retries it
+    """The host resolves to an address this downloader does not contact."""
+
+
+def blocked_class(address: str) -> str | None:
+    """Why `address` may not be contacted (`loopback`, `private`, ...), or None if it is public.
+
+    IPv4-mapped IPv6 (`::ffff:127.0.0.1`) is judged as the IPv4 address it reaches.
+    """
+    ip = ipaddress.ip_address(address.split("%")[0])  # a scoped fe80::1%eth0 is link-local
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    for name, hit in (
+        ("unspecified", ip.is_unspecified),
+        ("loopback", ip.is_loopback),
+        ("link-local", ip.is_link_local),
+        ("multicast", ip.is_multicast),
+        ("private", ip.is_private),
+        ("reserved", ip.is_reserved),
+    ):
+        if hit:
+            return name
+    # The rest that is not globally routable: 100.64/10 (carrier-grade NAT), ...
+    return None if ip.is_global else "not-global"
+
+
+class AddressGuard:
+    """Resolves a host once and hands out only addresses that passed the check.
+
+    The connection is then made to those very addresses, so a second DNS answer (rebinding)
+    cannot swap a public address for a private one between check and connect. `trusted`
+    (ip, port) pairs skip the check: for tests that need a reachable loopback "public" host;
+    the config has no way to set it.
+    """
+
+    def __init__(self, trusted: frozenset[tuple[str, int]] = frozenset()) -> None:
+        self.trusted = trusted
+
+    def addresses(self, host: str, port: int) -> list[tuple]:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        for *_, sockaddr in infos:
+            ip = sockaddr[0]
+            why = None if (ip, port) in self.trusted else blocked_class(ip)
+            if why is not None:  # one bad address refuses the host: it could be the one used
+                raise BlockedAddress(f"{host} -> {ip} ({why})")
+        return infos
+
+
+def _guarded_pool(pool_cls: type, guard: AddressGuard) -> type:
+    """`pool_cls` whose connections connect only through `guard` (TLS still on the host name:
+    `HTTPSConnection.connect` wraps this socket with SNI and certificate checks for `self.host`).
+    """
+    from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
+    from urllib3.util.connection import _set_socket_options
+
+    base = pool_cls.ConnectionCls
+
+    def _new_conn(self) -> socket.socket:
+        try:
+            infos = guard.addresses(self._dns_host, self.port)
+        except socket.gaierror as exc:
+            raise NameResolutionError(self.host, self, exc) from exc
+        error: OSError | None = None
+        for family, socktype, proto, _name, sockaddr in infos:
+            sock = socket.socket(family, socktype, proto)
+            try:
+                _set_socket_options(sock, self.socket_options)
+                if self.timeout is not None:
+                    sock.settimeout(self.timeout)
+                if self.source_address:
+                    sock.bind(self.source_address)
+                sock.connect(sockaddr)
+                return sock
+            except TimeoutError as exc:
+                sock.close()
+                raise ConnectTimeoutError(
+                    self, f"Connection to {self.host} timed out. (connect timeout={self.timeout})"
+                ) from exc
+            except OSError as exc:
+                sock.close()
+                error = exc
+        raise NewConnectionError(self, f"Failed to establish a new connection: {error}")
+
+    conn_cls = type(f"Guarded{base.__name__}", (base,), {"_new_conn": _new_conn})
+    return type(f"Guarded{pool_cls.__name__}", (pool_cls,), {"ConnectionCls": conn_cls})
+
+
+def _bounded_retry(max_retry_after_s: float) -> type:
+    """urllib3's `Retry`, but a `Retry-After` longer than the bound ends the retries at once (the
+    status is recorded) instead of blocking a worker for as long as the server asks."""
+    from urllib3.exceptions import MaxRetryError, ResponseError
+    from urllib3.util.retry import Retry
+
+    class BoundedRetry(Retry):
+        def increment(self, method=None, url=None, response=None, error=None, **kwargs):
+            wait = self.get_retry_after(response) if response is not None else None
+            if wait is not None and wait > max_retry_after_s:
+                raise MaxRetryError(
+                    kwargs.get("_pool"), url, ResponseError(f"Retry-After {wait:.0f} s")
+                )
+            return super().increment(method, url, response, error, **kwargs)
+
+    return BoundedRetry
+
+
+def opted_out(robots_tag: str) -> bool:
+    """Whether an `X-Robots-Tag` value says no AI use: `noai`, `noimageai`, also per bot
+    (`somebot: noai`, honoured whichever bot it names) and in a comma-separated list."""
+    for directive in robots_tag.lower().replace(":", ",").split(","):
+        if directive.strip() in OPT_OUT_DIRECTIVES:
+            return True
+    return False
+
 
 class Downloader:
-    """HTTP(S) GETs with retries, timeouts and limits; one `requests.Session` per thread."""
+    """HTTP(S) GETs with retries, timeouts and limits; one `requests.Session` per thread.
 
-    def __init__(self, cfg: ImagesConfig) -> None:
+    Unless `allow_private_addresses`, every connection (first request, redirects, retries) goes
+    through an `AddressGuard`. At most `per_host_workers` requests run at once per host name.
+    """
+
+    def __init__(
+        self, cfg: ImagesConfig, _trusted: frozenset[tuple[str, int]] = frozenset()
+    ) -> None:
         self.cfg = cfg
         # Never False: certificates are always verified, against ca_bundle when one is named.
         self.verify: bool | str = cfg.ca_bundle or True
+        self.guard = None if cfg.allow_private_addresses else AddressGuard(_trusted)
         self._local = threading.local()
+        self._hosts: dict[str, threading.BoundedSemaphore] = {}
+        self._hosts_lock = threading.Lock()
 
     def _session(self):
         session = getattr(self._local, "session", None)
         if session is None:
             import requests
             from requests.adapters import HTTPAdapter
-            from urllib3.util.retry import Retry
+            from urllib3.poolmanager import pool_classes_by_scheme
 
             cfg = self.cfg
-            retry = Retry(
+            retry = _bounded_retry(cfg.max_retry_after_s)(
                 total=cfg.retries,
                 connect=cfg.retries,
                 read=cfg.retries,
@@ -198,6 +338,14 @@ class Downloader:
             )
             session = requests.Session()
             adapter = HTTPAdapter(max_retries=retry, pool_maxsize=4)
+            if self.guard is not None:
+                adapter.poolmanager.pool_classes_by_scheme = {
+                    scheme: _guarded_pool(cls, self.guard)
+                    for scheme, cls in pool_classes_by_scheme.items()
+                }
+                # No proxies from the environment: through a proxy the address is not ours to
+                # check (and no .netrc credentials go to arbitrary hosts).
+                session.trust_env = False
             session.mount("http://", adapter)
             session.mount("https://", adapter)
             session.max_redirects = cfg.max_redirects
@@ -205,13 +353,25 @@ class Downloader:
             self._local.session = session
         return session
 
+    def _host_slot(self, host: str) -> threading.BoundedSemaphore:
+        with self._hosts_lock:
+            slot = self._hosts.get(host)
+            if slot is None:
+                slot = self._hosts[host] = threading.BoundedSemaphore(self.cfg.per_host_workers)
+            return slot
+
     def get(self, url: str) -> bytes:
         """The body of `url`, or `FetchError` with the reason."""
+        parts = urlsplit(url)
+        if parts.scheme.lower() not in ("http", "https"):
+            raise FetchError("bad_url", url)
+        # Per host name of the URL asked for (a redirect elsewhere keeps this slot).
+        with self._host_slot((parts.hostname or "").lower()):
+            return self._get(url)
+
+    def _get(self, url: str) -> bytes:
         import requests
 
-        scheme = urlsplit(url).scheme.lower()
-        if scheme not in ("http", "https"):
-            raise FetchError("bad_url", url)
         cfg = self.cfg
         deadline = time.monotonic() + cfg.read_timeout_s
         try:
@@ -223,6 +383,9 @@ class Downloader:
             ) as response:
                 if response.status_code != 200:
                     raise FetchError(f"http_{response.status_code}")
+                robots = response.headers.get("X-Robots-Tag", "")
+                if cfg.respect_opt_out and opted_out(robots):
+                    raise FetchError("opted_out", robots)  # the body is not even read
                 ctype = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
                 if ctype and not ctype.startswith("image/") and ctype not in GENERIC_TYPES:
                     raise FetchError("not_image_content_type", ctype)
@@ -239,6 +402,8 @@ class Downloader:
                 return bytes(body)
         except FetchError:
             raise
+        except BlockedAddress as exc:
+            raise FetchError("blocked_address", str(exc)) from None
         except requests.exceptions.TooManyRedirects:
             raise FetchError("too_many_redirects") from None
         except requests.exceptions.SSLError as exc:
@@ -370,6 +535,7 @@ def _one(
         body = downloader.get(url)
         _store(prepare_image(body, rel.suffix.lstrip("."), cfg), target)
     except FetchError as exc:
+        log.debug("image %s: %s (%s)", image_id, exc, url)  # the detail, e.g. a blocked address
         return Outcome(image_id, "", "failed", exc.reason, url)
     return Outcome(image_id, target.as_posix(), "ok", "", url, "downloaded", len(body))
 
