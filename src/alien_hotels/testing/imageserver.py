@@ -13,14 +13,23 @@ alien_hotels.testing.imageserver --port 8765` next to synthetic metadata generat
 * `/bomb.png`: a small PNG whose header declares 100000x100000 pixels;  `/big.png`: 9000x8000
 * `/loop.jpg`: a redirect to itself;  `/moved.jpg`: a redirect to `/moved-target/7.jpg`
 * `/huge.jpg`: declares a Content-Length of 1 GB
+* `/busy/<image_id>.jpg?status=429&times=1&retry_after=2`: `status` (with `Retry-After:
+  retry_after`, seconds, or `date+N` for an HTTP date N seconds ahead) the first `times`
+  requests of that path, then an image
+* `/go/<anything>?to=<url>`: a redirect to any URL
+* any image route with `?robots=<value>` sends `X-Robots-Tag: <value>`, with `?delay=<s>` waits
+  that long first
 
-`hits` counts requests per path, so a test can prove that a second run fetched nothing.
+`hits` counts requests per path (without the query), so a test can prove that a second run
+fetched nothing; `max_in_flight` is the most requests it served at once, `user_agents` the
+User-Agent headers it saw.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import email.utils
 import io
 import re
 import ssl
@@ -31,6 +40,7 @@ import zlib
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import parse_qs
 
 IMAGE_PATH = re.compile(r"^/(?:[\w.-]+/)*(\d+)\.(jpg|jpeg|png)$")
 
@@ -120,6 +130,8 @@ class ImageServer:
         self.slow_seconds = slow_seconds
         self.flaky_failures = flaky_failures
         self.hits: Counter[str] = Counter()
+        self.in_flight = self.max_in_flight = 0
+        self.user_agents: set[str] = set()
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self._httpd.daemon_threads = True
@@ -154,6 +166,11 @@ class ImageServer:
             self.hits[path] += 1
             return self.hits[path]
 
+    def _enter(self, delta: int) -> None:
+        with self._lock:
+            self.in_flight += delta
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         server = self
 
@@ -163,9 +180,18 @@ class ImageServer:
             def log_message(self, *args: object) -> None:  # keep test output quiet
                 pass
 
-            def _send(self, status: int, body: bytes, ctype: str, length: int | None = None):
+            def _send(
+                self,
+                status: int,
+                body: bytes,
+                ctype: str,
+                length: int | None = None,
+                headers: dict[str, str] | None = None,
+            ):
                 self.send_response(status)
                 self.send_header("Content-Type", ctype)
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.send_header("Content-Length", str(len(body) if length is None else length))
                 self.end_headers()
                 self.wfile.write(body)
@@ -177,8 +203,27 @@ class ImageServer:
                 self.end_headers()
 
             def do_GET(self) -> None:
-                path = self.path.split("?")[0]
+                server._enter(1)
+                try:
+                    self._get()
+                finally:
+                    server._enter(-1)
+
+            def _get(self) -> None:
+                path, _, query = self.path.partition("?")
+                args = {k: v[-1] for k, v in parse_qs(query).items()}
                 n = server._count(path)
+                server.user_agents.add(self.headers.get("User-Agent", ""))
+                if path.startswith("/busy/") and n <= int(args.get("times", 1)):
+                    after = args.get("retry_after", "1")
+                    if after.startswith("date+"):
+                        after = email.utils.formatdate(time.time() + float(after[5:]), usegmt=True)
+                    status = int(args.get("status", 429))
+                    return self._send(
+                        status, b"later", "text/plain", headers={"Retry-After": after}
+                    )
+                if path.startswith("/go/"):
+                    return self._redirect(args["to"])
                 if path == "/missing.jpg":
                     return self._send(404, b"not found", "text/plain")
                 if path == "/error.jpg":
@@ -215,9 +260,11 @@ class ImageServer:
                     return None
                 match = IMAGE_PATH.match(path)
                 if match:
+                    time.sleep(float(args.get("delay", 0)))
                     fmt = "PNG" if match.group(2) == "png" else "JPEG"
                     body = make_image(int(match.group(1)), fmt)
-                    return self._send(200, body, f"image/{fmt.lower()}")
+                    robots = {"X-Robots-Tag": args["robots"]} if "robots" in args else {}
+                    return self._send(200, body, f"image/{fmt.lower()}", headers=robots)
                 return self._send(404, b"no such route", "text/plain")
 
         return Handler
