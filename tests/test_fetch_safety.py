@@ -189,6 +189,21 @@ def test_a_redirect_loop_ends_as_a_failure_within_the_limit(server):
     assert server.hits["/loop.jpg"] == STRICT.max_redirects + 1
 
 
+def test_https_through_the_guard_verifies_the_host_name(tmp_path: Path, monkeypatch):
+    from alien_hotels.testing.imageserver import self_signed_cert
+
+    cert, key = self_signed_cert(tmp_path)  # valid for 127.0.0.1 only
+    _resolve_as(monkeypatch, {"cdn.example.com": ["127.0.0.1"]})
+    with ImageServer(tls=(cert, key)) as https:
+        cfg = STRICT.updated(ca_bundle=str(cert), retries=0)
+        downloader = Downloader(cfg, _trusted=_trusted(https))
+        assert downloader.get(https.url("/good/21.jpg")) == make_image(21)
+        # Connected to the checked 127.0.0.1, but the certificate is checked for the name.
+        with pytest.raises(FetchError, match="tls_error"):
+            downloader.get(f"https://cdn.example.com:{https.port}/good/21.jpg")
+        assert https.hits["/good/21.jpg"] == 1
+
+
 def _sample(urls: list[str]) -> pd.DataFrame:
     return pd.DataFrame(
         {

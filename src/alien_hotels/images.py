@@ -237,12 +237,14 @@ def _guarded_pool(pool_cls: type, guard: AddressGuard) -> type:
     """
     from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
     from urllib3.util.connection import _set_socket_options
+    from urllib3.util.timeout import _DEFAULT_TIMEOUT
 
     base = pool_cls.ConnectionCls
 
     def _new_conn(self) -> socket.socket:
+        # urllib3's own `_new_conn` and `create_connection`, but on the guard's addresses.
         try:
-            infos = guard.addresses(self._dns_host, self.port)
+            infos = guard.addresses(self._dns_host.strip("[]"), self.port)
         except socket.gaierror as exc:
             raise NameResolutionError(self.host, self, exc) from exc
         error: OSError | None = None
@@ -250,20 +252,19 @@ def _guarded_pool(pool_cls: type, guard: AddressGuard) -> type:
             sock = socket.socket(family, socktype, proto)
             try:
                 _set_socket_options(sock, self.socket_options)
-                if self.timeout is not None:
+                if self.timeout is not _DEFAULT_TIMEOUT:
                     sock.settimeout(self.timeout)
                 if self.source_address:
                     sock.bind(self.source_address)
                 sock.connect(sockaddr)
                 return sock
-            except TimeoutError as exc:
-                sock.close()
-                raise ConnectTimeoutError(
-                    self, f"Connection to {self.host} timed out. (connect timeout={self.timeout})"
-                ) from exc
             except OSError as exc:
                 sock.close()
                 error = exc
+        if isinstance(error, TimeoutError):
+            raise ConnectTimeoutError(
+                self, f"Connection to {self.host} timed out. (connect timeout={self.timeout})"
+            ) from error
         raise NewConnectionError(self, f"Failed to establish a new connection: {error}")
 
     conn_cls = type(f"Guarded{base.__name__}", (base,), {"_new_conn": _new_conn})
