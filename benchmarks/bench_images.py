@@ -1,0 +1,428 @@
+"""Our `images` stage against img2dataset, on the same URLs from a loopback server.
+
+    python -m benchmarks.bench_images [--urls 20000] [--threads 8] [--skip-img2dataset]
+    python -m benchmarks.bench_images --scale 2000 20000 [--threads 8]
+
+A threaded HTTP server on 127.0.0.1 (in this process) serves `--urls` small JPEGs: a pool of
+distinct pictures (320 to 1600 px on the longer side, about half larger than 640; generated once
+into a temporary folder and reused), each URL answering after a latency drawn with a fixed seed
+(3 to 50 ms; 1 % of the URLs 0.5 to 1.5 s more), 2 % of them 404 and 1 % 500. Then, each in a
+child process of its own (so neither pays for the server):
+
+* **alien-hotels**: the real stage (`alien_hotels.stages.images.run`) with `conf/` composed as
+  `dvc repro` would (`images.download=true`, `images.workers=<threads>`, `images.retries=
+  <retries>`; `images.allow_private_addresses=true` and `images.per_host_workers=<threads>` when
+  the config has those keys: the server is on loopback and is the only host). Resize: longer side
+  640, small images enlarged (`images.longer_side: 640`, `images.upscale: true`), JPEG quality 95.
+* **img2dataset** (the tool practitioners use): `processes_count=1`, `thread_count=<threads>`,
+  `image_size=640, resize_mode="keep_ratio_largest"` (longer side 640; `keep_ratio` would set
+  the *shorter* side), `resize_only_if_bigger=False` (enlarges small images, as ours does),
+  `encode_quality=95`, `retries=<retries>`, `output_format="files"`, its other defaults (sha256
+  of each image, EXIF extraction, area/lanczos interpolation).
+
+For each: images/s (wall time of the download call), CPU seconds per image (user+system of the
+child process and everything it waited for, from `getrusage(RUSAGE_CHILDREN)` deltas, interpreter
+start-up included), failures, and the peak RSS of the child's whole process tree (sampled every
+0.1 s). `--scale A B` runs only our stage at A and B URLs and extrapolates time and memory
+linearly to Hotels-50K's 1.1M.
+
+img2dataset is a benchmark-only dependency (the `bench` extra). It pins `pandas<3` and this
+project pins pandas 3, so it cannot share the project's environment; give it one of its own:
+
+    python -m venv .venv-bench && .venv-bench/bin/pip install img2dataset==1.47.0
+    python -m benchmarks.bench_images --img2dataset-python .venv-bench/bin/python
+
+Without one (`--img2dataset-python`, default: this interpreter, then `.venv-bench/bin/python`)
+the img2dataset run is skipped with a message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import random
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+HOTELS50K_URLS = 1_124_215
+I2D_VERSION = "1.47.0"
+
+OURS = r"""
+import json, resource, sys, time
+from pathlib import Path
+
+def cpu():
+    s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
+
+from alien_hotels.config import compose_params, validate_params
+from alien_hotels.stages.images import run
+from alien_hotels.stages.paths import StagePaths
+
+conf, root, overrides = sys.argv[1], Path(sys.argv[2]), json.loads(sys.argv[3])
+params = validate_params(compose_params(overrides, conf))
+paths = StagePaths().under(root)
+t, c = time.perf_counter(), cpu()
+metrics = run(params, paths)
+print("RESULT " + json.dumps({"call_s": time.perf_counter() - t, "call_cpu_s": cpu() - c,
+                              "ok": metrics["ok"], "failed": metrics["failed"],
+                              "reasons": metrics["failed_by_reason"]}), flush=True)
+"""
+
+I2D = r"""
+import glob, json, os, resource, sys, time
+
+def cpu():
+    s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
+
+if __name__ == "__main__":
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    from img2dataset import download
+    urls, out, threads, retries = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    t, c = time.perf_counter(), cpu()
+    download(url_list=urls, input_format="txt", output_folder=out, output_format="files",
+             processes_count=1, thread_count=threads, image_size=640,
+             resize_mode="keep_ratio_largest", resize_only_if_bigger=False, encode_format="jpg",
+             encode_quality=95, timeout=30, retries=retries, enable_wandb=False)
+    call_s, call_cpu = time.perf_counter() - t, cpu() - c
+    stats = [json.load(open(p)) for p in glob.glob(os.path.join(out, "*_stats.json"))]
+    reasons = {}
+    for s in stats:
+        for k, v in s.get("status_dict", {}).items():
+            if k != "success":
+                reasons[k[:40]] = reasons.get(k[:40], 0) + v
+    ok = sum(s["successes"] for s in stats)
+    failed = sum(s["count"] - s["successes"] for s in stats)
+    print("RESULT " + json.dumps({"call_s": call_s, "call_cpu_s": call_cpu, "ok": ok,
+                                  "failed": failed, "reasons": reasons}), flush=True)
+"""
+
+
+# --- the server -------------------------------------------------------------------------------
+
+
+def make_pictures(count: int, seed: int) -> list[bytes]:
+    """`count` distinct JPEGs of varied sizes, cached in the temporary folder across runs."""
+    import numpy as np
+    from PIL import Image
+
+    folder = Path(tempfile.gettempdir(), "alien-hotels-bench-images", f"{seed}-{count}")
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    sides = [320, 400, 480, 560, 640, 800, 1024, 1280, 1600]
+    pictures = []
+    for i in range(count):
+        path = folder / f"{i}.jpg"
+        longer = rng.choice(sides)
+        ratio = rng.choice([4 / 3, 3 / 2, 16 / 9, 1.0])
+        portrait = rng.random() < 0.25
+        if not path.is_file():
+            shorter = max(16, round(longer / ratio))
+            w, h = (shorter, longer) if portrait else (longer, shorter)
+            gen = np.random.default_rng([seed, i])
+            y, x = np.mgrid[0:h, 0:w]
+            base = gen.integers(0, 256, 3)
+            img = np.stack(
+                [(base[k] + x * (k + 1) / 7 + y * (3 - k) / 5) % 256 for k in range(3)], -1
+            )
+            img = img + gen.normal(0, 6, img.shape)  # some texture: photo-like file sizes
+            buffer = io.BytesIO()
+            Image.fromarray(img.clip(0, 255).astype("uint8")).save(buffer, "JPEG", quality=85)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_bytes(buffer.getvalue())
+            tmp.replace(path)
+        pictures.append(path.read_bytes())
+    return pictures
+
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # a client closing its keep-alive connection at exit is not news
+
+
+class BenchServer:
+    """`/img/<i>.jpg` for i < urls: a fixed plan of status and latency per URL, from `seed`."""
+
+    def __init__(self, urls: int, pictures: list[bytes], seed: int = 0) -> None:
+        rng = random.Random(seed)
+        self.plan = []
+        for _ in range(urls):
+            u = rng.random()
+            status = 404 if u < 0.02 else 500 if u < 0.03 else 200
+            latency = rng.uniform(0.003, 0.05)
+            if rng.random() < 0.01:
+                latency += rng.uniform(0.5, 1.5)  # a slow answer (under every timeout)
+            self.plan.append((status, latency))
+        self.pictures = pictures
+        self.hits: Counter[int] = Counter()
+        self._lock = threading.Lock()
+        self.httpd = _QuietServer(("127.0.0.1", 0), self._handler())
+        self.httpd.daemon_threads = True
+        self.httpd.request_queue_size = 256
+
+    def url(self, i: int) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/img/{i}.jpg"
+
+    def expected_failures(self, urls: int | None = None) -> int:
+        """How many of the first `urls` URLs answer 404 or 500 (every retry too)."""
+        return sum(status != 200 for status, _ in self.plan[:urls])
+
+    def __enter__(self) -> BenchServer:
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as real image hosts do
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                name = self.path.rsplit("/", 1)[-1]
+                i = int(name.split(".")[0]) if name.split(".")[0].isdigit() else -1
+                if not 0 <= i < len(server.plan):
+                    status, latency = 404, 0.0
+                else:
+                    status, latency = server.plan[i]
+                    with server._lock:
+                        server.hits[i] += 1
+                time.sleep(latency)
+                if status == 200:
+                    body, ctype = server.pictures[i % len(server.pictures)], "image/jpeg"
+                else:
+                    body, ctype = f"error {status}".encode(), "text/plain"
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        return Handler
+
+
+# --- running a tool in a child process --------------------------------------------------------
+
+
+def measure(cmd: list[str], cwd: Path, log: Path) -> dict:
+    """Run `cmd`; its wall time, CPU time (rusage of waited-for children), peak tree RSS."""
+    import psutil
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), NO_ALBUMENTATIONS_UPDATE="1")
+    with open(log, "w") as err:
+        proc = psutil.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
+        peak = 0
+        out_chunks: list[str] = []
+        reader = threading.Thread(target=lambda: out_chunks.append(proc.stdout.read()))
+        reader.start()
+        while proc.poll() is None:
+            try:
+                tree = [proc, *proc.children(recursive=True)]
+                rss = 0
+                for p in tree:
+                    with contextlib.suppress(psutil.Error):
+                        rss += p.memory_info().rss
+                peak = max(peak, rss)
+            except psutil.Error:
+                pass
+            time.sleep(0.1)
+        reader.join()
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    result = next(
+        (
+            json.loads(line[7:])
+            for line in "".join(out_chunks).splitlines()
+            if line.startswith("RESULT ")
+        ),
+        None,
+    )
+    if proc.returncode != 0 or result is None:
+        tail = log.read_text(errors="replace")[-3000:]
+        raise SystemExit(f"{cmd[:3]} failed (rc {proc.returncode}):\n{tail}")
+    return {**result, "process_s": wall, "cpu_s": cpu, "peak_rss_mb": peak / 2**20}
+
+
+def ours_overrides(threads: int, retries: int) -> list[str]:
+    from alien_hotels.config import compose_params
+
+    overrides = ["images.download=true", f"images.workers={threads}", f"images.retries={retries}"]
+    keys = compose_params(overrides, ROOT / "conf")["images"]
+    if "allow_private_addresses" in keys:
+        overrides.append("images.allow_private_addresses=true")  # the server is on loopback
+    if "per_host_workers" in keys:
+        overrides.append(f"images.per_host_workers={threads}")  # it is also the only host
+    return overrides
+
+
+def run_ours(server: BenchServer, urls: int, threads: int, retries: int, work: Path) -> dict:
+    import pandas as pd
+
+    root = work / f"ours-{urls}"
+    shutil.rmtree(root, ignore_errors=True)
+    (root / "data/interim").mkdir(parents=True)
+    ids = range(1_000_000, 1_000_000 + urls)
+    pd.DataFrame(
+        {
+            "image_id": ids,
+            "hotel_id": [10_000 + i // 20 for i in range(urls)],  # 20 images a hotel
+            "url": [server.url(i) for i in range(urls)],
+            "source": "travel_website",
+            "chain_id": [i // 20 % 92 for i in range(urls)],
+            "image_name": [f"{i}.jpg" for i in ids],
+        }
+    ).to_csv(root / "data/interim/sample.csv", index=False)
+    script = work / "ours.py"
+    script.write_text(OURS)
+    overrides = ours_overrides(threads, retries)
+    cmd = [sys.executable, str(script), str(ROOT / "conf"), str(root), json.dumps(overrides)]
+    result = measure(cmd, root, work / f"ours-{urls}.log")
+    result["files"] = sum(1 for p in (root / "data/images").rglob("*.jpg"))
+    result["expected_failures"] = server.expected_failures(urls)
+    shutil.rmtree(root / "data/images", ignore_errors=True)
+    return result
+
+
+def find_img2dataset(explicit: str | None) -> str | None:
+    candidates = [explicit] if explicit else [sys.executable, str(ROOT / ".venv-bench/bin/python")]
+    for python in candidates:
+        if python and Path(python).exists():
+            ok = subprocess.run([python, "-c", "import img2dataset"], capture_output=True)
+            if ok.returncode == 0:
+                return python
+    return None
+
+
+def run_img2dataset(
+    python: str, server: BenchServer, urls: int, threads: int, retries: int, work: Path
+) -> dict:
+    root = work / f"img2dataset-{urls}"
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    (root / "urls.txt").write_text("".join(server.url(i) + "\n" for i in range(urls)))
+    script = root / "i2d.py"
+    script.write_text(I2D)
+    out = root / "out"
+    cmd = [python, str(script), str(root / "urls.txt"), str(out), str(threads), str(retries)]
+    result = measure(cmd, root, work / f"img2dataset-{urls}.log")
+    result["files"] = sum(1 for p in out.rglob("*.jpg"))
+    result["expected_failures"] = server.expected_failures(urls)
+    shutil.rmtree(root, ignore_errors=True)
+    return result
+
+
+def report(tool: str, urls: int, r: dict) -> None:
+    r["images_per_s"] = urls / r["call_s"]
+    r["cpu_ms_per_image"] = 1000 * r["cpu_s"] / urls
+    r["call_cpu_ms_per_image"] = 1000 * r["call_cpu_s"] / urls
+    print(
+        f"{tool:<13} {urls:>7} {r['ok']:>7} {r['failed']:>6} {r['call_s']:>8.1f} "
+        f"{r['images_per_s']:>8.1f} {r['cpu_ms_per_image']:>10.2f} "
+        f"{r['call_cpu_ms_per_image']:>10.2f} {r['peak_rss_mb']:>8.0f}",
+        flush=True,
+    )
+    print("BENCH " + json.dumps({"tool": tool, "urls": urls, **r}), flush=True)
+
+
+HEADER = (
+    f"{'tool':<13} {'urls':>7} {'ok':>7} {'failed':>6} {'wall_s':>8} {'img/s':>8} "
+    f"{'cpu_ms/img':>10} {'(in call)':>10} {'rss_mb':>8}"
+)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--urls", type=int, default=20_000)
+    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--retries", type=int, default=1, help="retries on both sides")
+    parser.add_argument("--pictures", type=int, default=500, help="distinct JPEGs served")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip-img2dataset", action="store_true")
+    parser.add_argument("--img2dataset-python", help="an interpreter that has img2dataset")
+    parser.add_argument(
+        "--scale", type=int, nargs=2, metavar=("A", "B"), help="our stage at A and B URLs"
+    )
+    args = parser.parse_args(argv)
+    sizes = args.scale or [args.urls]
+    biggest = max(sizes)
+    pictures = make_pictures(min(args.pictures, biggest), args.seed)
+    python = None
+    if not args.scale and not args.skip_img2dataset:
+        python = find_img2dataset(args.img2dataset_python)
+        if python is None:
+            print(
+                "img2dataset: not installed, skipped (it pins pandas<3: python -m venv "
+                f".venv-bench && .venv-bench/bin/pip install img2dataset=={I2D_VERSION}, then "
+                "--img2dataset-python .venv-bench/bin/python)",
+                flush=True,
+            )
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-images-") as tmp,
+        BenchServer(biggest, pictures, args.seed) as server,
+    ):
+        work = Path(tmp)
+        print(
+            f"{biggest} URLs on 127.0.0.1 ({len(pictures)} distinct JPEGs, "
+            f"{server.expected_failures()} answer 404/500), {args.threads} threads, "
+            f"retries {args.retries}, {os.cpu_count()} CPUs",
+            flush=True,
+        )
+        print(HEADER, flush=True)
+        results = {}
+        if python is not None:
+            results["img2dataset"] = r = run_img2dataset(
+                python, server, biggest, args.threads, args.retries, work
+            )
+            report("img2dataset", biggest, r)
+        for n in sizes:
+            results[("alien-hotels", n)] = r = run_ours(server, n, args.threads, args.retries, work)
+            report("alien-hotels", n, r)
+    if "img2dataset" in results:
+        base, ours = results["img2dataset"], results[("alien-hotels", biggest)]
+        print(
+            "alien-hotels / img2dataset: "
+            f"images/s x{ours['images_per_s'] / base['images_per_s']:.2f}"
+            f", CPU per image x{ours['cpu_ms_per_image'] / base['cpu_ms_per_image']:.2f}, "
+            f"peak RSS x{ours['peak_rss_mb'] / base['peak_rss_mb']:.2f} (goal: >= 1, <= 1)"
+        )
+    if args.scale:
+        (a, b), ra, rb = (
+            sizes,
+            results[("alien-hotels", sizes[0])],
+            results[("alien-hotels", sizes[1])],
+        )
+        for key, unit in (("call_s", "s"), ("cpu_s", "CPU s"), ("peak_rss_mb", "MiB")):
+            slope = (rb[key] - ra[key]) / (b - a)
+            at = rb[key] + slope * (HOTELS50K_URLS - b)
+            print(
+                f"scale {key}: {ra[key]:.1f} at {a}, {rb[key]:.1f} at {b} "
+                f"(x{rb[key] / ra[key]:.2f} for x{b / a:.1f} URLs); "
+                f"per 1000 URLs {1000 * slope:.2f} {unit}; "
+                f"linear at {HOTELS50K_URLS:,}: {at:,.0f} {unit}"
+            )
+
+
+if __name__ == "__main__":
+    main()
