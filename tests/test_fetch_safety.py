@@ -264,6 +264,11 @@ def test_retry_after_as_an_http_date(server):
     assert server.hits["/busy/6.jpg"] == 2
 
 
+def test_an_unreadable_retry_after_falls_back_to_the_backoff(server):
+    assert Downloader(POLITE).get(server.url("/busy/4.jpg?retry_after=soon")) == make_image(4)
+    assert server.hits["/busy/4.jpg"] == 2
+
+
 @pytest.mark.parametrize("status", [429, 503])
 def test_a_retry_after_over_the_bound_is_not_waited_for(server, status: int):
     start = time.monotonic()

@@ -274,10 +274,16 @@ def _guarded_pool(pool_cls: type, guard: AddressGuard) -> type:
 def _bounded_retry(max_retry_after_s: float) -> type:
     """urllib3's `Retry`, but a `Retry-After` longer than the bound ends the retries at once (the
     status is recorded) instead of blocking a worker for as long as the server asks."""
-    from urllib3.exceptions import MaxRetryError, ResponseError
+    from urllib3.exceptions import InvalidHeader, MaxRetryError, ResponseError
     from urllib3.util.retry import Retry
 
     class BoundedRetry(Retry):
+        def parse_retry_after(self, retry_after: str) -> float | None:
+            try:
+                return super().parse_retry_after(retry_after)
+            except InvalidHeader:  # garbage: the usual backoff, not a failure of its own
+                return None
+
         def increment(self, method=None, url=None, response=None, error=None, **kwargs):
             wait = self.get_retry_after(response) if response is not None else None
             if wait is not None and wait > max_retry_after_s:
