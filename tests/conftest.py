@@ -39,6 +39,11 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONPATH"] = str(ROOT / "src")
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", DVC_NO_ANALYTICS="1")
+    # `dvc exp run` commits: a git identity for the temporary repos, whatever ~/.gitconfig has
+    # (CI runs with an empty HOME)
+    for role in ("AUTHOR", "COMMITTER"):
+        env.setdefault(f"GIT_{role}_NAME", "alien-hotels tests")
+        env.setdefault(f"GIT_{role}_EMAIL", "tests@alien-hotels.invalid")
     env.update(extra)
     return env
 
