@@ -45,6 +45,7 @@ import json
 import os
 import random
 import resource
+import shlex
 import shutil
 import subprocess
 import sys
@@ -277,7 +278,9 @@ def ours_overrides(threads: int, retries: int) -> list[str]:
     return overrides
 
 
-def run_ours(server: BenchServer, urls: int, threads: int, retries: int, work: Path) -> dict:
+def run_ours(
+    server: BenchServer, urls: int, threads: int, retries: int, work: Path, prefix: str = ""
+) -> dict:
     import pandas as pd
 
     root = work / f"ours-{urls}"
@@ -298,6 +301,7 @@ def run_ours(server: BenchServer, urls: int, threads: int, retries: int, work: P
     script.write_text(OURS)
     overrides = ours_overrides(threads, retries)
     cmd = [sys.executable, str(script), str(ROOT / "conf"), str(root), json.dumps(overrides)]
+    cmd = shlex.split(prefix) + cmd if prefix else cmd
     result = measure(cmd, root, work / f"ours-{urls}.log")
     result["files"] = sum(1 for p in (root / "data/images").rglob("*.jpg"))
     result["expected_failures"] = server.expected_failures(urls)
@@ -362,6 +366,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-img2dataset", action="store_true")
     parser.add_argument("--img2dataset-python", help="an interpreter that has img2dataset")
     parser.add_argument(
+        "--ours-prefix",
+        default="",
+        help="command put before our stage's child (a profiler: 'py-spy record -o F --')",
+    )
+    parser.add_argument(
         "--scale", type=int, nargs=2, metavar=("A", "B"), help="our stage at A and B URLs"
     )
     args = parser.parse_args(argv)
@@ -397,7 +406,9 @@ def main(argv: list[str] | None = None) -> None:
             )
             report("img2dataset", biggest, r)
         for n in sizes:
-            results[("alien-hotels", n)] = r = run_ours(server, n, args.threads, args.retries, work)
+            results[("alien-hotels", n)] = r = run_ours(
+                server, n, args.threads, args.retries, work, args.ours_prefix
+            )
             report("alien-hotels", n, r)
     if "img2dataset" in results:
         base, ours = results["img2dataset"], results[("alien-hotels", biggest)]
