@@ -84,3 +84,19 @@ def test_edit_stage_removes_a_killed_png_write(tmp_path: Path, monkeypatch):
     edit_stage.run(compose(), "neon")  # nothing to edit: no model is loaded
     assert not left.exists()
     assert list(Path("data/edited/neon").iterdir()) == []
+
+
+def test_outputs_get_the_umask_mode_and_the_umask_is_never_touched(tmp_path, monkeypatch):
+    """Outputs are 0666 less the umask, like any new file, without setting the umask to read
+    it (a set umask is process-wide: another thread's new file would get mode 0666)."""
+    calls = []
+    real_umask = os.umask
+    monkeypatch.setattr(os, "umask", lambda mask: calls.append(mask) or real_umask(mask))
+    old = real_umask(0o027)
+    try:
+        write_json({"a": 1}, tmp_path / "out.json")
+    finally:
+        real_umask(old)
+    assert (tmp_path / "out.json").stat().st_mode & 0o777 == 0o640
+    assert calls == []
+    assert not list(tmp_path.glob(".*.tmp"))

@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import re
-import tempfile
+import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -54,18 +54,26 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_partial_writes(target.parent, target_name=target.name)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = _new_temporary(target)
     try:
         yield tmp_path
-        # mkstemp creates files 0600; outputs should have the usual permissions (umask applies).
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp_path.chmod(0o666 & ~umask)
         tmp_path.replace(target)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def _new_temporary(target: Path) -> Path:
+    """A new empty `.<name>.<8 random>.tmp` next to `target` (the `PARTIAL_WRITE` pattern),
+    created with mode 0666 less the umask, as outputs should be. (mkstemp makes 0600 files, and
+    reading the umask means setting it, which races with other threads creating files.)"""
+    for _ in range(100):
+        tmp = target.parent / f".{target.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(f"no free temporary name next to {target}")
 
 
 def remove_partial_writes(

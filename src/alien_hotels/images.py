@@ -39,7 +39,7 @@ import socket
 import threading
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -49,7 +49,7 @@ import pandas as pd
 from pydantic import Field
 
 from alien_hotels import imageio
-from alien_hotels.common import Section, atomic_path, read_csv
+from alien_hotels.common import Section, read_csv
 
 log = logging.getLogger("alien_hotels.images")
 
@@ -433,7 +433,7 @@ class Downloader:
 # --- the stage --------------------------------------------------------------------------------
 
 
-def relative_image_path(row: pd.Series) -> Path:
+def relative_image_path(row: pd.Series | dict) -> Path:
     """`<chain_id>/<hotel_id>/<source>/<image_id>.<ext>`: the dataset's own tree layout."""
     chain = row.get("chain_id")
     chain = "unknown" if pd.isna(chain) else str(int(chain))
@@ -459,27 +459,37 @@ def collect_images(
     out_dir.mkdir(parents=True, exist_ok=True)
     local = Path(local_dir) if local_dir else None
     downloader = Downloader(cfg) if cfg.download else None
-    rows = [row for _, row in sample.iterrows()]
+    # Rows as plain dicts, made as they are submitted, and a bounded window of them in flight:
+    # a pandas Series and a future per row, all made up front, cost ~6 KiB per URL at 1.1M.
+    rows = (row._asdict() for row in sample.itertuples(index=False))
+    window = 4 * cfg.workers
     started = time.monotonic()
     outcomes: list[Outcome] = []
     with (
         ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="images") as pool,
-        tqdm(total=len(rows), unit="img", desc="images", disable=not progress) as bar,
+        tqdm(total=len(sample), unit="img", desc="images", disable=not progress) as bar,
     ):
-        futures = [pool.submit(_one, row, cfg, local, out_dir, downloader) for row in rows]
+        pending: set = set()
         try:
-            for future in as_completed(futures):
-                outcome = future.result()
-                outcomes.append(outcome)
-                bar.update(1)
-                if outcome.status == "failed":
-                    log.debug(
-                        "image %s failed: %s (%s)", outcome.image_id, outcome.reason, outcome.url
-                    )
+            while True:
+                for row in rows:
+                    pending.add(pool.submit(_one, row, cfg, local, out_dir, downloader))
+                    if len(pending) >= window:
+                        break
+                if not pending:
+                    break
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    outcome = future.result()
+                    outcomes.append(outcome)
+                    bar.update(1)
+                    if outcome.status == "failed":
+                        o = outcome
+                        log.debug("image %s failed: %s (%s)", o.image_id, o.reason, o.url)
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)
             raise
-    order = {int(i): n for n, i in enumerate(sample["image_id"])}
+    order = {int(i): n for n, i in enumerate(sample["image_id"])}  # the sample's order
     outcomes.sort(key=lambda o: order[o.image_id])
     _prune(out_dir, {Path(o.path) for o in outcomes if o.status == "ok"})
     manifest = pd.DataFrame(
@@ -505,13 +515,13 @@ def collect_images(
         metrics["missing"],
         metrics["failed"],
         elapsed,
-        len(rows) / elapsed if elapsed > 0 else 0.0,
+        len(sample) / elapsed if elapsed > 0 else 0.0,
     )
     return manifest, metrics
 
 
 def _one(
-    row: pd.Series,
+    row: dict,
     cfg: ImagesConfig,
     local: Path | None,
     out_dir: Path,
@@ -559,8 +569,14 @@ def _find_local(local: Path, rel: Path) -> Path | None:
 
 
 def _store(data: bytes, target: Path) -> None:
-    with atomic_path(target) as tmp:
-        tmp.write_bytes(data)
+    """Write `target` atomically: a per-thread temporary, then a rename. Leaner than
+    `common.atomic_path` (no sweep of the folder per image); what a kill leaves behind is
+    swept by `_prune` at the end of the run."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{threading.get_ident():x}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, target)
 
 
 def _prune(out_dir: Path, keep: set[Path]) -> None:
