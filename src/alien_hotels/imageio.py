@@ -84,12 +84,16 @@ def decode(
 
     `max_pixels`: width x height above it fails (`too_many_pixels`, named `limit_name`), read
     from the header before any pixel is decoded. `formats`: Pillow format names accepted.
-    `draft_side`: a JPEG may be decoded at a reduced scale whose sides stay >= this (fast).
+    `draft_side`: a JPEG may be decoded at a reduced scale whose longer side stays >= this
+    (fast: a 1600x1200 photo for a 640 side decodes at 800x600, not in full).
     """
     with _opened(source, max_pixels, formats, limit_name) as img:
         size = img.size
         if img.format == "JPEG" and draft_side:
-            img.draft("RGB", (draft_side, draft_side))
+            # The box is the image scaled to `draft_side` on its longer side (either orientation:
+            # a 90-degree EXIF turn keeps the longer side); `draft` keeps both sides >= the box.
+            longer = max(size)
+            img.draft("RGB", tuple(-(-draft_side * side // longer) for side in size))
         img.load()
         orientation = _orientation(img)
         transparent = img.mode in ALPHA_MODES or "transparency" in img.info
