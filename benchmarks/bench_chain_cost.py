@@ -23,7 +23,6 @@ float32. Defaults: CUDA 2048 candidates, 1 / 8 / 32 images, 3 repeats; CPU 64 ca
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import warnings
 
@@ -34,13 +33,7 @@ except ImportError:  # run as a script: benchmarks/ itself is on sys.path
 
 
 def parse_args(argv=None):
-    import torch
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", choices=["cpu", "cuda"],
-                        default="cuda" if torch.cuda.is_available() else "cpu")  # fmt: skip
-    parser.add_argument("--tiny", action="store_true", help="tiny 2-layer test CLIP (smoke)")
-    parser.add_argument("--layers", type=int, default=None, help="text blocks (default 12)")
+    parser = cr.tower_parser(__doc__.splitlines()[0])
     parser.add_argument("--dtype", choices=["float16", "float32"], default=None)
     parser.add_argument("--candidates", type=int, default=None, help="2048 CUDA / 64 CPU")
     parser.add_argument("--images", type=int, nargs="+", default=None, help="1 8 32 / 1 2")
@@ -53,7 +46,6 @@ def parse_args(argv=None):
     )
     parser.add_argument("--repeats", type=int, default=None, help="3 CUDA / 1 CPU")
     parser.add_argument("--no-full-batch", action="store_true")
-    parser.add_argument("--threads", type=int, default=1, help="CPU torch threads")
     args = parser.parse_args(argv)
     cuda = args.device == "cuda"
     args.dtype = args.dtype or ("float16" if cuda else "float32")

@@ -47,6 +47,21 @@ SYNC_EVENTS = (
 )  # fmt: skip
 
 
+def tower_parser(description: str):
+    """The arguments every chain benchmark shares: device, tower size, CPU threads."""
+    import argparse
+
+    import torch
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--device", choices=["cpu", "cuda"],
+                        default="cuda" if torch.cuda.is_available() else "cpu")  # fmt: skip
+    parser.add_argument("--tiny", action="store_true", help="tiny 2-layer test CLIP (smoke)")
+    parser.add_argument("--layers", type=int, default=None, help="text blocks (default 12)")
+    parser.add_argument("--threads", type=int, default=1, help="CPU torch threads")
+    return parser
+
+
 def flavor_lines() -> list[str]:
     import clip_interrogator
 

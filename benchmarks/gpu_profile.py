@@ -25,7 +25,6 @@ thread, defaults 256 candidates, 2 images (the host side and the forward's CPU c
 
 from __future__ import annotations
 
-import argparse
 import time
 
 try:
@@ -38,13 +37,7 @@ RANGES = ["chain.host", "chain.forward", "chain.transfer", "chain.band", "chain.
 
 
 def parse_args(argv=None):
-    import torch
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", choices=["cpu", "cuda"],
-                        default="cuda" if torch.cuda.is_available() else "cpu")  # fmt: skip
-    parser.add_argument("--tiny", action="store_true", help="tiny 2-layer test CLIP (smoke)")
-    parser.add_argument("--layers", type=int, default=None, help="text blocks (default 12)")
+    parser = cr.tower_parser(__doc__.splitlines()[0])
     parser.add_argument("--dtype", choices=["float16", "float32"], default=None,
                         help="default: float16 on CUDA, float32 on CPU")  # fmt: skip
     parser.add_argument("--candidates", type=int, default=None, help="2048 CUDA / 256 CPU")
@@ -58,7 +51,6 @@ def parse_args(argv=None):
                         help="FastChain margin (default: its precision's; 2e-2 on CPU float32 "
                         "gives float16's bands, slowly)")  # fmt: skip
     parser.add_argument("--tie-tolerance", type=float, default=None)
-    parser.add_argument("--threads", type=int, default=1, help="CPU torch threads")
     args = parser.parse_args(argv)
     cuda = args.device == "cuda"
     args.dtype = args.dtype or ("float16" if cuda else "float32")
