@@ -1,8 +1,8 @@
 """The text half at Hotels-50K size: our pipeline at scale, and against the study's recipe.
 
-(a) scale: synthetic captions (`alien_hotels.datagen.captions`) through preprocess -> features ->
-    cluster -> map, each stage in its own process as `dvc repro` runs them; prints wall time,
-    CPU time and peak RSS per stage. Goal: 1.1M captions in <= 15 min, <= 8 GB peak RSS.
+(a) scale: synthetic captions (`alien_hotels.datagen.captions`) through preprocess -> room_types ->
+    features -> cluster -> map, each stage in its own process as `dvc repro` runs them; prints
+    wall time, CPU time and peak RSS per stage. Goal: 1.1M captions in <= 15 min, <= 8 GB peak RSS.
 (b) compare: at a smaller size, the study's recipe (`benchmarks.study_recipe`) and our pipeline
     on the same captions; prints both times, the speedup and the inertia gap at our chosen k.
     Goal: >= 10x faster, inertia within 2% of the recipe's at the same k. Both sides use the
@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("preprocess", "features", "cluster", "map")
+STAGES = ("preprocess", "room_types", "features", "cluster", "map")
 GB = 1024.0
 
 

@@ -247,7 +247,7 @@ def test_benchmark_smoke_run(tmp_path):
         ]
     )
     scale = results["scale"]
-    assert set(scale["stages"]) == {"preprocess", "features", "cluster", "map"}
+    assert set(scale["stages"]) == {"preprocess", "room_types", "features", "cluster", "map"}
     assert all(s["max_rss_mb"] > 10 for s in scale["stages"].values())
     clusters = pd.read_csv(tmp_path / "scale_1500/data/processed/clusters.csv")
     assert len(clusters) == 1500 and clusters[["x", "y"]].notna().all().all()
@@ -272,7 +272,7 @@ def test_bundled_sample_keeps_its_findings_with_the_scale_defaults(tmp_path, mon
     monkeypatch.chdir(ROOT)  # data.path is relative to the project root
     paths = StagePaths().under(tmp_path)
     params = validate_params(compose_params([], ROOT / "conf"))
-    for name in ("sample", "caption", "preprocess", "features", "cluster", "map"):
+    for name in ("sample", "caption", "preprocess", "room_types", "features", "cluster", "map"):
         importlib.import_module(f"alien_hotels.stages.{name}").run(params, paths)
     metrics = json.loads(paths.cluster_metrics.read_text(encoding="utf-8"))
     assert metrics["n_docs"] == 313 and metrics["sweep_fit_rows"] == 313

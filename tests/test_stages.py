@@ -33,7 +33,7 @@ def run_text_half(*overrides: str, until: str = "map"):
     params = compose(*overrides).model_copy(
         update={"data": compose().data.model_copy(update={"path": str(BUNDLED)})}
     )
-    order = ["sample", "caption", "preprocess", "features", "cluster", "map"]
+    order = ["sample", "caption", "preprocess", "room_types", "features", "cluster", "map"]
     for name in order[: order.index(until) + 1]:
         importlib.import_module(f"alien_hotels.stages.{name}").run(params)
     return params
@@ -65,7 +65,7 @@ def test_cluster_sweep_is_clamped_to_few_documents(workdir):
     """A first real run on 10 captioned images with k_max=29: k=1..10, said in the metrics."""
     overrides = ("data.n_hotels=1", "data.min_images=1", "features.n_components=5")
     write_params(workdir, *overrides, data_path=few_captions(workdir, 10))
-    for stage in ("sample", "caption", "preprocess", "features"):
+    for stage in ("sample", "caption", "preprocess", "room-types", "features"):
         run(["alien-hotels", stage], workdir)
     n_docs = len(pd.read_csv("data/processed/texts.csv"))  # rows without a photo are dropped
     assert 3 <= n_docs <= 10
@@ -82,7 +82,7 @@ def test_cluster_sweep_is_clamped_to_few_documents(workdir):
 def test_no_possible_k_leaves_no_cluster_outputs(workdir):
     overrides = ("data.n_hotels=1", "data.min_images=1", "features.n_components=1")
     write_params(workdir, *overrides, data_path=few_captions(workdir, 2))
-    for stage in ("sample", "caption", "preprocess", "features"):
+    for stage in ("sample", "caption", "preprocess", "room-types", "features"):
         run(["alien-hotels", stage], workdir)
     result = run(["alien-hotels", "cluster"], workdir, check=False)
     assert result.returncode == 2

@@ -93,6 +93,12 @@ def preprocess(params: ParamsOption = Path("params.yaml")) -> None:
     _run("preprocess", params)
 
 
+@app.command(name="room-types")
+def room_types(params: ParamsOption = Path("params.yaml")) -> None:
+    """Room type per image from captions, photos (CLIP zero-shot) or folders (room_types.*)."""
+    _run("room_types", params)
+
+
 @app.command()
 def features(params: ParamsOption = Path("params.yaml")) -> None:
     """TF-IDF then TruncatedSVD (features.*)."""
@@ -280,11 +286,25 @@ def summary(
     typer.echo(f"documents      {metrics['n_docs']}")
     typer.echo(f"k              {metrics['k']} ({metrics.get('k_source', '?')})")
     typer.echo(f"silhouette     {'n/a' if silhouette is None else f'{silhouette:.3f}'}")
+    source = metrics.get("room_type_source", "captions")
+
+    def scores(nmi: float | None, ari: float | None) -> str:
+        return "n/a" if nmi is None else f"{nmi:.3f}   ARI {ari:.3f}"
+
     typer.echo(
-        f"NMI room type  {metrics['nmi_room_type']:.3f}   ARI {metrics['ari_room_type']:.3f}"
+        f"NMI room type  {scores(metrics['nmi_room_type'], metrics['ari_room_type'])}"
+        f"   (room types from {source})"
     )
+    # Every room-type source of the run side by side: caption-based ones are circular (the
+    # clusters are made of the same words), image and folder ones are not.
+    others = [s for s in ("captions", "image", "folder") if f"nmi_room_type_{s}" in metrics]
+    if others != [source]:
+        for s in others:
+            nmi, ari = metrics[f"nmi_room_type_{s}"], metrics[f"ari_room_type_{s}"]
+            typer.echo(f"  from {s:<9}  {scores(nmi, ari)}")
     typer.echo(f"NMI hotel      {metrics['nmi_hotel']:.3f}   ARI {metrics['ari_hotel']:.3f}")
-    verdict = "room types" if metrics["nmi_room_type"] > metrics["nmi_hotel"] else "hotels"
+    nmi_room = metrics["nmi_room_type"]
+    verdict = "room types" if nmi_room is not None and nmi_room > metrics["nmi_hotel"] else "hotels"
     typer.echo(f"clusters follow {verdict} (by NMI)")
 
 

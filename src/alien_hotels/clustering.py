@@ -243,13 +243,48 @@ def score_clusters(
         if 2 <= len(np.unique(y)) <= len(y) - 1:
             with threadpool_limits(n_jobs):
                 silhouette = float(silhouette_score(x, y))
+    ari_room_type, nmi_room_type, _ = agreement(room_types, labels)
     return {
         "silhouette": silhouette,
         "ari_hotel": float(adjusted_rand_score(hotel_ids, labels)),
         "nmi_hotel": float(normalized_mutual_info_score(hotel_ids, labels)),
-        "ari_room_type": float(adjusted_rand_score(room_types, labels)),
-        "nmi_room_type": float(normalized_mutual_info_score(room_types, labels)),
+        "ari_room_type": ari_room_type,
+        "nmi_room_type": nmi_room_type,
     }
+
+
+def agreement(reference: Sequence, labels: np.ndarray) -> tuple[float | None, float | None, int]:
+    """(ARI, NMI, rows scored) of `labels` against `reference`, over the rows that have a
+    reference label (None/NaN/empty mean none: an image a room-type source could not label).
+    Scores are None below 2 labelled rows."""
+    ref = pd.Series(list(reference), dtype=object)
+    known = (ref.notna() & (ref.astype(str).str.strip() != "")).to_numpy()
+    n = int(known.sum())
+    if n < 2:
+        return None, None, n
+    ref, labels = ref[known].astype(str).to_numpy(), np.asarray(labels)[known]
+    return (
+        float(adjusted_rand_score(ref, labels)),
+        float(normalized_mutual_info_score(ref, labels)),
+        n,
+    )
+
+
+def room_type_agreement(
+    labels: np.ndarray, sources: dict[str, Sequence], chosen: str
+) -> dict[str, float | int | str | None]:
+    """Side by side, the agreement of the clusters with each room-type source of the run:
+    `ari_room_type_<source>`, `nmi_room_type_<source>` (and `n_room_type_<source>` where the
+    source labelled fewer rows than there are), after `room_type_source`: the one behind
+    `ari_room_type` / `nmi_room_type`."""
+    out: dict[str, float | int | str | None] = {"room_type_source": chosen}
+    for source, reference in sources.items():
+        ari, nmi, n = agreement(reference, labels)
+        out[f"ari_room_type_{source}"] = ari
+        out[f"nmi_room_type_{source}"] = nmi
+        if n < len(labels):
+            out[f"n_room_type_{source}"] = n
+    return out
 
 
 def class_tfidf_terms(

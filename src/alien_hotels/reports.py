@@ -10,6 +10,44 @@ def _mix(series: pd.Series, top: int = 4) -> str:
     return ", ".join(f"{name} {share:.0%}" for name, share in shares.items())
 
 
+SOURCE_NOTES = {
+    "captions": "no: keyword rules on the same captions the clusters are made of",
+    "image": "yes: CLIP zero-shot on the photos",
+    "folder": "yes: the dataset's room-type folders",
+}
+
+
+def room_type_sources(metrics: dict) -> list[str]:
+    """The agreement with each room-type source of the run, side by side."""
+    sources = [s for s in SOURCE_NOTES if f"nmi_room_type_{s}" in metrics]
+    if not sources:
+        return []
+
+    def value(key: str) -> str:
+        v = metrics.get(key)
+        return "n/a" if v is None else f"{v:.3f}"
+
+    lines = [
+        "| room types from | NMI | ARI | images labelled | independent of the captions? |",
+        "| --- | ---: | ---: | ---: | --- |",
+    ]
+    for s in sources:
+        chosen = " (used above)" if s == metrics.get("room_type_source") else ""
+        labelled = metrics.get(f"n_room_type_{s}", metrics["n_docs"])
+        lines.append(
+            f"| {s}{chosen} | {value(f'nmi_room_type_{s}')} | {value(f'ari_room_type_{s}')} "
+            f"| {labelled} | {SOURCE_NOTES[s]} |"
+        )
+    if sources == ["captions"]:
+        lines += [
+            "",
+            "Only caption-based room types exist in this run (no usable images or room-type "
+            "folders), so the room-type agreement is partly circular: see the README, "
+            '"Room types: three sources".',
+        ]
+    return [*lines, ""]
+
+
 def clusters_markdown(
     assigned: pd.DataFrame,
     top_terms: dict[int, list[str]],
@@ -27,8 +65,16 @@ def clusters_markdown(
     for key in ("silhouette", "nmi_room_type", "nmi_hotel", "ari_room_type", "ari_hotel"):
         value = metrics.get(key)
         lines.append(f"| {key} | {'n/a' if value is None else f'{value:.3f}'} |")
-    verdict = "room types" if metrics["nmi_room_type"] > metrics["nmi_hotel"] else "hotels"
-    lines += ["", f"Clusters follow **{verdict}** more than the alternative (by NMI).", ""]
+    source = metrics.get("room_type_source", "captions")
+    nmi_room = metrics["nmi_room_type"]
+    verdict = "room types" if nmi_room is not None and nmi_room > metrics["nmi_hotel"] else "hotels"
+    lines += [
+        "",
+        f"Clusters follow **{verdict}** more than the alternative (by NMI; room types from "
+        f"{source}).",
+        "",
+        *room_type_sources(metrics),
+    ]
     lines += [
         "| cluster | size | label | top terms | room types | hotels |",
         "| --- | ---: | --- | --- | --- | --- |",

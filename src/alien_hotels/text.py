@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from alien_hotels.common import Section, StageError
 
@@ -31,17 +31,58 @@ class TextConfig(Section):
     extra_stopwords: list[str]
 
 
-class RoomTypesConfig(Section):
-    """`room_types.*`: keyword rules that give each caption a room type.
+ROOM_TYPE_SOURCES = ("captions", "image", "folder")
 
-    The earliest keyword in the caption's first clause (the BLIP sentence, before the flavor
-    phrases) decides; a tie at the same position goes to the longer keyword, then to the rule
-    listed first. Keywords match whole words, with an optional plural `s`.
+
+class ImageRoomTypesConfig(Section):
+    """`room_types.image.*`: CLIP zero-shot room types from the photos (`alien_hotels.roomtypes`).
+
+    One prompt per room type (the keys of `room_types.rules`): `template` with `{room_type}`
+    replaced by the type's phrase (`phrases`, else its name). The CLIP model is the caption
+    stage's (`caption.clip_model_name` / `caption.clip_model_path`, device and dtype)."""
+
+    template: str
+    phrases: dict[str, str]
+    # Below this softmax probability of the best prompt the label is `room_types.default`.
+    other_below: float = Field(ge=0, le=1)
+    batch_size: int = Field(ge=1)
+    loader_workers: int = Field(ge=0)
+    # Images are decoded no larger than this (CLIP looks at a few hundred pixels).
+    max_image_side: int = Field(ge=64)
+    progress: bool
+
+    @field_validator("template")
+    @classmethod
+    def _has_placeholder(cls, template: str) -> str:
+        if "{room_type}" not in template:
+            raise ValueError("room_types.image.template needs a {room_type} placeholder")
+        try:
+            template.format(room_type="x")
+        except (IndexError, KeyError, ValueError) as exc:
+            raise ValueError(
+                f"room_types.image.template: only {{room_type}} may be a placeholder ({exc})"
+            ) from None
+        return template
+
+
+class RoomTypesConfig(Section):
+    """`room_types.*`: where each image's room type comes from, and the caption keyword rules.
+
+    `source`: `captions` (the keyword rules below, on the caption), `image` (CLIP zero-shot on
+    the photo), `folder` (the dataset's room-type folder names, `room_type_folder` of the
+    sample), or `auto`: folder if the sample has them, else image if the images are usable and
+    the caption stage runs CLIP anyway (`caption.method=clip_interrogator`), else captions.
+
+    Caption rules: the earliest keyword in the caption's first clause (the BLIP sentence, before
+    the flavor phrases) decides; a tie at the same position goes to the longer keyword, then to
+    the rule listed first. Keywords match whole words, with an optional plural `s`.
     """
 
+    source: Literal["auto", "captions", "image", "folder"]
     default: str
     scope: Literal["first_clause", "caption"]
     rules: dict[str, list[str]]
+    image: ImageRoomTypesConfig
 
     @field_validator("rules")
     @classmethod
@@ -49,7 +90,31 @@ class RoomTypesConfig(Section):
         for name, keywords in rules.items():
             if not keywords or any(not str(k).strip() for k in keywords):
                 raise ValueError(f"room_types.rules.{name} needs a list of non-empty keywords")
+        if not rules:
+            raise ValueError("room_types.rules needs at least one room type")
         return rules
+
+    @model_validator(mode="after")
+    def _phrases_name_rules(self) -> RoomTypesConfig:
+        unknown = sorted(set(self.image.phrases) - set(self.rules))
+        if unknown:
+            raise ValueError(
+                f"room_types.image.phrases: {', '.join(unknown)} is not a room type of "
+                f"room_types.rules ({', '.join(self.rules)})"
+            )
+        if self.default in self.rules:
+            raise ValueError(
+                f"room_types.default={self.default!r} is also a rule name: the label for "
+                "'no rule matched' must differ from every room type"
+            )
+        return self
+
+    def prompts(self) -> dict[str, str]:
+        """Room type -> its zero-shot prompt, in rule order."""
+        return {
+            name: self.image.template.format(room_type=self.image.phrases.get(name, name))
+            for name in self.rules
+        }
 
 
 def make_lemmatizer(name: str, language: str = "en") -> Callable[[str], str]:

@@ -7,7 +7,7 @@ import logging
 import pandas as pd
 
 from alien_hotels import clustering, features
-from alien_hotels.common import read_csv, rounded, write_csv, write_json, write_text
+from alien_hotels.common import StageError, read_csv, rounded, write_csv, write_json, write_text
 from alien_hotels.config import Params
 from alien_hotels.reports import clusters_markdown
 from alien_hotels.stages.paths import StagePaths
@@ -20,6 +20,7 @@ def run(params: Params, paths: StagePaths = StagePaths()) -> dict:
     embedding, image_ids = features.load_features(paths.features)
     texts = read_csv(paths.texts, ["image_id", "hotel_id", "room_type", "text"], what="texts")
     texts = texts.set_index("image_id").loc[image_ids].reset_index()
+    texts, sources, chosen = with_room_types(texts, paths)
     sweep = clustering.sweep_kmeans(embedding, cfg)
     k = clustering.choose_k(sweep.inertia, cfg)
     final = clustering.final_clustering(embedding, sweep, k, cfg)
@@ -28,7 +29,7 @@ def run(params: Params, paths: StagePaths = StagePaths()) -> dict:
         embedding,
         labels,
         texts["hotel_id"],
-        texts["room_type"],
+        sources.get(chosen, [None] * len(texts)),  # unlabelled rows are not scored
         silhouette_sample=cfg.silhouette_sample,
         random_state=cfg.random_state,
         n_jobs=cfg.n_jobs,
@@ -53,6 +54,9 @@ def run(params: Params, paths: StagePaths = StagePaths()) -> dict:
             "k": k,
             "k_source": "given" if cfg.k is not None else "elbow",
             **scores,
+            # Which source `ari/nmi_room_type` used, and the agreement with every source of
+            # the run side by side (captions ones are circular: same words as the clusters).
+            **clustering.room_type_agreement(labels, sources, chosen),
             # The final model's inertia on all rows (below the sweep's value when refined).
             "inertia_at_k": final.inertia,
             "k_swept": f"{swept[0]}..{swept[-1]}",
@@ -68,10 +72,41 @@ def run(params: Params, paths: StagePaths = StagePaths()) -> dict:
     write_text(report, paths.clusters_report)
     write_json(metrics, paths.cluster_metrics)
     log.info(
-        "k=%d (%s), nmi room type %.3f vs hotel %.3f",
+        "k=%d (%s), nmi room type (%s) %s vs hotel %.3f",
         k,
         metrics["k_source"],
+        metrics["room_type_source"],
         scores["nmi_room_type"],
         scores["nmi_hotel"],
     )
     return metrics
+
+
+# text.ROOM_TYPE_SOURCES, in report order (repeated so this stage does not run text.py; a test
+# keeps both equal).
+ROOM_TYPE_SOURCES = ("captions", "image", "folder")
+
+
+def with_room_types(texts: pd.DataFrame, paths: StagePaths) -> tuple[pd.DataFrame, dict, str]:
+    """`texts` with `room_type` from the room_types stage (its chosen source), the labels of
+    every source that run produced (source -> labels in `texts` order), and the chosen source."""
+    table = read_csv(
+        paths.room_types,
+        ["image_id", "room_type", "room_type_source", "room_type_captions"],
+        what="room types table (the room_types stage)",
+    )
+    table = table.drop_duplicates("image_id").set_index("image_id")
+    missing = texts.loc[~texts["image_id"].isin(table.index), "image_id"]
+    if len(missing):
+        raise StageError(
+            f"{paths.room_types} has no room type for {len(missing)} clustered images (e.g. "
+            f"{missing.iloc[0]}): rerun the room_types stage (`alien-hotels room-types`)"
+        )
+    table = table.loc[texts["image_id"]]
+    sources = {
+        source: table[f"room_type_{source}"].tolist()
+        for source in ROOM_TYPE_SOURCES
+        if f"room_type_{source}" in table and table[f"room_type_{source}"].notna().any()
+    }
+    chosen = str(table["room_type_source"].iloc[0])
+    return texts.assign(room_type=table["room_type"].to_numpy()), sources, chosen

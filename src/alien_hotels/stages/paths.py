@@ -18,6 +18,8 @@ class StagePaths:
     caption_metrics: Path = Path("metrics/captioning.json")
     texts: Path = Path("data/processed/texts.csv")
     preprocess_metrics: Path = Path("metrics/preprocess.json")
+    room_types: Path = Path("data/processed/room_types.csv")
+    room_types_metrics: Path = Path("metrics/room_types.json")
     features: Path = Path("data/processed/features.npz")
     features_metrics: Path = Path("metrics/features.json")
     labels: Path = Path("data/processed/cluster_labels.csv")

@@ -1,0 +1,253 @@
+"""Stage `room_types`: a room type per image from up to three independent sources.
+
+* `captions`: the keyword rules of `room_types.rules` on the caption (`text.RoomTypeClassifier`).
+  Circular when it is the yardstick of the caption clusters: both come from the same words.
+* `image`: CLIP zero-shot on the photo, one prompt per rule name ("a photo of a hotel
+  bathroom", ...), with the caption stage's CLIP model; the best prompt's softmax probability is
+  recorded and below `room_types.image.other_below` the label is `room_types.default`.
+* `folder`: the room-type folder names of a `data=folder` tree (the sample's `room_type_folder`).
+
+`room_types.source` picks the one the cluster scores use (`auto`: folder, else image, else
+captions; see `resolve_sources`); every other source available in the run is kept beside it, so
+the cluster stage reports the agreement with each.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from alien_hotels import modelhub
+from alien_hotels.captioning import CaptionConfig
+from alien_hotels.common import StageError
+from alien_hotels.text import ROOM_TYPE_SOURCES, RoomTypeClassifier, RoomTypesConfig
+
+log = logging.getLogger(__name__)
+
+FOLDER_COLUMN = "room_type_folder"  # written by the sample stage for data=folder trees
+# Rows whose chosen source gave no label (an unreadable image, a photo outside any room-type
+# folder): shown under this name, left out of the agreement scores.
+UNLABELLED = "unlabelled"
+ROOM_TYPE_COLUMNS = [
+    "image_id",
+    "room_type",
+    "room_type_source",
+    "room_type_captions",
+    "room_type_image",
+    "room_type_image_prob",
+    "room_type_folder",
+]
+
+
+@dataclass(frozen=True)
+class Sources:
+    """The source the scores use and every source computed in this run (report order)."""
+
+    chosen: str
+    computed: tuple[str, ...]
+
+
+def source_column(source: str) -> str:
+    return f"room_type_{source}"
+
+
+def folder_labels(sample: pd.DataFrame) -> pd.Series:
+    """`room_type_folder` per image of the sample, stripped; NaN where empty or absent."""
+    if FOLDER_COLUMN not in sample.columns:
+        return pd.Series(np.nan, index=sample.index, dtype=object)
+    labels = sample[FOLDER_COLUMN].astype("string").str.strip()
+    return labels.where(labels.notna() & (labels != ""), None).astype(object)
+
+
+def resolve_sources(
+    cfg: RoomTypesConfig, *, has_folder: bool, has_images: bool, caption_method: str
+) -> Sources:
+    """Which source the scores use, and which sources this run computes.
+
+    `auto` takes folder names when the sample has any, else the image zero-shot when images are
+    usable AND the caption stage runs CLIP anyway (`caption.method=clip_interrogator`, so the
+    weights are needed already), else the captions. The image zero-shot (a model) runs only
+    under `auto` (then also beside folder names) or `image`; captions and folder names are free
+    and always kept when present. An explicit source that the run cannot provide is an error.
+    """
+    image_free = has_images and caption_method == "clip_interrogator"
+    if cfg.source == "auto":
+        chosen = "folder" if has_folder else "image" if image_free else "captions"
+        with_image = image_free
+    else:
+        chosen = cfg.source
+        with_image = chosen == "image"
+        if chosen == "folder" and not has_folder:
+            raise StageError(
+                f"room_types.source=folder: the sample has no room-type folder names (column "
+                f"{FOLDER_COLUMN}, written by data=folder for a <hotel>/<room type>/ tree); use "
+                "room_types.source=auto, captions or image"
+            )
+        if chosen == "image" and not has_images:
+            raise StageError(
+                "room_types.source=image: no usable image in the images manifest "
+                "(data/interim/images.csv: status ok with a path) for the captioned images; "
+                "use room_types.source=auto or captions"
+            )
+    computed = tuple(
+        s
+        for s in ROOM_TYPE_SOURCES
+        if s == "captions" or (s == "image" and with_image) or (s == "folder" and has_folder)
+    )
+    return Sources(chosen, computed)
+
+
+def caption_labels(captions: Sequence[str], cfg: RoomTypesConfig) -> list[str]:
+    classify = RoomTypeClassifier(cfg)
+    return [classify(str(c)) for c in captions]
+
+
+# --- CLIP zero-shot ------------------------------------------------------------------------------
+
+
+class ZeroShotRoomTypes:
+    """The caption stage's CLIP model scoring each photo against one prompt per room type.
+
+    Loaded through the caption stage's model code (`captioning.models`): the same weights
+    (`caption.clip_model_name` / `clip_model_path`), the same on-disk check before anything
+    loads, `caption.allow_download` and `HF_HUB_OFFLINE` honoured, the same device and dtype
+    rule (`caption.device`, `caption.dtype`) and torch threads (`caption.n_jobs`).
+    """
+
+    def __init__(self, cfg: RoomTypesConfig, caption: CaptionConfig) -> None:
+        import torch
+        import torch.nn.functional as F
+
+        from alien_hotels.captioning import models
+
+        self.cfg = cfg
+        self.names = list(cfg.rules)
+        try:
+            clip_ref = models.model_refs(caption)[1]
+            found = modelhub.ensure([clip_ref], "caption", caption.allow_download)
+        except StageError as exc:
+            raise StageError(
+                "room_types: the image zero-shot uses the caption stage's CLIP model, which "
+                f"is not available.\n{exc}\nOr set room_types.source=captions (keyword rules on "
+                "the captions; no model)."
+            ) from None
+        located = found[clip_ref.key]
+        self.weights = located.label
+        self.device, dtype = models.resolve_device(caption)
+        self.dtype = getattr(torch, dtype)
+        modelhub.set_torch_threads(caption.n_jobs)
+        precision = "fp16" if dtype == "float16" else "fp32"
+        log.info("loading CLIP model %s from %s", caption.clip_model_name, located.label)
+        # The caption stage's loader: checked weights only, never a random-weight fallback.
+        model, _, self.preprocess = models._load_clip(caption, located, precision, self.device)
+        self.model = model.eval()
+        import open_clip
+
+        arch = caption.clip_model_name.split("/", 1)[0]
+        tokenizer = open_clip.get_tokenizer(
+            f"local-dir:{located.path}" if located.path.is_dir() else arch
+        )
+        prompts = cfg.prompts()
+        with torch.inference_mode():
+            tokens = tokenizer([prompts[n] for n in self.names]).to(self.device)
+            text = self.model.encode_text(tokens).float()
+            self.text = F.normalize(text, dim=-1)
+            self.scale = self.model.logit_scale.exp().float()
+
+    def probabilities(self, images: list) -> np.ndarray:
+        """Softmax over the room types' prompts, one row per PIL image."""
+        import torch
+        import torch.nn.functional as F
+
+        with torch.inference_mode():
+            batch = torch.stack([self.preprocess(im) for im in images])
+            batch = batch.to(self.device, dtype=self.dtype)
+            features = F.normalize(self.model.encode_image(batch).float(), dim=-1)
+            return (self.scale * features @ self.text.T).softmax(dim=-1).cpu().numpy()
+
+    def labels(self, probs: np.ndarray) -> tuple[list[str], np.ndarray]:
+        """(label, probability of the best prompt) per row; below `other_below`: the default."""
+        best = probs.argmax(axis=1)
+        top = probs[np.arange(len(probs)), best]
+        names = [
+            self.names[i] if p >= self.cfg.image.other_below else self.cfg.default
+            for i, p in zip(best, top, strict=True)
+        ]
+        return names, top
+
+
+@dataclass
+class ImageLabels:
+    table: pd.DataFrame  # image_id, room_type_image, room_type_image_prob
+    failed: dict[str, int]  # reason -> images that could not be read
+    weights: str  # the CLIP weights that ran
+
+
+def _batches(items: Iterator, size: int) -> Iterator[list]:
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def image_labels(
+    rows: pd.DataFrame, cfg: RoomTypesConfig, caption: CaptionConfig, root: Path = Path(".")
+) -> ImageLabels:
+    """Zero-shot room types of `rows` (image_id, path: the manifest's usable images), batched,
+    decoded in background threads; an unreadable image gets no label (its reason is counted)."""
+    from tqdm.auto import tqdm
+
+    from alien_hotels.captioning.images import load_row, prefetch
+
+    zero_shot = ZeroShotRoomTypes(cfg, caption)
+    image_cfg = cfg.image
+    items = [
+        (root, str(i), str(p), image_cfg.max_image_side, caption.max_image_pixels)
+        for i, p in zip(rows["image_id"], rows["path"], strict=True)
+    ]
+    loaded = prefetch(items, load_row, image_cfg.loader_workers, ahead=2 * image_cfg.batch_size)
+    labels: dict[str, tuple[str, float]] = {}
+    failed: dict[str, int] = {}
+    with tqdm(
+        total=len(items), desc="room types (CLIP)", unit="img", disable=not image_cfg.progress
+    ) as bar:
+        for batch in _batches(loaded, image_cfg.batch_size):
+            ok = [item for item in batch if item.ok]
+            for item in batch:
+                if not item.ok:
+                    failed[item.reason] = failed.get(item.reason, 0) + 1
+                    log.warning("room_types: %s: %s %s", item.path, item.reason, item.detail)
+            if ok:
+                names, top = zero_shot.labels(zero_shot.probabilities([i.image for i in ok]))
+                for item, name, p in zip(ok, names, top, strict=True):
+                    labels[item.image_id] = (name, float(p))
+            bar.update(len(batch))
+    ids = [str(i) for i in rows["image_id"]]
+    table = pd.DataFrame(
+        {
+            "image_id": rows["image_id"].to_numpy(),
+            "room_type_image": [labels[i][0] if i in labels else None for i in ids],
+            "room_type_image_prob": [
+                round(labels[i][1], 4) if i in labels else np.nan for i in ids
+            ],
+        }
+    )
+    return ImageLabels(table, dict(sorted(failed.items())), zero_shot.weights)
+
+
+def choose(table: pd.DataFrame, source: str) -> pd.Series:
+    """The chosen source's labels, `UNLABELLED` where it gave none."""
+    return (
+        table[source_column(source)]
+        .astype(object)
+        .where(table[source_column(source)].notna(), UNLABELLED)
+    )
