@@ -535,7 +535,7 @@ def _one(
         return Outcome(image_id, target.as_posix(), "ok", "", url, "cached")
     reason = "not_in_local_tree"
     if local is not None:
-        found = _find_local(local, rel)
+        found = _find_local(local, rel, row.get("image_path"))
         if found is not None:
             try:
                 _store(prepare_image(found.read_bytes(), rel.suffix.lstrip("."), cfg), target)
@@ -557,7 +557,10 @@ def _one(
     return Outcome(image_id, target.as_posix(), "ok", "", url, "downloaded", len(body))
 
 
-def _find_local(local: Path, rel: Path) -> Path | None:
+def _find_local(local: Path, rel: Path, image_path: object = None) -> Path | None:
+    if isinstance(image_path, str) and image_path:  # data=folder: the file's place in the tree
+        found = local / image_path
+        return found if found.is_file() else None
     exact = local / rel
     if exact.is_file():
         return exact
