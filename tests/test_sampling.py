@@ -70,3 +70,15 @@ def test_bad_dataset_files(tmp_path, content, message):
 def test_missing_dataset_file(tmp_path):
     with pytest.raises(StageError, match="not found"):
         read_dataset(compose().data.updated(path=str(tmp_path / "nope.csv")))
+
+
+def test_n_hotels_null_takes_every_eligible_hotel():
+    cfg = compose().data.updated(path=BUNDLED, n_hotels=None, min_images=40, max_images=60)
+    data = read_dataset(cfg)
+    sample, stats = sample_hotels(data, cfg)
+    counts = data.rows.groupby("hotel_id").size()
+    assert set(sample["hotel_id"]) == set(counts[counts.between(40, 60)].index)
+    assert stats.hotels_sampled == stats.hotels_eligible == len(set(sample["hotel_id"])) < 10
+    with pytest.raises(StageError, match="no hotel has between data.min_images=61"):
+        none = cfg.updated(min_images=61, max_images=70)
+        sample_hotels(read_dataset(none), none)

@@ -4,13 +4,15 @@ The study drew 10 Hotels-50K hotels having 30-60 images each. Hotels are counted
 rows (as the study did, before knowing which images download), then rows without an image or a
 caption are dropped and counted, so the metric says how much of the sample is usable.
 
-Two inputs are understood (`data.format`):
+Three inputs are understood (`data.format`):
 
 * `sample_csv`: one table with the study's columns (the bundled, already captioned sample);
 * `hotels50k`: the Hotels-50K metadata as published, a directory holding `chain_info.csv`,
   `hotel_info.csv`, `train_set.csv` and `test_set.csv`. The image table of `data.split` is read
   once with typed columns (1.1M rows in a few seconds), filtered and counted; only the chosen
-  hotels' rows are joined with hotel and chain info and turned into the study's columns.
+  hotels' rows are joined with hotel and chain info and turned into the study's columns;
+* `folder`: your own photos, a directory with one folder per hotel (room-type folders inside
+  optional), as torchvision's ImageFolder reads it (`alien_hotels.folders`, docs/folder.md).
 
 Bad metadata never yields a silently wrong sample: missing files or columns, unparsable ids,
 image ids repeated with different content and repeated hotel or chain ids are errors naming the
@@ -20,6 +22,7 @@ counted in `metrics/sample.json`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Literal
@@ -29,6 +32,7 @@ import numpy as np
 import pandas as pd
 from pydantic import Field, model_validator
 
+from alien_hotels import folders
 from alien_hotels.common import Section, StageError, read_csv
 
 SAMPLE_COLUMNS = [
@@ -59,15 +63,16 @@ IMAGE_EXTENSIONS = {"jpg", "jpeg", "png", "webp", "gif", "bmp"}
 class DataConfig(Section):
     """`data.*`: which dataset to read and how to sample hotels from it."""
 
-    format: Literal["sample_csv", "hotels50k"]
-    # sample_csv: the CSV file; hotels50k: the directory with the four metadata CSVs.
+    format: Literal["sample_csv", "hotels50k", "folder"]
+    # sample_csv: the CSV file; hotels50k: the directory with the four metadata CSVs; folder:
+    # the photo tree `<hotel>/[<room type>/]<image>`.
     path: str
     # hotels50k: which image table to sample from (`train_set.csv` or `test_set.csv`).
     split: Literal["train", "test"]
     # The dataset's local image tree `<chain_id>/<hotel_id>/<source>/<image_id>.<ext>`, if any
-    # (read by the images stage; it need not exist).
+    # (read by the images stage; it need not exist); for `folder`, the photo tree itself.
     images_dir: str | None
-    n_hotels: int = Field(ge=1)
+    n_hotels: int | None = Field(ge=1)  # null: every hotel with min..max images
     min_images: int = Field(ge=1)
     max_images: int = Field(ge=1)
     seed: int
@@ -111,12 +116,17 @@ class Dataset:
     dropped: dict[str, int]
     hotels: pd.DataFrame | None = None  # hotels50k: hotel_info joined with chain_info
     what: str = ""
+    # The sampled rows to the sample's columns, adding its counts to `dropped` (folder: reads
+    # the chosen hotels' files for their ids); None: the rows are the sample's already.
+    finish: Callable[[pd.DataFrame], tuple[pd.DataFrame, dict[str, int]]] | None = None
 
 
 def read_dataset(cfg: DataConfig) -> Dataset:
     """The dataset's image rows with what loading dropped (and, for Hotels-50K, the hotels)."""
     if cfg.format == "hotels50k":
         return load_hotels50k(cfg)
+    if cfg.format == "folder":
+        return load_folder(cfg)
     rows = _read_sample_csv(cfg)
     return Dataset(rows, {**_no_drops(), "rows_read": len(rows)}, what=cfg.path)
 
@@ -141,20 +151,30 @@ def sample_hotels(data: Dataset, cfg: DataConfig) -> tuple[pd.DataFrame, SampleS
     df = _apply_filters(data.rows, cfg, data)
     counts = df["hotel_id"].value_counts(sort=False)
     eligible = np.sort(counts[(counts >= cfg.min_images) & (counts <= cfg.max_images)].index)
-    if len(eligible) < cfg.n_hotels:
+    n_hotels = len(eligible) if cfg.n_hotels is None else cfg.n_hotels
+    if cfg.n_hotels is None and not n_hotels:
+        raise StageError(
+            f"no hotel has between data.min_images={cfg.min_images} and "
+            f"data.max_images={cfg.max_images} images"
+            + (" after the filters" if _has_filters(cfg) else "")
+        )
+    if len(eligible) < n_hotels:
         raise StageError(
             f"data.n_hotels={cfg.n_hotels} but only {len(eligible)} hotels have between "
             f"data.min_images={cfg.min_images} and data.max_images={cfg.max_images} images"
             + (" after the filters" if _has_filters(cfg) else "")
         )
     rng = np.random.default_rng(cfg.seed)
-    chosen = rng.choice(eligible, size=cfg.n_hotels, replace=False)
+    chosen = rng.choice(eligible, size=n_hotels, replace=False)
     sample = df[df["hotel_id"].isin(chosen)]
     if data.hotels is not None:
         sample = _hotels50k_columns(sample, data.hotels, cfg)
+    if data.finish is not None:
+        sample, counts = data.finish(sample)
+        data.dropped.update(counts)
 
     has_image = _truthy(sample["downloaded"]) if "downloaded" in sample else True
-    if cfg.format == "hotels50k":  # the images stage decides; nothing is known yet
+    if cfg.format in ("hotels50k", "folder"):  # the images stage decides; nothing is known yet
         has_image = True
     no_image = ~pd.Series(has_image, index=sample.index)
     if cfg.caption_column and cfg.caption_column in sample:
@@ -170,7 +190,7 @@ def sample_hotels(data: Dataset, cfg: DataConfig) -> tuple[pd.DataFrame, SampleS
     kept = sample[~no_image & ~no_caption].sort_values(["hotel_id", "image_id"])
     stats = SampleStats(
         hotels_eligible=len(eligible),
-        hotels_sampled=cfg.n_hotels,
+        hotels_sampled=n_hotels,
         rows_sampled=len(sample),
         dropped_no_image=int(no_image.sum()),
         dropped_no_caption=int(no_caption.sum()),
@@ -315,6 +335,27 @@ def _url_extension(url: object) -> str:
     """The file extension the dataset uses for an image (`jpg` when the URL has none)."""
     suffix = PurePosixPath(urlsplit(str(url)).path).suffix.lower().lstrip(".")
     return suffix if suffix in IMAGE_EXTENSIONS else "jpg"
+
+
+# --- your own photos: a folder per hotel ------------------------------------------------------
+
+
+def load_folder(cfg: DataConfig) -> Dataset:
+    """The image files of the tree `cfg.path` (names only); ids are made for the chosen hotels."""
+    rows, counts = folders.scan(cfg.path)
+    if rows.empty:
+        raise StageError(
+            f"data.format=folder: no images in {cfg.path} (a folder per hotel holding its photos "
+            f"is expected; skipped: {', '.join(f'{k}={v}' for k, v in counts.items() if v)})"
+        )
+
+    def finish(sample: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
+        out, extra = folders.identify(sample, cfg.path)
+        columns = [*SAMPLE_COLUMNS, folders.PATH_COLUMN, folders.ROOM_TYPE_COLUMN]
+        return out[columns], extra
+
+    dropped = {**_no_drops(), "rows_read": len(rows), **counts, "folder_skipped_unreadable": 0}
+    return Dataset(rows, dropped, what=cfg.path, finish=finish)
 
 
 # --- filters ---------------------------------------------------------------------------------

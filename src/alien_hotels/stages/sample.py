@@ -18,4 +18,9 @@ def run(params: Params, paths: StagePaths = StagePaths()) -> sampling.SampleStat
     write_csv(sample, paths.sample)
     write_json(stats.as_dict(), paths.sample_metrics)
     log.info("sampled %d rows from %d hotels", stats.rows_kept, stats.hotels_sampled)
+    skipped = {k: v for k, v in stats.load.items() if k.startswith("folder_skipped") and v}
+    if skipped:  # data=folder: what the tree held besides photos (metrics/sample.json)
+        log.info(
+            "skipped in %s: %s", params.data.path, ", ".join(f"{k} {v}" for k, v in skipped.items())
+        )
     return stats
