@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -65,6 +66,9 @@ def make_tree(root: Path, hotels: dict[str, list[str]] = HOTELS) -> Path:
     (root / "Hôtel Étoile/Thumbs.db").write_bytes(b"\0")
     _photo(root / ".thumbnails/Sea View Inn/x.jpg", seed=99)  # a hidden folder
     (root / "index.csv").write_text("not a hotel\n")  # a file beside the hotel folders
+    # a name that is no UTF-8 (Linux allows any bytes): it could not go into the CSVs
+    with open(os.fsencode(root / "Sea View Inn") + b"/room \xff.jpg", "wb") as fh:
+        fh.write(b"\xff\xd8")
     return root
 
 
@@ -102,6 +106,7 @@ def test_scan_finds_every_image_and_counts_the_rest(tree: Path):
         "folder_skipped_hidden": 3,  # .DS_Store, ._room 1.jpg, .thumbnails/
         "folder_skipped_not_image": 2,  # notes.txt, Thumbs.db
         "folder_skipped_top_level_files": 1,
+        "folder_skipped_bad_name": 1,
     }
 
 

@@ -83,6 +83,15 @@ def _hidden(name: str) -> bool:
     return name.startswith(".")
 
 
+def _bad_name(name: str) -> bool:
+    """A name that is not valid UTF-8 (possible on Linux): it could not be written to the CSVs."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def scan(root: str | Path) -> tuple[pd.DataFrame, dict[str, int]]:
     """Every image of the tree (`hotel_id`, `hotel_name`, `image_path`, `room_type_folder`) in
     a stable order, and the counts of what was skipped. Reads names only, no file content."""
@@ -101,6 +110,8 @@ def scan(root: str | Path) -> tuple[pd.DataFrame, dict[str, int]]:
     for entry in top:
         if _hidden(entry.name):
             counts["skipped_hidden"] += 1
+        elif _bad_name(entry.name):
+            counts["skipped_bad_name"] += 1
         elif entry.is_dir():
             hotels += 1
             found = _scan_hotel(Path(entry.path), entry.name, suffixes, counts, rows)
@@ -120,6 +131,7 @@ def scan(root: str | Path) -> tuple[pd.DataFrame, dict[str, int]]:
         "folder_skipped_hidden": counts["skipped_hidden"],
         "folder_skipped_not_image": counts["skipped_not_image"],
         "folder_skipped_top_level_files": counts["skipped_top_level_files"],
+        "folder_skipped_bad_name": counts["skipped_bad_name"],
     }
     return frame, stats
 
@@ -137,7 +149,9 @@ def _scan_hotel(
     for dirpath, dirnames, filenames in os.walk(hotel_dir):
         hidden = [d for d in dirnames if _hidden(d)]
         counts["skipped_hidden"] += len(hidden) + sum(map(_hidden, filenames))
-        dirnames[:] = sorted(d for d in dirnames if not _hidden(d))  # not entered
+        bad = [d for d in dirnames if _bad_name(d) and not _hidden(d)]
+        counts["skipped_bad_name"] += len(bad)
+        dirnames[:] = sorted(d for d in dirnames if not _hidden(d) and d not in bad)  # not entered
         rel_dir = PurePosixPath(hotel, *Path(dirpath).relative_to(hotel_dir).parts)
         depth = len(rel_dir.parts)  # 1: the hotel folder, 2: a room type, 3+: below
         room_type = rel_dir.parts[1] if depth >= 2 else ""
@@ -145,6 +159,9 @@ def _scan_hotel(
             folders.append(rel_dir)
         for name in sorted(filenames):
             if _hidden(name):
+                continue
+            if _bad_name(name):
+                counts["skipped_bad_name"] += 1
                 continue
             if os.path.splitext(name)[1].lower() not in suffixes:
                 counts["skipped_not_image"] += 1
