@@ -371,16 +371,32 @@ def test_exp_run_data_folder_to_map_and_edits(project: Path, tmp_path: Path):
     assert set(clusters["image_id"]) == set(ok)
     assert set(clusters["hotel_name"]) == set(E2E_HOTELS)
     assert (project / "reports/cluster_map.html").stat().st_size > 0
+    # the room types the clusters are scored against are the folders (room_types.source=auto)
+    clustering = json.loads((project / "metrics/clustering.json").read_text())
+    assert clustering["room_type_source"] == "folder" and "nmi_room_type_folder" in clustering
+    room_types = pd.read_csv(project / "data/processed/room_types.csv").set_index("image_id")
+    pool = sample.loc[sample["image_path"] == "Sea View Inn/Pool/p1.webp", "image_id"].item()
+    assert room_types.loc[pool, "room_type"] == "Pool"
     editing = json.loads((project / "metrics/editing.json").read_text())
     for name, m in editing["recipes"].items():
         assert m["n_images"] == 2 and m["n_failed"] == 0, name
         assert len(list((project / f"data/edited/{name}").glob("*.png"))) == 2, name
 
-    # The tree is the sample stage's dependency: a replaced photo reruns it (and the images).
-    _photo(tree / "Sea View Inn/Pool/p0.webp", seed=777, size=(48, 64))
+    # The tree is the sample stage's dependency: a replaced photo reruns it, and only that photo
+    # is taken from the tree and captioned again (a new image_id).
+    replaced = "Sea View Inn/Pool/p0.webp"
+    old_id = sample.loc[sample["image_path"] == replaced, "image_id"].item()
+    _photo(tree / replaced, seed=777, size=(48, 64))
     status = run(["dvc", "status", "sample"], project).stdout
     assert "hotel photos" in status and "modified" in status
-    again = run([*exp, "images"], project).stdout
+    again = run([*exp, "caption"], project).stdout
     assert "Running stage 'sample'" in again and "Running stage 'images'" in again
     images_metrics = json.loads((project / "metrics/images.json").read_text())
     assert images_metrics["ok_local"] == 1 and images_metrics["ok_cached"] == len(ok) - 1
+    resampled = pd.read_csv(project / "data/interim/sample.csv")
+    new_id = resampled.loc[resampled["image_path"] == replaced, "image_id"].item()
+    captions = pd.read_csv(project / "data/processed/captions.csv")
+    assert new_id != old_id and new_id in set(captions["image_id"])
+    assert old_id not in set(captions["image_id"])
+    captioning = json.loads((project / "metrics/captioning.json").read_text())
+    assert captioning["resumed_from_checkpoint"] == len(ok) - 1
