@@ -114,13 +114,15 @@ def test_every_suffix_pillow_opens_in_any_case(tmp_path: Path):
     suffixes = folders.image_suffixes()
     assert {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"} <= suffixes
     assert ".pdf" not in suffixes  # Pillow writes PDFs but cannot open them
+    assert not {".mpg", ".mpeg", ".h5", ".grib", ".wmf"} & suffixes  # video, stubs
     for i, name in enumerate(["a.TIF", "b.Bmp", "c.GIF", "d.jpE"]):
         fmt = {"TIF": "TIFF", "Bmp": "BMP", "GIF": "GIF", "jpE": "JPEG"}[name.split(".")[1]]
         _photo(tmp_path / "H" / name, seed=i, fmt=fmt)
     (tmp_path / "H/e.pdf").write_bytes(b"%PDF-1.4")
+    (tmp_path / "H/tour.MPG").write_bytes(b"\0\0\1\xba")
     rows, counts = folders.scan(tmp_path)
     assert sorted(rows["image_path"]) == ["H/a.TIF", "H/b.Bmp", "H/c.GIF", "H/d.jpE"]
-    assert counts["folder_skipped_not_image"] == 1
+    assert counts["folder_skipped_not_image"] == 2
 
 
 def test_ids_are_fixed_values_in_any_process():

@@ -7,7 +7,7 @@ The tree at `data.path`:
     <path>/<hotel>/<room type>/<more>/<image>   deeper folders: kept, room type = second level
 
 An image is a file whose suffix, in any case (`.JPG`, `.Jpeg`, `.webp`, ...), is one Pillow
-registered for a format it can open. Hidden files and folders (a name starting with `.`, such as
+registered for a format it can open (video and undecodable stubs aside). Hidden files and folders (a name starting with `.`, such as
 `.DS_Store` or macOS' `._IMG_1.jpg`; a hidden folder is not entered), other files, files
 directly under `data.path` (they belong to no hotel) and hotel folders without an image are
 skipped and counted in `metrics/sample.json`; none of them is an error. Whether an image decodes
@@ -45,14 +45,25 @@ SOURCE = "folder"  # the sample's `source`: keeps data/images paths free of fold
 STORED_SUFFIXES = {"jpg", "jpeg", "png", "webp"}
 
 
+# Formats Pillow opens that are no photos: MPEG (a room video would be taken for an image).
+NOT_PHOTO_FORMATS = {"MPEG"}
+
+
 @cache
 def image_suffixes() -> frozenset[str]:
-    """Lower-case suffixes (`.jpg`, `.png`, ...) Pillow has registered for formats it can open."""
-    from PIL import Image
+    """Lower-case suffixes (`.jpg`, `.png`, ...) Pillow has registered for formats it can open,
+    less video and the stub formats it identifies but cannot decode (BUFR, GRIB, HDF5, WMF)."""
+    from PIL import Image, ImageFile
 
     Image.init()
+
+    def photo(fmt: str) -> bool:
+        factory = Image.OPEN.get(fmt, (None,))[0]
+        stub = isinstance(factory, type) and issubclass(factory, ImageFile.StubImageFile)
+        return factory is not None and not stub and fmt not in NOT_PHOTO_FORMATS
+
     return frozenset(
-        ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN
+        ext.lower() for ext, fmt in Image.registered_extensions().items() if photo(fmt)
     )
 
 
