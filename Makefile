@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: demo test test-fast lint format bench exps setup setup-full clean
+.PHONY: demo test test-fast lint format bench exps setup setup-full setup-browser clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +33,22 @@ demo: setup
 	alien-hotels summary
 	@echo "Open reports/cluster_map.html (interactive map) and reports/clusters.md."
 
-test: setup-full
+# Debian's chromium for tests/test_plots_browser.py (the `dvc plots` pages and the map, opened
+# offline), unless a Chromium is on PATH: apt-get as root, else through sudo. (Ubuntu's apt
+# chromium is a snap shim that does not run in containers: put any chromium on PATH instead.)
+BROWSERS := chromium chromium-browser google-chrome
+setup-browser:
+	@for b in $(BROWSERS); do command -v $$b >/dev/null 2>&1 && exit 0; done; \
+	if [ "$$(id -u)" = 0 ]; then sudo=; \
+	elif command -v sudo >/dev/null 2>&1; then sudo=sudo; \
+	else echo "setup-browser: no Chromium ($(BROWSERS)); as root: apt-get install chromium" >&2; exit 1; fi; \
+	command -v apt-get >/dev/null 2>&1 || { \
+		echo "setup-browser: no Chromium ($(BROWSERS)) and no apt-get: install one by hand" >&2; exit 1; }; \
+	echo "setup-browser: installing chromium (apt-get)"; \
+	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
+
+test: setup-full setup-browser
 	$(BIN)/python -m pytest
 
 test-fast: setup-full
