@@ -225,6 +225,7 @@ DOCUMENTED_DEFAULTS = [
     ("README.md", None, []),  # the group column names the section
     ("docs/captioning.md", "caption", []),
     ("docs/hotels50k.md", "", ["data=hotels50k"]),
+    ("docs/folder.md", "", ["data=folder"]),
 ]
 # Rows whose default is described in words rather than listed value by value.
 PROSE_ROWS = {

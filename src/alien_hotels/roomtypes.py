@@ -144,7 +144,7 @@ class ZeroShotRoomTypes:
         precision = "fp16" if dtype == "float16" else "fp32"
         log.info("loading CLIP model %s from %s", caption.clip_model_name, located.label)
         # The caption stage's loader: checked weights only, never a random-weight fallback.
-        model, _, self.preprocess = models._load_clip(caption, located, precision, self.device)
+        model, _, self.preprocess = models.load_clip(caption, located, precision, self.device)
         self.model = model.eval()
         import open_clip
 

@@ -129,7 +129,7 @@ def resolve_device(cfg: CaptionConfig) -> tuple[str, str]:
     return modelhub.resolve_device(cfg.device, cfg.dtype, "caption")
 
 
-def _load_clip(cfg: CaptionConfig, clip: Located, precision: str, device: str):
+def load_clip(cfg: CaptionConfig, clip: Located, precision: str, device: str):
     """open_clip model and preprocess from the checked weights only (never the network);
     `require_pretrained` makes open_clip fail rather than fall back to random weights."""
     import open_clip
@@ -189,7 +189,7 @@ def load_interrogator(
     precision = "fp16" if dtype == "float16" else "fp32"
     clip_device = "cpu" if cfg.clip_offload else device
     log.info("loading CLIP model %s from %s", cfg.clip_model_name, weights.clip.label)
-    clip_model, _, clip_preprocess = _load_clip(cfg, weights.clip, precision, clip_device)
+    clip_model, _, clip_preprocess = load_clip(cfg, weights.clip, precision, clip_device)
     clip_model.eval()
 
     labels = cfg.labels_path or str(Path(clip_interrogator.__file__).parent / "data")
