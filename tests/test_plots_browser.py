@@ -170,10 +170,12 @@ class Browser:
         assert "exceptionDetails" not in result, result["exceptionDetails"]
         return result["result"].get("value")
 
-    def wait(self, session: str, expression: str, timeout: float = 90):
+    def wait(self, session: str, expression: str, timeout: float = 60):
         deadline = time.monotonic() + timeout
         while not (value := self.evaluate(session, expression)):
-            assert time.monotonic() < deadline, f"timed out waiting for {expression}"
+            assert time.monotonic() < deadline, (
+                f"timed out waiting for {expression}; {self.problems(session)}"
+            )
             time.sleep(0.25)
         return value
 
@@ -186,7 +188,9 @@ class Browser:
                 args = params.get("args", [])
                 found.append("console: " + " ".join(str(a.get("value", a)) for a in args))
             elif method == "Runtime.exceptionThrown":
-                found.append(f"exception: {params['exceptionDetails']}")
+                details = params["exceptionDetails"]
+                error = (details.get("exception") or {}).get("description") or details["text"]
+                found.append(f"exception: {error}")
             elif method == "Log.entryAdded" and params["entry"]["level"] == "error":
                 entry = params["entry"]
                 found.append(f"log: {entry['text']} {entry.get('url', '')}")
