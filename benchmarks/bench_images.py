@@ -1,13 +1,16 @@
 """Our `images` stage against img2dataset, on the same URLs from a loopback server.
 
     python -m benchmarks.bench_images [--urls 20000] [--threads 8] [--skip-img2dataset]
-    python -m benchmarks.bench_images --scale 2000 20000 [--threads 8]
+    python -m benchmarks.bench_images --scale 2000 5000 10000 20000 [--threads 8]
+    python -m benchmarks.bench_images --urls 4000 --baseline-src /tmp/base/src  # before/after
 
 A threaded HTTP server on 127.0.0.1 (in this process) serves `--urls` small JPEGs: a pool of
 distinct pictures (320 to 1600 px on the longer side, about half larger than 640; generated once
 into a temporary folder and reused), each URL answering after a latency drawn with a fixed seed
-(3 to 50 ms; 1 % of the URLs 0.5 to 1.5 s more), 2 % of them 404 and 1 % 500. Then, each in a
-child process of its own (so neither pays for the server):
+(3 to 50 ms; 1 % of the URLs 0.5 to 1.5 s more), 2 % of them 404 and 1 % 500, with
+`TCP_NODELAY` as real image hosts set it (without it every reused keep-alive connection waited
+~40 ms a request for a delayed ACK, a cost of the test server that only a client reusing
+connections paid). Then, each in a child process of its own (so neither pays for the server):
 
 * **alien-hotels**: the real stage (`alien_hotels.stages.images.run`) with `conf/` composed as
   `dvc repro` would (`images.download=true`, `images.workers=<threads>`, `images.retries=
@@ -20,11 +23,18 @@ child process of its own (so neither pays for the server):
   `encode_quality=95`, `retries=<retries>`, `output_format="files"`, its other defaults (sha256
   of each image, EXIF extraction, area/lanczos interpolation).
 
+Retries are equal: `--retries` (default 1) on both sides. img2dataset retries any failure at
+once (404 too); ours retries connection errors, 429 and 5xx, the first retry without a backoff
+sleep (urllib3 sleeps from the second on), so with one retry neither waits between attempts.
+
 For each: images/s (wall time of the download call), CPU seconds per image (user+system of the
 child process and everything it waited for, from `getrusage(RUSAGE_CHILDREN)` deltas, interpreter
 start-up included), failures, and the peak RSS of the child's whole process tree (sampled every
-0.1 s). `--scale A B` runs only our stage at A and B URLs and extrapolates time and memory
-linearly to Hotels-50K's 1.1M.
+0.1 s). `--scale N N ...` runs only our stage at each URL count, fits a line through time,
+CPU and peak RSS against URLs (the slope: the cost per URL at steady state) and extrapolates it
+to Hotels-50K's 1.1M. `--baseline-src` runs our stage a second time from another source tree
+(say, the last commit's), so a change is compared before/after in one run, against the same
+img2dataset figures.
 
 img2dataset is a benchmark-only dependency (the `bench` extra). It pins `pandas<3` and this
 project pins pandas 3, so it cannot share the project's environment; give it one of its own:
@@ -47,6 +57,7 @@ import random
 import resource
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -194,6 +205,11 @@ class BenchServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"  # keep-alive, as real image hosts do
+            # TCP_NODELAY on each connection, as image hosts and CDNs set it (nginx's
+            # `tcp_nodelay on` default): without it the body's last segment waits for the
+            # client's delayed ACK on a reused connection, ~40 ms a request that only a client
+            # reusing connections pays (a new connection starts in quick-ACK mode).
+            disable_nagle_algorithm = True
 
             def log_message(self, *args: object) -> None:
                 pass
@@ -224,13 +240,13 @@ class BenchServer:
 # --- running a tool in a child process --------------------------------------------------------
 
 
-def measure(cmd: list[str], cwd: Path, log: Path) -> dict:
+def measure(cmd: list[str], cwd: Path, log: Path, src: Path = ROOT / "src") -> dict:
     """Run `cmd`; its wall time, CPU time (rusage of waited-for children), peak tree RSS."""
     import psutil
 
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), NO_ALBUMENTATIONS_UPDATE="1")
+    env = dict(os.environ, PYTHONPATH=str(src), NO_ALBUMENTATIONS_UPDATE="1")
     with open(log, "w") as err:
         proc = psutil.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
         peak = 0
@@ -251,7 +267,7 @@ def measure(cmd: list[str], cwd: Path, log: Path) -> dict:
         reader.join()
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    user, system = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
     result = next(
         (
             json.loads(line[7:])
@@ -263,7 +279,14 @@ def measure(cmd: list[str], cwd: Path, log: Path) -> dict:
     if proc.returncode != 0 or result is None:
         tail = log.read_text(errors="replace")[-3000:]
         raise SystemExit(f"{cmd[:3]} failed (rc {proc.returncode}):\n{tail}")
-    return {**result, "process_s": wall, "cpu_s": cpu, "peak_rss_mb": peak / 2**20}
+    return {
+        **result,
+        "process_s": wall,
+        "cpu_s": user + system,
+        "cpu_user_s": user,
+        "cpu_system_s": system,
+        "peak_rss_mb": peak / 2**20,
+    }
 
 
 def ours_overrides(threads: int, retries: int) -> list[str]:
@@ -279,7 +302,13 @@ def ours_overrides(threads: int, retries: int) -> list[str]:
 
 
 def run_ours(
-    server: BenchServer, urls: int, threads: int, retries: int, work: Path, prefix: str = ""
+    server: BenchServer,
+    urls: int,
+    threads: int,
+    retries: int,
+    work: Path,
+    prefix: str = "",
+    src: Path = ROOT / "src",
 ) -> dict:
     import pandas as pd
 
@@ -302,7 +331,7 @@ def run_ours(
     overrides = ours_overrides(threads, retries)
     cmd = [sys.executable, str(script), str(ROOT / "conf"), str(root), json.dumps(overrides)]
     cmd = shlex.split(prefix) + cmd if prefix else cmd
-    result = measure(cmd, root, work / f"ours-{urls}.log")
+    result = measure(cmd, root, work / f"ours-{urls}.log", src)
     result["files"] = sum(1 for p in (root / "data/images").rglob("*.jpg"))
     result["expected_failures"] = server.expected_failures(urls)
     shutil.rmtree(root / "data/images", ignore_errors=True)
@@ -315,7 +344,7 @@ def find_img2dataset(explicit: str | None) -> str | None:
         if python and Path(python).exists():
             ok = subprocess.run([python, "-c", "import img2dataset"], capture_output=True)
             if ok.returncode == 0:
-                return python
+                return os.path.abspath(python)  # the child runs in another folder
     return None
 
 
@@ -342,7 +371,7 @@ def report(tool: str, urls: int, r: dict) -> None:
     r["cpu_ms_per_image"] = 1000 * r["cpu_s"] / urls
     r["call_cpu_ms_per_image"] = 1000 * r["call_cpu_s"] / urls
     print(
-        f"{tool:<13} {urls:>7} {r['ok']:>7} {r['failed']:>6} {r['call_s']:>8.1f} "
+        f"{tool:<22} {urls:>7} {r['ok']:>7} {r['failed']:>6} {r['call_s']:>8.1f} "
         f"{r['images_per_s']:>8.1f} {r['cpu_ms_per_image']:>10.2f} "
         f"{r['call_cpu_ms_per_image']:>10.2f} {r['peak_rss_mb']:>8.0f}",
         flush=True,
@@ -351,7 +380,7 @@ def report(tool: str, urls: int, r: dict) -> None:
 
 
 HEADER = (
-    f"{'tool':<13} {'urls':>7} {'ok':>7} {'failed':>6} {'wall_s':>8} {'img/s':>8} "
+    f"{'tool':<22} {'urls':>7} {'ok':>7} {'failed':>6} {'wall_s':>8} {'img/s':>8} "
     f"{'cpu_ms/img':>10} {'(in call)':>10} {'rss_mb':>8}"
 )
 
@@ -371,10 +400,26 @@ def main(argv: list[str] | None = None) -> None:
         help="command put before our stage's child (a profiler: 'py-spy record -o F --')",
     )
     parser.add_argument(
-        "--scale", type=int, nargs=2, metavar=("A", "B"), help="our stage at A and B URLs"
+        "--scale",
+        type=int,
+        nargs="+",
+        metavar="N",
+        help="our stage alone at each of these URL counts (two or more): growth and 1.1M estimate",
+    )
+    parser.add_argument(
+        "--baseline-src",
+        type=Path,
+        help="also run our stage from this source tree (its `alien_hotels` package's parent, e.g. "
+        "`git archive HEAD src | tar -x -C /tmp/base` then /tmp/base/src): before and after in "
+        "one run",
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="run every tool this many times, in turn"
     )
     args = parser.parse_args(argv)
-    sizes = args.scale or [args.urls]
+    if args.scale is not None and len(args.scale) < 2:
+        parser.error("--scale needs two or more URL counts")
+    sizes = sorted(set(args.scale)) if args.scale else [args.urls]
     biggest = max(sizes)
     pictures = make_pictures(min(args.pictures, biggest), args.seed)
     python = None
@@ -395,44 +440,69 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"{biggest} URLs on 127.0.0.1 ({len(pictures)} distinct JPEGs, "
             f"{server.expected_failures()} answer 404/500), {args.threads} threads, "
-            f"retries {args.retries}, {os.cpu_count()} CPUs",
+            f"retries {args.retries} on both sides, {os.cpu_count()} CPUs",
             flush=True,
         )
         print(HEADER, flush=True)
-        results = {}
-        if python is not None:
-            results["img2dataset"] = r = run_img2dataset(
-                python, server, biggest, args.threads, args.retries, work
-            )
-            report("img2dataset", biggest, r)
-        for n in sizes:
-            results[("alien-hotels", n)] = r = run_ours(
-                server, n, args.threads, args.retries, work, args.ours_prefix
-            )
-            report("alien-hotels", n, r)
-    if "img2dataset" in results:
-        base, ours = results["img2dataset"], results[("alien-hotels", biggest)]
-        print(
-            "alien-hotels / img2dataset: "
-            f"images/s x{ours['images_per_s'] / base['images_per_s']:.2f}"
-            f", CPU per image x{ours['cpu_ms_per_image'] / base['cpu_ms_per_image']:.2f}, "
-            f"peak RSS x{ours['peak_rss_mb'] / base['peak_rss_mb']:.2f} (goal: >= 1, <= 1)"
-        )
-    if args.scale:
-        (a, b), ra, rb = (
-            sizes,
-            results[("alien-hotels", sizes[0])],
-            results[("alien-hotels", sizes[1])],
-        )
-        for key, unit in (("call_s", "s"), ("cpu_s", "CPU s"), ("peak_rss_mb", "MiB")):
-            slope = (rb[key] - ra[key]) / (b - a)
-            at = rb[key] + slope * (HOTELS50K_URLS - b)
+        runs: dict[str, list[dict]] = {}  # tool -> one result per repetition
+        for _ in range(args.repeat):  # the tools in turn, so each repetition shares the load
+            if python is not None:
+                r = run_img2dataset(python, server, biggest, args.threads, args.retries, work)
+                runs.setdefault("img2dataset", []).append(r)
+                report("img2dataset", biggest, r)
+            if args.baseline_src is not None:
+                src = args.baseline_src.resolve()
+                r = run_ours(server, biggest, args.threads, args.retries, work, src=src)
+                runs.setdefault("alien-hotels baseline", []).append(r)
+                report("alien-hotels baseline", biggest, r)
+            for n in sizes:
+                r = run_ours(server, n, args.threads, args.retries, work, args.ours_prefix)
+                runs.setdefault(f"alien-hotels {n}", []).append(r)
+                report("alien-hotels", n, r)
+    base = runs.get("img2dataset")
+    for name in ("alien-hotels baseline", f"alien-hotels {biggest}"):
+        if base is not None and name in runs:
+            # Ratios within each repetition (same load), then their median.
+            pairs = list(zip(runs[name], base, strict=True))
+            ratio = {
+                key: statistics.median(o[key] / b[key] for o, b in pairs)
+                for key in ("images_per_s", "cpu_ms_per_image", "peak_rss_mb")
+            }
+            times = f" (median of {len(pairs)})" if len(pairs) > 1 else ""
             print(
-                f"scale {key}: {ra[key]:.1f} at {a}, {rb[key]:.1f} at {b} "
-                f"(x{rb[key] / ra[key]:.2f} for x{b / a:.1f} URLs); "
-                f"per 1000 URLs {1000 * slope:.2f} {unit}; "
-                f"linear at {HOTELS50K_URLS:,}: {at:,.0f} {unit}"
+                f"{name.removesuffix(f' {biggest}')} / img2dataset{times}: "
+                f"images/s x{ratio['images_per_s']:.2f}, "
+                f"CPU per image x{ratio['cpu_ms_per_image']:.2f}, "
+                f"peak RSS x{ratio['peak_rss_mb']:.2f} (goal: >= 1, <= 1)",
+                flush=True,
             )
+    if args.scale:
+        print_scaling(sizes, [runs[f"alien-hotels {n}"][-1] for n in sizes])
+
+
+def print_scaling(sizes: list[int], runs: list[dict]) -> dict:
+    """Least-squares lines through (URLs, wall s / CPU s / peak MiB); the slope is the cost per
+    URL at steady state, the line at Hotels-50K's size the estimate."""
+    fits = {}
+    for key, unit in (("call_s", "s"), ("cpu_s", "CPU s"), ("peak_rss_mb", "MiB")):
+        ys = [r[key] for r in runs]
+        n = len(sizes)
+        mx, my = sum(sizes) / n, sum(ys) / n
+        slope = sum((x - mx) * (y - my) for x, y in zip(sizes, ys, strict=True)) / sum(
+            (x - mx) ** 2 for x in sizes
+        )
+        at = my + slope * (HOTELS50K_URLS - mx)
+        fits[key] = {"per_url": slope, "at_hotels50k": at}
+        print(
+            f"scale {key}: "
+            + ", ".join(f"{y:.1f} at {x}" for x, y in zip(sizes, ys, strict=True))
+            + f" (x{ys[-1] / ys[0]:.2f} for x{sizes[-1] / sizes[0]:.1f} URLs); "
+            f"per 1000 URLs {1000 * slope:.2f} {unit}; "
+            f"linear at {HOTELS50K_URLS:,}: {at:,.0f} {unit}",
+            flush=True,
+        )
+    print("SCALE " + json.dumps({"sizes": sizes, "fits": fits}), flush=True)
+    return fits
 
 
 if __name__ == "__main__":
