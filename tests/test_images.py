@@ -284,6 +284,7 @@ class _CountingServer:
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
         self.ports: list[int] = []
+        self.paths: list[str] = []  # as asked: absolute `http://host/...` when sent to a proxy
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -295,6 +296,7 @@ class _CountingServer:
 
             def do_GET(self) -> None:
                 server.ports.append(self.client_address[1])
+                server.paths.append(self.path)
                 if self.path == "/rel":
                     self.send_response(302)
                     self.send_header("Location", "img/31")
@@ -366,3 +368,24 @@ def test_resizing_is_deterministic_and_does_not_alias():
         assert enlarged.size == (640, 480)
         row = np.asarray(enlarged.convert("L"), dtype=int)[240, 8:-8]
     assert np.all(np.diff(row) >= -1)
+
+
+def test_environment_proxies_only_without_the_address_check(monkeypatch):
+    for name in ("http_proxy", "HTTP_PROXY", "no_proxy", "NO_PROXY", "REQUEST_METHOD"):
+        monkeypatch.delenv(name, raising=False)
+    with _CountingServer() as proxy:
+        monkeypatch.setenv("http_proxy", proxy.url(""))
+        monkeypatch.setenv("no_proxy", "localhost")
+        mirror = Downloader(CFG.updated(retries=0))  # allow_private_addresses: the check is off
+        assert mirror.get("http://images.invalid/img/3") == make_image(3)  # no DNS here
+        assert proxy.paths == ["http://images.invalid/img/3"]  # the proxy was asked for it
+        # With the check on (the default), the environment's proxy is not used: the URL is
+        # judged by its own address (loopback here: refused, nothing sent anywhere).
+        strict = Downloader(CFG.updated(retries=0, allow_private_addresses=False))
+        with pytest.raises(FetchError, match="blocked_address"):
+            strict.get(proxy.url("/img/4"))
+        assert len(proxy.paths) == 1
+        # A host in NO_PROXY is fetched directly (origin-form request line, not a proxy's).
+        direct = proxy.url("/img/5").replace("127.0.0.1", "localhost")
+        assert mirror.get(direct) == make_image(5)
+        assert proxy.paths[-1] == "/img/5"

@@ -39,12 +39,13 @@ import shutil
 import socket
 import threading
 import time
+import urllib.request
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import unquote, urljoin, urlsplit
 
 import pandas as pd
 from pydantic import Field
@@ -313,14 +314,38 @@ def opted_out(robots_tag: str) -> bool:
     return False
 
 
+def _env_proxies(direct) -> dict:
+    """urllib3 proxy managers for the `http`/`https` proxies the environment names, with the
+    same TLS settings and headers as the direct pools (proxy credentials from the proxy URL)."""
+    import urllib3
+
+    managers = {}
+    for scheme, proxy in urllib.request.getproxies().items():
+        if scheme in ("http", "https") and proxy:
+            auth = urlsplit(proxy)
+            headers = None
+            if auth.username:
+                creds = f"{unquote(auth.username)}:{unquote(auth.password or '')}"
+                headers = urllib3.make_headers(proxy_basic_auth=creds)
+            managers[scheme] = urllib3.ProxyManager(
+                proxy,
+                num_pools=64,  # hosts whose connections are kept, as for the direct pools
+                headers=direct.headers,
+                proxy_headers=headers,
+                **direct.connection_pool_kw,
+            )
+    return managers
+
+
 class Downloader:
     """HTTP(S) GETs with retries, timeouts and limits, on one urllib3 `PoolManager` shared by the
     threads (keep-alive connections per host, at most `workers` kept per host).
 
     urllib3 directly, not `requests`: the same connection pools, retries and TLS, at half the
     CPU per request (no per-request environment, cookie, hook and auth processing). Redirects
-    are followed here, one hop at a time, each a new request through the same checks. No proxy
-    or `.netrc` from the environment: through a proxy the address is not ours to check.
+    are followed here, one hop at a time, each a new request through the same checks.
+    `HTTP_PROXY`/`HTTPS_PROXY`/`NO_PROXY` from the environment are used only when the address
+    check is off: through a proxy the address is not ours to check. Never `.netrc` credentials.
 
     Unless `allow_private_addresses`, every connection (first request, redirects, retries) goes
     through an `AddressGuard`. At most `per_host_workers` requests run at once per host name.
@@ -359,7 +384,10 @@ class Downloader:
             cert_reqs="CERT_REQUIRED",
             ca_certs=cfg.ca_bundle or certifi.where(),
         )
-        if self.guard is not None:
+        self._proxies: dict[str, urllib3.ProxyManager] = {}
+        if self.guard is None:
+            self._proxies = _env_proxies(self._pools)
+        else:
             self._pools.pool_classes_by_scheme = {
                 scheme: _guarded_pool(cls, self.guard)
                 for scheme, cls in self._pools.pool_classes_by_scheme.items()
@@ -381,6 +409,15 @@ class Downloader:
         with self._host_slot((parts.hostname or "").lower()):
             return self._get(url)
 
+    def _manager(self, url: str):
+        """The pool manager for `url`: a proxy's when the environment names one for it."""
+        if self._proxies:
+            parts = urlsplit(url)
+            proxy = self._proxies.get(parts.scheme.lower())
+            if proxy is not None and not urllib.request.proxy_bypass(parts.hostname or ""):
+                return proxy
+        return self._pools
+
     def _get(self, url: str) -> bytes:
         from urllib3.exceptions import (
             DecodeError,
@@ -395,7 +432,7 @@ class Downloader:
 
         try:
             for hop in range(self.cfg.max_redirects + 1):
-                response = self._pools.urlopen(
+                response = self._manager(url).urlopen(
                     "GET",
                     url,
                     redirect=False,
