@@ -445,20 +445,36 @@ def main(argv: list[str] | None = None) -> None:
         )
         print(HEADER, flush=True)
         runs: dict[str, list[dict]] = {}  # tool -> one result per repetition
-        for _ in range(args.repeat):  # the tools in turn, so each repetition shares the load
-            if python is not None:
-                r = run_img2dataset(python, server, biggest, args.threads, args.retries, work)
-                runs.setdefault("img2dataset", []).append(r)
-                report("img2dataset", biggest, r)
-            if args.baseline_src is not None:
-                src = args.baseline_src.resolve()
-                r = run_ours(server, biggest, args.threads, args.retries, work, src=src)
-                runs.setdefault("alien-hotels baseline", []).append(r)
-                report("alien-hotels baseline", biggest, r)
-            for n in sizes:
-                r = run_ours(server, n, args.threads, args.retries, work, args.ours_prefix)
-                runs.setdefault(f"alien-hotels {n}", []).append(r)
-                report("alien-hotels", n, r)
+        jobs = []  # (name, tool label, urls, how to run it with (server, urls, threads, ...))
+        if python is not None:
+            run_i2d = run_img2dataset
+            jobs.append(("img2dataset", "img2dataset", biggest, lambda a: run_i2d(python, *a)))
+        if args.baseline_src is not None:
+            src = args.baseline_src.resolve()
+            jobs.append(
+                (
+                    "alien-hotels baseline",
+                    "alien-hotels baseline",
+                    biggest,
+                    lambda a: run_ours(*a, src=src),
+                )
+            )
+        for size in sizes:
+            jobs.append(
+                (
+                    f"alien-hotels {size}",
+                    "alien-hotels",
+                    size,
+                    lambda a: run_ours(*a, args.ours_prefix),
+                )
+            )
+        for rep in range(args.repeat):
+            # The tools in turn, every other repetition in reverse order: a load that drifts
+            # during a repetition (a shared machine) favours neither.
+            for name, label, n, job in jobs if rep % 2 == 0 else jobs[::-1]:
+                r = job((server, n, args.threads, args.retries, work))
+                runs.setdefault(name, []).append(r)
+                report(label, n, r)
     base = runs.get("img2dataset")
     for name in ("alien-hotels baseline", f"alien-hotels {biggest}"):
         if base is not None and name in runs:
