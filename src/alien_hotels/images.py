@@ -443,7 +443,11 @@ class Downloader:
                 location = response.get_redirect_location()
                 if response.status not in REDIRECT_STATUSES or not location:
                     return self._body(response)
-                response.drain_conn()  # a redirect's body is small: keep the connection
+                declared = response.headers.get("Content-Length", "")
+                if declared.isdigit() and int(declared) <= 1 << 16:
+                    response.drain_conn()  # a small body: read it and keep the connection
+                else:
+                    response.close()  # maybe endless: not read, the connection dropped
                 response.release_conn()
                 if hop == self.cfg.max_redirects:
                     raise FetchError("too_many_redirects")
