@@ -7,7 +7,8 @@ The tree at `data.path`:
     <path>/<hotel>/<room type>/<more>/<image>   deeper folders: kept, room type = second level
 
 An image is a file whose suffix, in any case (`.JPG`, `.Jpeg`, `.webp`, ...), is one Pillow
-registered for a format it can open (video and undecodable stubs aside). Hidden files and folders (a name starting with `.`, such as
+registered for a format it can open (video and undecodable stubs aside). Hidden files and
+folders (a name starting with `.`, such as
 `.DS_Store` or macOS' `._IMG_1.jpg`; a hidden folder is not entered), other files, files
 directly under `data.path` (they belong to no hotel) and hotel folders without an image are
 skipped and counted in `metrics/sample.json`; none of them is an error. Whether an image decodes
