@@ -327,7 +327,7 @@ def test_text_half_same_bytes_across_hash_seeds(tmp_path_factory):
     def setup(root: Path) -> None:
         (root / "params.yaml").write_text(yaml.safe_dump(params))
 
-    stages = ["sample", "caption", "preprocess", "features", "cluster", "map"]
+    stages = ["sample", "caption", "preprocess", "room-types", "features", "cluster", "map"]
     a, b = run_twins("text", tmp_path_factory, setup, stages)
     outputs = [
         "data/interim/sample.csv",
