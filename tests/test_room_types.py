@@ -160,27 +160,40 @@ def reference_probs(clip: Path, image_ids, names: list[str]) -> np.ndarray:
 
 
 @pytest.mark.parametrize(
-    ("source", "has_folder", "has_images", "method", "chosen", "computed"),
+    ("source", "folder_share", "has_images", "method", "chosen", "computed"),
     [
-        # auto: folder, else image (only when the caption stage runs CLIP anyway), else captions
-        ("auto", True, True, "clip_interrogator", "folder", ("captions", "image", "folder")),
-        ("auto", True, False, "clip_interrogator", "folder", ("captions", "folder")),
-        ("auto", False, True, "clip_interrogator", "image", ("captions", "image")),
-        ("auto", False, True, "precomputed", "captions", ("captions",)),
-        ("auto", True, True, "precomputed", "folder", ("captions", "folder")),
-        ("auto", False, False, "clip_interrogator", "captions", ("captions",)),
+        # auto: folder (enough of them), else image (when the caption stage runs CLIP anyway),
+        # else captions
+        ("auto", 1.0, True, "clip_interrogator", "folder", ("captions", "image", "folder")),
+        ("auto", 0.5, False, "clip_interrogator", "folder", ("captions", "folder")),
+        ("auto", 0.0, True, "clip_interrogator", "image", ("captions", "image")),
+        ("auto", 0.0, True, "precomputed", "captions", ("captions",)),
+        ("auto", 1.0, True, "precomputed", "folder", ("captions", "folder")),
+        ("auto", 0.0, False, "clip_interrogator", "captions", ("captions",)),
+        # a few folders: not enough to score on, still scored beside the chosen source
+        ("auto", 0.3, True, "clip_interrogator", "image", ("captions", "image", "folder")),
+        ("auto", 0.3, True, "precomputed", "captions", ("captions", "folder")),
         # explicit: that source; the model only for `image`, free sources kept beside it
-        ("captions", True, True, "clip_interrogator", "captions", ("captions", "folder")),
-        ("image", False, True, "precomputed", "image", ("captions", "image")),
-        ("folder", True, True, "clip_interrogator", "folder", ("captions", "folder")),
+        ("captions", 1.0, True, "clip_interrogator", "captions", ("captions", "folder")),
+        ("image", 0.0, True, "precomputed", "image", ("captions", "image")),
+        ("folder", 0.1, True, "clip_interrogator", "folder", ("captions", "folder")),
     ],
 )
-def test_source_resolution(source, has_folder, has_images, method, chosen, computed):
+def test_source_resolution(source, folder_share, has_images, method, chosen, computed):
     cfg = compose().room_types.updated(source=source)
     got = roomtypes.resolve_sources(
-        cfg, has_folder=has_folder, has_images=has_images, caption_method=method
+        cfg, folder_share=folder_share, has_images=has_images, caption_method=method
     )
     assert (got.chosen, got.computed) == (chosen, computed)
+
+
+def test_auto_says_why_it_passes_over_a_few_folders(caplog):
+    cfg = compose().room_types
+    roomtypes.resolve_sources(
+        cfg, folder_share=4 / 12, has_images=False, caption_method="precomputed"
+    )
+    assert "only 33% of the images have a room-type folder" in caplog.text
+    assert "auto_folder_share=0.5" in caplog.text
 
 
 @pytest.mark.parametrize(
@@ -191,14 +204,18 @@ def test_an_explicit_source_the_run_lacks_is_an_error(source, message):
     cfg = compose().room_types.updated(source=source)
     with pytest.raises(StageError, match=message):
         roomtypes.resolve_sources(
-            cfg, has_folder=False, has_images=False, caption_method="clip_interrogator"
+            cfg, folder_share=0.0, has_images=False, caption_method="clip_interrogator"
         )
 
 
 def test_config_checks_template_phrases_and_default():
     raw = compose().model_dump()
-    raw["room_types"]["image"]["template"] = "a photo of a hotel room"
-    with pytest.raises(ConfigError, match=r"room_types.image.template.*\{room_type\}"):
+    for template in ("a photo of a hotel room", "a photo of a {{room_type}}"):
+        raw["room_types"]["image"]["template"] = template  # the same prompt for every type
+        with pytest.raises(ConfigError, match=r"room_types.image.template.*\{room_type\}"):
+            validate_params(raw)
+    raw["room_types"]["image"]["template"] = "a {room_type} in {city}"
+    with pytest.raises(ConfigError, match="only {room_type} may be a placeholder"):
         validate_params(raw)
     raw = compose().model_dump()
     raw["room_types"]["image"]["phrases"] = {"sauna": "a sauna"}
@@ -262,6 +279,17 @@ def test_folder_names_from_the_sample(project, monkeypatch):
     assert out["room_type_image"].isna().all()
     metrics = json.loads(Path("metrics/room_types.json").read_text())
     assert metrics["computed"] == "captions,folder" and metrics["labelled_folder"] == 8
+
+
+def test_folder_names_pandas_would_read_as_missing_or_numbers_stay_names(project, monkeypatch):
+    no_model(monkeypatch)
+    folders = ["NA", "None", "101", "null"] * (N_IMAGES // 4)
+    write_project(project, folders=folders)
+    out = room_types_stage.run(compose())
+    assert out["room_type_folder"].tolist() == folders
+    assert out["room_type"].tolist() == folders
+    table = pd.read_csv("data/processed/room_types.csv", dtype=str, keep_default_na=False)
+    assert table["room_type"].tolist() == folders
 
 
 def test_without_room_type_folders_auto_falls_back_to_captions(project, monkeypatch):
@@ -339,6 +367,28 @@ def test_below_the_threshold_the_label_is_other(project, tiny_clip):
     assert (high.loc[~below, "room_type_image"] == low.loc[~below, "room_type_image"]).all()
     # the probability recorded is the best prompt's, whatever the label
     np.testing.assert_array_equal(high["room_type_image_prob"], low["room_type_image_prob"])
+
+
+@pytest.mark.ml
+def test_nonfinite_scores_give_no_label_not_other(project, tiny_clip, tmp_path):
+    """A model that overflows (here: an infinite logit scale) yields NaN probabilities: those
+    images are unlabelled and counted as failed, never labelled `other`."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "broken_clip"
+    shutil.copytree(tiny_clip, broken)
+    state = load_file(broken / "open_clip_model.safetensors")
+    state["logit_scale"] = torch.full_like(state["logit_scale"], float("inf"))
+    save_file(state, str(broken / "open_clip_model.safetensors"))
+    write_project(project)
+    out = room_types_stage.run(compose(*clip_overrides(broken, "room_types.source=image")))
+    assert out["room_type_image"].isna().all() and out["room_type_image_prob"].isna().all()
+    assert (out["room_type"] == roomtypes.UNLABELLED).all()
+    metrics = json.loads(Path("metrics/room_types.json").read_text())
+    assert metrics["image_failed"] == N_IMAGES and metrics["labelled_image"] == 0
 
 
 @pytest.mark.ml
@@ -424,3 +474,12 @@ def test_agreement_leaves_unlabelled_rows_out():
     assert out["room_type_source"] == "image"
     assert out["n_room_type_image"] == 4 and "n_room_type_captions" not in out
     assert out["nmi_room_type_captions"] == pytest.approx(1.0)
+
+
+def test_headline_says_how_few_images_the_chosen_source_labelled():
+    from alien_hotels.reports import chosen_source
+
+    metrics = {"n_docs": 12, "room_type_source": "folder", "n_room_type_folder": 8}
+    assert chosen_source(metrics) == "folder, 8 of 12 images labelled"
+    assert chosen_source({"n_docs": 12, "room_type_source": "captions"}) == "captions"
+    assert chosen_source({**metrics, "n_room_type_folder": 12}) == "folder"

@@ -286,7 +286,9 @@ def summary(
     typer.echo(f"documents      {metrics['n_docs']}")
     typer.echo(f"k              {metrics['k']} ({metrics.get('k_source', '?')})")
     typer.echo(f"silhouette     {'n/a' if silhouette is None else f'{silhouette:.3f}'}")
-    source = metrics.get("room_type_source", "captions")
+    from alien_hotels.reports import chosen_source
+
+    source = chosen_source(metrics)
 
     def scores(nmi: float | None, ari: float | None) -> str:
         return "n/a" if nmi is None else f"{nmi:.3f}   ARI {ari:.3f}"

@@ -25,6 +25,11 @@ from pydantic import BaseModel, ConfigDict
 
 log = logging.getLogger(__name__)
 
+# Columns that hold names or free text: read as strings, only an empty cell is missing. A photo
+# folder named `NA`, `None` or `101` stays that name (pandas' defaults read NaN and 101.0).
+TEXT_COLUMNS = ("hotel_name", "room_type_folder", "image_path", "caption", "text", "room_type")
+NA_VALUES = ("", "NA", "N/A", "NaN", "nan", "NULL", "null", "None", "<NA>", "-nan", "#N/A")
+
 # What `atomic_path` names its temporary files: mkstemp's `.<target name>.<8 random>.tmp`.
 PARTIAL_WRITE = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp$")
 
@@ -131,10 +136,13 @@ def read_csv(
         raise StageError(f"{what} not found: {path}")
     wanted = None if usecols is None else {*required, *usecols}
     try:
+        header = pd.read_csv(path, nrows=0).columns
         df = pd.read_csv(
             path,
-            keep_default_na=True,
             usecols=None if wanted is None else (lambda col: col in wanted),
+            keep_default_na=False,
+            na_values={col: [""] if col in TEXT_COLUMNS else NA_VALUES for col in header},
+            dtype={col: "str" for col in TEXT_COLUMNS if col in header},
         )
     except pd.errors.EmptyDataError:
         raise StageError(f"{what} is empty: {path}") from None

@@ -17,6 +17,15 @@ SOURCE_NOTES = {
 }
 
 
+def chosen_source(metrics: dict) -> str:
+    """The room-type source the scores use, with how few images it labelled when not all."""
+    source = metrics.get("room_type_source", "captions")
+    labelled = metrics.get(f"n_room_type_{source}")
+    if labelled is not None and labelled < metrics["n_docs"]:  # unlabelled rows are not scored
+        return f"{source}, {labelled} of {metrics['n_docs']} images labelled"
+    return source
+
+
 def room_type_sources(metrics: dict) -> list[str]:
     """The agreement with each room-type source of the run, side by side."""
     sources = [s for s in SOURCE_NOTES if f"nmi_room_type_{s}" in metrics]
@@ -65,7 +74,7 @@ def clusters_markdown(
     for key in ("silhouette", "nmi_room_type", "nmi_hotel", "ari_room_type", "ari_hotel"):
         value = metrics.get(key)
         lines.append(f"| {key} | {'n/a' if value is None else f'{value:.3f}'} |")
-    source = metrics.get("room_type_source", "captions")
+    source = chosen_source(metrics)
     nmi_room = metrics["nmi_room_type"]
     verdict = "room types" if nmi_room is not None and nmi_room > metrics["nmi_hotel"] else "hotels"
     lines += [

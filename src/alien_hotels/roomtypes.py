@@ -65,20 +65,32 @@ def folder_labels(sample: pd.DataFrame) -> pd.Series:
 
 
 def resolve_sources(
-    cfg: RoomTypesConfig, *, has_folder: bool, has_images: bool, caption_method: str
+    cfg: RoomTypesConfig, *, folder_share: float, has_images: bool, caption_method: str
 ) -> Sources:
     """Which source the scores use, and which sources this run computes.
 
-    `auto` takes folder names when the sample has any, else the image zero-shot when images are
-    usable AND the caption stage runs CLIP anyway (`caption.method=clip_interrogator`, so the
+    `folder_share`: the share of the images with a room-type folder name. `auto` takes folder
+    names when that share is at least `auto_folder_share`, else the image zero-shot when images
+    are usable AND the caption stage runs CLIP anyway (`caption.method=clip_interrogator`, so the
     weights are needed already), else the captions. The image zero-shot (a model) runs only
     under `auto` (then also beside folder names) or `image`; captions and folder names are free
     and always kept when present. An explicit source that the run cannot provide is an error.
     """
+    has_folder = folder_share > 0
     image_free = has_images and caption_method == "clip_interrogator"
     if cfg.source == "auto":
-        chosen = "folder" if has_folder else "image" if image_free else "captions"
+        enough_folders = has_folder and folder_share >= cfg.auto_folder_share
+        chosen = "folder" if enough_folders else "image" if image_free else "captions"
         with_image = image_free
+        if has_folder and not enough_folders:
+            log.warning(
+                "room_types.source=auto: only %.0f%% of the images have a room-type folder "
+                "(room_types.auto_folder_share=%s), so the scores use %s; the folder names are "
+                "scored beside them (room_types.source=folder uses them anyway)",
+                100 * folder_share,
+                cfg.auto_folder_share,
+                chosen,
+            )
     else:
         chosen = cfg.source
         with_image = chosen == "image"
@@ -170,15 +182,26 @@ class ZeroShotRoomTypes:
             features = F.normalize(self.model.encode_image(batch).float(), dim=-1)
             return (self.scale * features @ self.text.T).softmax(dim=-1).cpu().numpy()
 
-    def labels(self, probs: np.ndarray) -> tuple[list[str], np.ndarray]:
-        """(label, probability of the best prompt) per row; below `other_below`: the default."""
+    def labels(self, probs: np.ndarray) -> tuple[list[str | None], np.ndarray]:
+        """(label, probability of the best prompt) per row; below `other_below`: the default.
+
+        A row with a non-finite probability (an fp16 overflow in the model) gets no label: it
+        is no evidence of `other`."""
         best = probs.argmax(axis=1)
         top = probs[np.arange(len(probs)), best]
+        finite = np.isfinite(probs).all(axis=1)
         names = [
-            self.names[i] if p >= self.cfg.image.other_below else self.cfg.default
-            for i, p in zip(best, top, strict=True)
+            None
+            if not ok
+            else self.names[i]
+            if p >= self.cfg.image.other_below
+            else self.cfg.default
+            for i, p, ok in zip(best, top, finite, strict=True)
         ]
-        return names, top
+        return names, np.where(finite, top, np.nan)
+
+
+NONFINITE = "nonfinite_scores"  # the model gave NaN or inf (e.g. fp16 overflow): no label
 
 
 @dataclass
@@ -229,7 +252,11 @@ def image_labels(
             if ok:
                 names, top = zero_shot.labels(zero_shot.probabilities([i.image for i in ok]))
                 for item, name, p in zip(ok, names, top, strict=True):
-                    labels[item.image_id] = (name, float(p))
+                    if name is None:
+                        failed[NONFINITE] = failed.get(NONFINITE, 0) + 1
+                        log.warning("room_types: %s: %s", item.path, NONFINITE)
+                    else:
+                        labels[item.image_id] = (name, float(p))
             bar.update(len(batch))
     ids = [str(i) for i in rows["image_id"]]
     table = pd.DataFrame(

@@ -54,14 +54,17 @@ class ImageRoomTypesConfig(Section):
     @field_validator("template")
     @classmethod
     def _has_placeholder(cls, template: str) -> str:
-        if "{room_type}" not in template:
-            raise ValueError("room_types.image.template needs a {room_type} placeholder")
         try:
-            template.format(room_type="x")
+            prompts = {template.format(room_type=name) for name in ("bedroom", "bathroom")}
         except (IndexError, KeyError, ValueError) as exc:
             raise ValueError(
                 f"room_types.image.template: only {{room_type}} may be a placeholder ({exc})"
             ) from None
+        if len(prompts) == 1:  # no placeholder, or only an escaped `{{room_type}}`
+            raise ValueError(
+                f"room_types.image.template needs a {{room_type}} placeholder; {template!r} "
+                "gives every room type the same prompt"
+            )
         return template
 
 
@@ -70,8 +73,9 @@ class RoomTypesConfig(Section):
 
     `source`: `captions` (the keyword rules below, on the caption), `image` (CLIP zero-shot on
     the photo), `folder` (the dataset's room-type folder names, `room_type_folder` of the
-    sample), or `auto`: folder if the sample has them, else image if the images are usable and
-    the caption stage runs CLIP anyway (`caption.method=clip_interrogator`), else captions.
+    sample), or `auto`: folder if at least `auto_folder_share` of the images has one, else
+    image if the images are usable and the caption stage runs CLIP anyway
+    (`caption.method=clip_interrogator`), else captions.
 
     Caption rules: the earliest keyword in the caption's first clause (the BLIP sentence, before
     the flavor phrases) decides; a tie at the same position goes to the longer keyword, then to
@@ -79,6 +83,8 @@ class RoomTypesConfig(Section):
     """
 
     source: Literal["auto", "captions", "image", "folder"]
+    # `auto` picks folder names only when at least this share of the images has one.
+    auto_folder_share: float = Field(ge=0, le=1)
     default: str
     scope: Literal["first_clause", "caption"]
     rules: dict[str, list[str]]

@@ -71,12 +71,13 @@ def run(params: Params, paths: StagePaths = StagePaths()) -> dict:
     write_csv(elbow, paths.elbow_plot)
     write_text(report, paths.clusters_report)
     write_json(metrics, paths.cluster_metrics)
+    nmi_room = scores["nmi_room_type"]
     log.info(
         "k=%d (%s), nmi room type (%s) %s vs hotel %.3f",
         k,
         metrics["k_source"],
         metrics["room_type_source"],
-        scores["nmi_room_type"],
+        "n/a" if nmi_room is None else f"{nmi_room:.3f}",
         scores["nmi_hotel"],
     )
     return metrics

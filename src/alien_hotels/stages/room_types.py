@@ -39,7 +39,7 @@ def run(params: Params, paths: StagePaths = StagePaths()) -> pd.DataFrame:
         usable = usable[usable["image_id"].isin(table["image_id"])]
     sources = roomtypes.resolve_sources(
         cfg,
-        has_folder=bool(folder.notna().any()),
+        folder_share=float(folder.notna().mean()),
         has_images=len(usable) > 0,
         caption_method=params.caption.method,
     )
