@@ -382,3 +382,16 @@ def test_dvc_repro_with_clip_interrogator(tiny, project):
     assert len(pd.read_csv(project / "data/processed/clusters.csv")) > 0
     status = run(["dvc", "status", "--with-deps", "map"], project)
     assert "up to date" in status.stdout, status.stdout
+
+
+def test_precomputed_captions_on_photos_without_captions_point_to_the_model():
+    from alien_hotels.captioning import precomputed_captions
+    from alien_hotels.common import StageError
+
+    params = compose("data=folder")  # caption=precomputed stays the default
+    sample = pd.DataFrame({"image_id": [1, 2], "hotel_id": [7, 7]})
+    with pytest.raises(StageError) as err:
+        precomputed_captions(sample, params.data.caption_column, params.caption)
+    message = str(err.value)
+    assert "data.caption_column" in message and "models download --only caption" in message
+    assert "-S caption=clip_interrogator" in message

@@ -182,6 +182,17 @@ def test_large_jpegs_shrink_to_max_side(tmp_path: Path):
     assert load_rgb(tmp_path / "big.jpg").size == (1200, 600)
 
 
+def test_mpo_is_accepted_and_drafted_as_a_jpeg():
+    buffer = io.BytesIO()
+    marked((1200, 600)).save(
+        buffer, format="MPO", save_all=True, append_images=[Image.new("RGB", (1200, 600))]
+    )
+    decoded = decode(buffer.getvalue(), formats=["JPEG"], draft_side=300)
+    assert decoded.format == "MPO" and decoded.image.size == (300, 150)  # JPEG draft: 1/4
+    with pytest.raises(ImageFailure, match="MPO"):
+        decode(buffer.getvalue(), formats=["PNG"])
+
+
 def _png_bytes(size) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", size).save(buffer, format="PNG")

@@ -202,6 +202,21 @@ def test_prepare_image_respects_exif_orientation_and_formats():
         prepare_image(gif.getvalue(), "jpg", compose().images)
 
 
+def test_a_phone_mpo_is_taken_as_its_first_jpeg():
+    """Phones write MPO (a JPEG, then a preview or depth map): accepted where JPEG is, stored
+    as a plain JPEG of the first picture, at the stage's size (so drafted like a JPEG)."""
+    photo, depth = Image.new("RGB", (1600, 1200), "red"), Image.new("RGB", (1600, 1200), "blue")
+    buffer = io.BytesIO()
+    photo.save(buffer, format="MPO", save_all=True, append_images=[depth])
+    with Image.open(io.BytesIO(buffer.getvalue())) as mpo:
+        assert (mpo.format, mpo.n_frames) == ("MPO", 2)
+    out = prepare_image(buffer.getvalue(), "jpg", compose().images)
+    with Image.open(io.BytesIO(out)) as stored:
+        assert (stored.format, stored.size) == ("JPEG", (640, 480))
+        assert getattr(stored, "n_frames", 1) == 1
+        assert np.abs(np.asarray(stored, dtype=int) - (255, 0, 0)).max() <= 3
+
+
 def test_images_metrics_are_json(server: ImageServer, tmp_path: Path):
     _, metrics = collect_images(
         _sample([server.url("/good/1.jpg")]), CFG, None, tmp_path, progress=False

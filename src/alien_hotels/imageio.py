@@ -89,7 +89,7 @@ def decode(
     """
     with _opened(source, max_pixels, formats, limit_name) as img:
         size = img.size
-        if img.format == "JPEG" and draft_side:
+        if _family(img.format) == "JPEG" and draft_side:
             # The box is the image scaled to `draft_side` on its longer side (either orientation:
             # a 90-degree EXIF turn keeps the longer side); `draft` keeps both sides >= the box.
             longer = max(size)
@@ -163,6 +163,16 @@ def _upright(img: Image.Image, orientation: int) -> Image.Image:
         return img
 
 
+# Formats that are another's container: a phone's MPO (Multi-Picture Object: the photo as a
+# JPEG, then a preview or depth map) is accepted and drafted as a JPEG. `Decoded.format` keeps
+# the real name, so the stored copy is re-encoded as a plain JPEG of the first picture.
+FORMAT_FAMILY = {"MPO": "JPEG"}
+
+
+def _family(fmt: str | None) -> str | None:
+    return FORMAT_FAMILY.get(fmt, fmt) if fmt else fmt
+
+
 @contextmanager
 def _opened(
     source: str | Path | bytes,
@@ -186,7 +196,7 @@ def _opened(
             # Our own max_pixels is the guard; Pillow still raises its bomb error at 2x its limit.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(fp) as img:
-                if formats is not None and img.format not in formats:
+                if formats is not None and _family(img.format) not in formats:
                     raise ImageFailure(
                         "unsupported_format", f"{img.format} (accepted: {', '.join(formats)})"
                     )

@@ -96,9 +96,12 @@ def precomputed_captions(
     sample: pd.DataFrame, caption_column: str | None, cfg: CaptionConfig
 ) -> pd.DataFrame:
     """Captions taken from `caption_column` of the sample table."""
-    if not caption_column:
+    if not caption_column:  # data=folder, hotels50k: photos without captions
         raise StageError(
-            "caption.method=precomputed needs data.caption_column naming the caption column"
+            "caption.method=precomputed needs data.caption_column naming the caption column, "
+            "and this dataset has none: caption the photos with the model instead, "
+            "`alien-hotels models download --only caption` once (online), then "
+            "`dvc exp run -S caption=clip_interrogator` (see docs/folder.md)"
         )
     if caption_column not in sample.columns:
         raise StageError(
