@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from PIL import Image
 
 from alien_hotels import folders
 from alien_hotels.common import StageError
-from alien_hotels.config import Params
+from alien_hotels.config import ConfigError, Params
 from alien_hotels.sampling import read_dataset, sample_hotels
 from alien_hotels.stages import images as images_stage
 from alien_hotels.stages import sample as sample_stage
@@ -107,6 +108,7 @@ def test_scan_finds_every_image_and_counts_the_rest(tree: Path):
         "folder_skipped_not_image": 2,  # notes.txt, Thumbs.db
         "folder_skipped_top_level_files": 1,
         "folder_skipped_bad_name": 1,
+        "folder_skipped_symlink_loops": 0,
     }
 
 
@@ -115,14 +117,20 @@ def test_every_suffix_pillow_opens_in_any_case(tmp_path: Path):
     assert {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"} <= suffixes
     assert ".pdf" not in suffixes  # Pillow writes PDFs but cannot open them
     assert not {".mpg", ".mpeg", ".h5", ".grib", ".wmf"} & suffixes  # video, stubs
+    # no photos, or not decodable without Ghostscript: animations, icons, PostScript
+    assert not {".fli", ".flc", ".eps", ".ps", ".ico", ".icns", ".cur"} & suffixes
+    assert ".psd" in suffixes  # Pillow reads the flattened image
     for i, name in enumerate(["a.TIF", "b.Bmp", "c.GIF", "d.jpE"]):
         fmt = {"TIF": "TIFF", "Bmp": "BMP", "GIF": "GIF", "jpE": "JPEG"}[name.split(".")[1]]
         _photo(tmp_path / "H" / name, seed=i, fmt=fmt)
     (tmp_path / "H/e.pdf").write_bytes(b"%PDF-1.4")
     (tmp_path / "H/tour.MPG").write_bytes(b"\0\0\1\xba")
+    _photo(tmp_path / "H/favicon.ICO", seed=5, fmt="ICO")
+    (tmp_path / "H/logo.eps").write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n")
+    (tmp_path / "H/app.icns").write_bytes(b"icns\0\0\0\x08")
     rows, counts = folders.scan(tmp_path)
     assert sorted(rows["image_path"]) == ["H/a.TIF", "H/b.Bmp", "H/c.GIF", "H/d.jpE"]
-    assert counts["folder_skipped_not_image"] == 2
+    assert counts["folder_skipped_not_image"] == 5
 
 
 def test_ids_are_fixed_values_in_any_process():
@@ -216,8 +224,76 @@ def test_bad_trees_are_clear_errors(tmp_path: Path):
         read_dataset(folder_cfg(tmp_path / "nope"))
     (tmp_path / "empty/Hotel A").mkdir(parents=True)
     (tmp_path / "empty/Hotel A/notes.txt").write_text("x")
-    with pytest.raises(StageError, match="no images in .*skipped: .*not_image=1"):
+    with pytest.raises(StageError, match="no images in .*skipped: .*not_image=1") as err:
         read_dataset(folder_cfg(tmp_path / "empty"))
+    # only what was skipped, and only what is not zero
+    assert str(err.value).endswith(
+        "skipped: folder_hotels_without_images=1, folder_skipped_not_image=1)"
+    )
+
+
+def test_an_empty_tree_lists_nothing_skipped(tmp_path: Path):
+    (tmp_path / "photos").mkdir()
+    with pytest.raises(StageError, match="no images in") as err:
+        read_dataset(folder_cfg(tmp_path / "photos"))
+    assert "skipped" not in str(err.value)
+    assert str(err.value).endswith("(a folder per hotel holding its photos is expected)")
+
+
+def test_photos_directly_under_data_path_are_named(tmp_path: Path):
+    root = tmp_path / "photos"
+    for i, (name, fmt) in enumerate([("IMG_1.JPG", "JPEG"), ("b.jpeg", "JPEG"), ("c.png", "PNG")]):
+        _photo(root / name, seed=i, fmt=fmt)
+    (root / "notes.txt").write_text("x")
+    with pytest.raises(StageError) as err:
+        read_dataset(folder_cfg(root))
+    message = str(err.value)
+    assert "photos must sit in a folder per hotel (`<path>/<hotel>/<image>`)" in message
+    assert "3 image file(s) were found directly under data.path" in message
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "what"),
+    [("chains", "[1]", "chains"), ("image_sources", "[travel_website]", "image sources")],
+)
+def test_chains_and_image_sources_do_not_apply_to_a_folder(key: str, value: str, what: str):
+    with pytest.raises(ConfigError) as err:
+        compose("data=folder", f"data.{key}={value}")
+    assert (
+        f"data.{key} does not apply to data.format=folder (a photo tree has no {what}); "
+        "use data.hotel_ids or data.n_hotels"
+    ) in str(err.value)
+    assert compose("data=folder").data.chains == []  # conf/data/folder.yaml's empty lists pass
+    assert compose(f"data.{key}={value}").data  # other formats keep the filter
+
+
+def _nfd(text: str) -> str:
+    return unicodedata.normalize("NFD", text)
+
+
+def test_hotel_folders_differing_only_in_normalisation_are_named(tmp_path: Path):
+    root = tmp_path / "photos"
+    _photo(root / "Hôtel Étoile/a.jpg", seed=1)
+    _photo(root / _nfd("Hôtel Étoile") / "b.jpg", seed=2)  # the same hotel, copied from a Mac
+    with pytest.raises(StageError) as err:
+        folders.scan(root)
+    message = str(err.value)
+    assert "differ only in Unicode normalisation" in message
+    assert "'Hôtel Étoile' (NFC)" in message and "(NFD)" in message
+    assert "move the photos of the one that is not NFC into the NFC one" in message
+
+
+def test_files_differing_only_in_normalisation_are_named(tmp_path: Path):
+    root = tmp_path / "photos"
+    _photo(root / "Inn/été.jpg", seed=1)
+    (root / "Inn" / _nfd("été.jpg")).write_bytes((root / "Inn/été.jpg").read_bytes())
+    cfg = folder_cfg(root)
+    with pytest.raises(StageError) as err:
+        sample_hotels(read_dataset(cfg), cfg)
+    message = str(err.value)
+    assert "'Inn/été.jpg' (NFC)" in message and "(NFD)" in message
+    assert "differ only in Unicode normalisation" in message
+    assert "one photo twice; remove the one that is not NFC" in message
 
 
 def test_unreadable_file_is_dropped_and_counted(tree: Path, monkeypatch):
@@ -233,6 +309,98 @@ def test_unreadable_file_is_dropped_and_counted(tree: Path, monkeypatch):
     sample, stats = sample_hotels(read_dataset(cfg), cfg)
     assert len(sample) == 11 and stats.load["folder_skipped_unreadable"] == 1
     assert "東京ホテル/客室/a.jpg" not in set(sample["image_path"])
+
+
+def _unreadable(monkeypatch, *names: str) -> None:
+    real = folders.file_sha1
+
+    def flaky(path: Path) -> bytes:
+        if path.name in names:
+            raise PermissionError(path)
+        return real(path)
+
+    monkeypatch.setattr(folders, "file_sha1", flaky)
+
+
+def test_unreadable_files_never_leave_a_hotel_below_min_images(tree: Path, monkeypatch, caplog):
+    _unreadable(monkeypatch, "a.jpg")  # 東京ホテル: 3 files counted, 2 readable
+    cfg = folder_cfg(tree, n_hotels=2, min_images=3, seed=0)
+    sample, stats = sample_hotels(read_dataset(cfg), cfg)
+    # the first draw takes Tokyo (seed 0); it is replaced by the hotel left
+    assert "'東京ホテル': 1 of its 3 files could not be read" in caplog.text
+    assert "another hotel is drawn instead" in caplog.text
+    assert set(sample["hotel_name"]) == {"Hôtel Étoile", "Sea View Inn"}
+    assert stats.hotels_sampled == 2 and stats.rows_kept == len(sample) == 9
+    assert stats.load["folder_hotels_below_min_after_unreadable"] == 1
+    assert stats.load["folder_skipped_unreadable"] == 1
+    again, _ = sample_hotels(read_dataset(cfg), cfg)
+    pd.testing.assert_frame_equal(sample, again)  # deterministic
+
+    every = folder_cfg(tree, min_images=3)  # n_hotels: null, nothing to draw instead
+    sample, stats = sample_hotels(read_dataset(every), every)
+    assert set(sample["hotel_name"]) == {"Hôtel Étoile", "Sea View Inn"}
+    assert stats.hotels_eligible == 3 and stats.hotels_sampled == 2
+    assert "it is left out of the sample" in caplog.text
+
+    three = folder_cfg(tree, n_hotels=3, min_images=3)
+    with pytest.raises(StageError, match="data.n_hotels=3 but too few hotels keep"):
+        sample_hotels(read_dataset(three), three)
+
+
+def test_the_draw_is_unchanged_when_every_file_reads(tree: Path):
+    cfg = folder_cfg(tree, n_hotels=2, min_images=3)
+    sample, stats = sample_hotels(read_dataset(cfg), cfg)
+    eligible = np.sort([folders.hotel_id(h) for h in HOTELS])
+    expected = np.random.default_rng(42).choice(eligible, size=2, replace=False)
+    assert set(sample["hotel_id"]) == set(expected)
+    assert stats.load["folder_hotels_below_min_after_unreadable"] == 0
+
+
+# --- symlinks: followed as ImageFolder does, loops guarded -----------------------------------
+
+
+def test_a_symlinked_room_type_folder_is_followed(tmp_path: Path):
+    root = tmp_path / "photos"
+    _photo(root / "Inn/lobby.jpg", seed=1)
+    _photo(tmp_path / "elsewhere/Suite/s1.jpg", seed=2)
+    _photo(tmp_path / "elsewhere/Suite/2020/s2.png", seed=3)
+    (root / "Inn/Suite").symlink_to(tmp_path / "elsewhere/Suite", target_is_directory=True)
+    (root / "Annex").symlink_to(tmp_path / "elsewhere", target_is_directory=True)  # a hotel
+    rows, counts = folders.scan(root)
+    room = dict(zip(rows["image_path"], rows["room_type_folder"], strict=True))
+    assert room == {
+        "Annex/Suite/2020/s2.png": "Suite",
+        "Annex/Suite/s1.jpg": "Suite",
+        "Inn/Suite/2020/s2.png": "Suite",
+        "Inn/Suite/s1.jpg": "Suite",
+        "Inn/lobby.jpg": "",
+    }
+    assert counts["folder_hotel_folders"] == 2 and counts["folder_skipped_symlink_loops"] == 0
+
+
+def test_symlink_loops_are_not_entered_and_counted(tmp_path: Path):
+    root = tmp_path / "photos"
+    _photo(root / "Inn/Room/r.jpg", seed=1)
+    (root / "Inn/Room/back").symlink_to("..", target_is_directory=True)  # loop: its hotel
+    (root / "Inn/Room/top").symlink_to(root, target_is_directory=True)  # loop: data.path
+    (root / "Inn/A Room").symlink_to("Room", target_is_directory=True)  # a second way in
+    (root / "all").symlink_to(".", target_is_directory=True)  # data.path as a hotel
+    rows, counts = folders.scan(root)
+    assert rows["image_path"].tolist() == ["Inn/Room/r.jpg"]
+    assert counts["folder_skipped_symlink_loops"] == 4
+    assert counts["folder_hotel_folders"] == 1 and counts["folder_skipped_empty_folders"] == 0
+
+
+def test_a_broken_symlinked_photo_is_unreadable(tmp_path: Path):
+    root = tmp_path / "photos"
+    _photo(root / "Inn/a.jpg", seed=1)
+    (root / "Inn/gone.jpg").symlink_to(tmp_path / "deleted.jpg")
+    (root / "Inn/Gone Room").symlink_to(tmp_path / "deleted", target_is_directory=True)
+    cfg = folder_cfg(root)
+    sample, stats = sample_hotels(read_dataset(cfg), cfg)
+    assert sample["image_path"].tolist() == ["Inn/a.jpg"]
+    assert stats.load["folder_images"] == 2 and stats.load["folder_skipped_unreadable"] == 1
+    assert stats.load["folder_skipped_not_image"] == 1  # the broken folder link: a file
 
 
 def _params(tree: Path) -> Params:

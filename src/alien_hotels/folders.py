@@ -21,6 +21,10 @@ Names are Unicode NFC-normalised first (macOS writes NFD), so a tree copied betw
 its ids. 52 bits keep every id exact as int64 and as a float64 (pandas turns an integer column
 with a gap into floats), and below JavaScript's safe-integer limit.
 
+Symlinked folders are followed (as ImageFolder's `os.walk(followlinks=True)`), each real folder
+entered once per hotel: a link back to a folder above it (a loop) or a second link to a folder
+already entered is not followed, and counted.
+
 Only the chosen hotels' files are read (to hash them), after the hotels are sampled on counts.
 """
 
@@ -46,14 +50,19 @@ SOURCE = "folder"  # the sample's `source`: keeps data/images paths free of fold
 STORED_SUFFIXES = {"jpg", "jpeg", "png", "webp"}
 
 
-# Formats Pillow opens that are no photos: MPEG (a room video would be taken for an image).
-NOT_PHOTO_FORMATS = {"MPEG"}
+# Formats Pillow opens that are no photos of a hotel, or that it decodes only with external tools:
+# MPEG and FLI/FLC (video, animation: a room video would be taken for an image), EPS/PS (logos
+# and brochures; Pillow needs Ghostscript to draw them), ICO, ICNS and CUR (icons: favicons,
+# app icons and cursors found beside downloaded photos). PSD stays: Pillow reads its flattened
+# image without external tools.
+NOT_PHOTO_FORMATS = {"MPEG", "FLI", "EPS", "ICO", "ICNS", "CUR"}
 
 
 @cache
 def image_suffixes() -> frozenset[str]:
     """Lower-case suffixes (`.jpg`, `.png`, ...) Pillow has registered for formats it can open,
-    less video and the stub formats it identifies but cannot decode (BUFR, GRIB, HDF5, WMF)."""
+    less NOT_PHOTO_FORMATS and the stub formats it identifies but cannot decode (BUFR, GRIB,
+    HDF5, WMF)."""
     from PIL import Image, ImageFile
 
     Image.init()
@@ -106,7 +115,9 @@ def _bad_name(name: str) -> bool:
 
 def scan(root: str | Path) -> tuple[pd.DataFrame, dict[str, int]]:
     """Every image of the tree (`hotel_id`, `hotel_name`, `image_path`, `room_type_folder`) in
-    a stable order, and the counts of what was skipped. Reads names only, no file content."""
+    a stable order, and the counts of what was skipped. Reads names only, no file content.
+
+    A tree without any image is an error saying what was found instead."""
     root = Path(root)
     if not root.is_dir():
         raise StageError(
@@ -116,26 +127,28 @@ def scan(root: str | Path) -> tuple[pd.DataFrame, dict[str, int]]:
     suffixes = image_suffixes()
     counts: Counter[str] = Counter()
     rows: list[tuple[str, str, str]] = []
-    hotels = 0
     with os.scandir(root) as it:
         top = sorted(it, key=lambda e: e.name)
+    root_real = os.path.realpath(root)
     for entry in top:
         if _hidden(entry.name):
             counts["skipped_hidden"] += 1
         elif _bad_name(entry.name):
             counts["skipped_bad_name"] += 1
+        elif entry.is_dir() and _holds(os.path.realpath(entry.path), root_real):
+            counts["symlink_loops"] += 1  # a link to data.path or above: no hotel of its own
         elif entry.is_dir():
-            hotels += 1
+            counts["hotel_folders"] += 1
             found = _scan_hotel(Path(entry.path), entry.name, suffixes, counts, rows)
             if not found:
                 counts["hotels_without_images"] += 1
         else:
             counts["skipped_top_level_files"] += 1  # no hotel folder to belong to
+            counts["top_level_images"] += _is_image(entry.name, suffixes)
     frame = pd.DataFrame(rows, columns=["hotel_name", PATH_COLUMN, ROOM_TYPE_COLUMN])
     frame.insert(0, "hotel_id", frame["hotel_name"].map(hotel_id).astype("int64"))
-    _check_unique(frame, root)
     stats = {
-        "folder_hotel_folders": hotels,
+        "folder_hotel_folders": counts["hotel_folders"],
         "folder_images": len(frame),
         "folder_images_below_room_type": counts["below_room_type"],
         "folder_hotels_without_images": counts["hotels_without_images"],
@@ -144,8 +157,39 @@ def scan(root: str | Path) -> tuple[pd.DataFrame, dict[str, int]]:
         "folder_skipped_not_image": counts["skipped_not_image"],
         "folder_skipped_top_level_files": counts["skipped_top_level_files"],
         "folder_skipped_bad_name": counts["skipped_bad_name"],
+        "folder_skipped_symlink_loops": counts["symlink_loops"],
     }
+    if frame.empty:
+        raise StageError(_no_images_message(root, stats, counts["top_level_images"]))
+    _check_unique(frame, root)
     return frame, stats
+
+
+def _is_image(name: str, suffixes: frozenset[str]) -> bool:
+    return os.path.splitext(name)[1].lower() in suffixes
+
+
+def _holds(folder: str, path: str) -> bool:
+    """Whether the real folder `folder` is `path` or one of its parents (both real paths)."""
+    return Path(path).is_relative_to(folder)
+
+
+def _no_images_message(root: Path, stats: dict[str, int], top_level_images: int) -> str:
+    if top_level_images:  # the commonest slip: the photos of one hotel put in data.path itself
+        return (
+            f"data.format=folder: no images in {root}: photos must sit in a folder per hotel "
+            f"(`<path>/<hotel>/<image>`), but {top_level_images} image file(s) were found "
+            "directly under data.path; move them into a folder named after their hotel"
+        )
+    skipped = [
+        f"{key}={n}"
+        for key, n in stats.items()
+        if n and (key.startswith("folder_skipped_") or key == "folder_hotels_without_images")
+    ]
+    return (
+        f"data.format=folder: no images in {root} (a folder per hotel holding its photos is "
+        "expected" + (f"; skipped: {', '.join(skipped)}" if skipped else "") + ")"
+    )
 
 
 def _scan_hotel(
@@ -158,43 +202,91 @@ def _scan_hotel(
     found = 0
     folders: list[PurePosixPath] = []  # below the hotel folder
     with_images: set[PurePosixPath] = set()
-    for dirpath, dirnames, filenames in os.walk(hotel_dir):
-        hidden = [d for d in dirnames if _hidden(d)]
-        counts["skipped_hidden"] += len(hidden) + sum(map(_hidden, filenames))
-        bad = [d for d in dirnames if _bad_name(d) and not _hidden(d)]
-        counts["skipped_bad_name"] += len(bad)
-        dirnames[:] = sorted(d for d in dirnames if not _hidden(d) and d not in bad)  # not entered
+    entered = {os.path.realpath(hotel_dir)}  # real paths: each real folder is walked once
+    for dirpath, dirnames, filenames in os.walk(hotel_dir, followlinks=True):
+        dirnames[:] = _folders_to_enter(dirpath, dirnames, entered, counts)
         rel_dir = PurePosixPath(hotel, *Path(dirpath).relative_to(hotel_dir).parts)
         depth = len(rel_dir.parts)  # 1: the hotel folder, 2: a room type, 3+: below
         room_type = rel_dir.parts[1] if depth >= 2 else ""
         if depth >= 2:
             folders.append(rel_dir)
-        for name in sorted(filenames):
+        for name in sorted(filenames):  # a broken symlink is a file here: unreadable later
             if _hidden(name):
-                continue
-            if _bad_name(name):
+                counts["skipped_hidden"] += 1
+            elif _bad_name(name):
                 counts["skipped_bad_name"] += 1
-                continue
-            if os.path.splitext(name)[1].lower() not in suffixes:
+            elif not _is_image(name, suffixes):
                 counts["skipped_not_image"] += 1
-                continue
-            if depth > 2:
-                counts["below_room_type"] += 1
-            rows.append((hotel, (rel_dir / name).as_posix(), room_type))
-            with_images.update((rel_dir, *rel_dir.parents))
-            found += 1
+            else:
+                counts["below_room_type"] += int(depth > 2)
+                rows.append((hotel, (rel_dir / name).as_posix(), room_type))
+                with_images.update((rel_dir, *rel_dir.parents))
+                found += 1
     counts["empty_folders"] += sum(folder not in with_images for folder in folders)
     return found
+
+
+def _folders_to_enter(
+    dirpath: str, dirnames: list[str], entered: set[str], counts: Counter[str]
+) -> list[str]:
+    """The sub-folders of `dirpath` to walk, in name order: not hidden, valid names, and not a
+    (symlinked) folder already entered in this hotel or holding `dirpath` (a loop).
+
+    Real folders claim their real path before links at the same level do, so a link beside the
+    folder it points to is the one skipped."""
+    here = os.path.realpath(dirpath)
+    keep = []
+    for name in sorted(dirnames, key=lambda d: (os.path.islink(os.path.join(dirpath, d)), d)):
+        real = os.path.realpath(os.path.join(dirpath, name))
+        if _hidden(name):
+            counts["skipped_hidden"] += 1  # not entered
+        elif _bad_name(name):
+            counts["skipped_bad_name"] += 1
+        elif real in entered or _holds(real, here):
+            counts["symlink_loops"] += 1
+        else:
+            entered.add(real)
+            keep.append(name)
+    return sorted(keep)
 
 
 def _check_unique(frame: pd.DataFrame, root: Path) -> None:
     names = frame.drop_duplicates("hotel_name")
     clash = names["hotel_id"].duplicated(keep=False)
-    if clash.any():  # two names within 2**-52: practically never, but never silently merged
+    if not clash.any():
+        return
+    first = names.loc[clash, "hotel_id"].iloc[0]
+    same = sorted(names.loc[names["hotel_id"] == first, "hotel_name"])
+    if _differ_in_normalisation(same):  # the usual cause: a folder copied from macOS
         raise StageError(
-            f"hotel folders {sorted(names.loc[clash, 'hotel_name'])} of {root} get the same "
-            "hotel_id: rename one of them"
+            f"hotel folders {_with_forms(same)} of {root} differ only in Unicode normalisation "
+            f"{NORMALISATION_WHY} and get the same hotel_id: keep one folder, move the photos of "
+            "the one that is not NFC into the NFC one and remove it"
         )
+    # two names within 2**-52: practically never, but never silently merged
+    raise StageError(
+        f"hotel folders {sorted(names.loc[clash, 'hotel_name'])} of {root} get the same "
+        "hotel_id: rename one of them"
+    )
+
+
+NORMALISATION_WHY = "(NFC vs NFD: macOS writes names as NFD, so one was likely copied from a Mac)"
+
+
+def _differ_in_normalisation(names: list[str]) -> bool:
+    return len({unicodedata.normalize("NFC", n) for n in names}) == 1
+
+
+def _with_forms(names: list[str]) -> str:
+    """The names with their normal form, so that two names that print alike can be told apart."""
+
+    def form(name: str) -> str:
+        for nf in ("NFC", "NFD"):
+            if unicodedata.is_normalized(nf, name):
+                return nf
+        return "neither NFC nor NFD"
+
+    return ", ".join(f"{name!r} ({form(name)})" for name in names)
 
 
 def identify(rows: pd.DataFrame, root: str | Path) -> tuple[pd.DataFrame, dict[str, int]]:
@@ -212,11 +304,7 @@ def identify(rows: pd.DataFrame, root: str | Path) -> tuple[pd.DataFrame, dict[s
             unreadable += 1
     out = rows.assign(image_id=pd.array(ids, dtype="Int64")).dropna(subset=["image_id"])
     out = out.astype({"image_id": "int64"})
-    repeated = out["image_id"].duplicated(keep=False)
-    if repeated.any():
-        raise StageError(
-            f"files of {root} get the same image_id: {sorted(out.loc[repeated, PATH_COLUMN])}"
-        )
+    _check_unique_images(out, root)
     suffix = out[PATH_COLUMN].map(lambda p: PurePosixPath(p).suffix.lower().lstrip("."))
     stored = suffix.where(suffix.isin(STORED_SUFFIXES), "jpg")
     out = out.assign(
@@ -232,3 +320,20 @@ def identify(rows: pd.DataFrame, root: str | Path) -> tuple[pd.DataFrame, dict[s
         image_folder=out[PATH_COLUMN].map(lambda p: PurePosixPath(p).parent.as_posix()),
     )
     return out, {"folder_skipped_unreadable": unreadable}
+
+
+def _check_unique_images(rows: pd.DataFrame, root: Path) -> None:
+    repeated = rows["image_id"].duplicated(keep=False)
+    if not repeated.any():
+        return
+    first = rows.loc[repeated, "image_id"].iloc[0]
+    same = sorted(rows.loc[rows["image_id"] == first, PATH_COLUMN])
+    if _differ_in_normalisation(same):  # same content, paths alike but for the normal form
+        raise StageError(
+            f"files {_with_forms(same)} of {root} differ only in Unicode normalisation "
+            f"{NORMALISATION_WHY} and have the same content, so the same image_id: it is one "
+            "photo twice; remove the one that is not NFC"
+        )
+    raise StageError(
+        f"files of {root} get the same image_id: {sorted(rows.loc[repeated, PATH_COLUMN])}"
+    )

@@ -22,6 +22,7 @@ counted in `metrics/sample.json`.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -34,6 +35,8 @@ from pydantic import Field, model_validator
 
 from alien_hotels import folders
 from alien_hotels.common import Section, StageError, read_csv
+
+log = logging.getLogger(__name__)
 
 SAMPLE_COLUMNS = [
     "image_id",
@@ -90,6 +93,20 @@ class DataConfig(Section):
                 f"data.min_images ({self.min_images}) must not exceed "
                 f"data.max_images ({self.max_images})"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _check_folder_filters(self) -> DataConfig:
+        # A photo tree has hotels and files only: a filter on its absent columns would fail
+        # later with a puzzling "needs a column" message.
+        if self.format != "folder":
+            return self
+        for key, what in (("chains", "chains"), ("image_sources", "image sources")):
+            if getattr(self, key):
+                raise ValueError(
+                    f"data.{key} does not apply to data.format=folder (a photo tree has no "
+                    f"{what}); use data.hotel_ids or data.n_hotels"
+                )
         return self
 
 
@@ -170,8 +187,8 @@ def sample_hotels(data: Dataset, cfg: DataConfig) -> tuple[pd.DataFrame, SampleS
     if data.hotels is not None:
         sample = _hotels50k_columns(sample, data.hotels, cfg)
     if data.finish is not None:
-        sample, counts = data.finish(sample)
-        data.dropped.update(counts)
+        sample = _finish(sample, eligible[~np.isin(eligible, chosen)], rng, df, data, cfg)
+        n_hotels = sample["hotel_id"].nunique()
 
     has_image = _truthy(sample["downloaded"]) if "downloaded" in sample else True
     if cfg.format in ("hotels50k", "folder"):  # the images stage decides; nothing is known yet
@@ -202,6 +219,74 @@ def sample_hotels(data: Dataset, cfg: DataConfig) -> tuple[pd.DataFrame, SampleS
             f"none of the {len(sample)} sampled rows of {cfg.path} has an image and a caption"
         )
     return kept.reset_index(drop=True), stats
+
+
+# Hotels set aside after the draw because `finish` left them below data.min_images.
+SET_ASIDE = "folder_hotels_below_min_after_unreadable"
+
+
+def _finish(
+    sample: pd.DataFrame,
+    left: np.ndarray,
+    rng: np.random.Generator,
+    df: pd.DataFrame,
+    data: Dataset,
+    cfg: DataConfig,
+) -> pd.DataFrame:
+    """`data.finish` applied to the drawn rows, keeping `data.min_images` per hotel.
+
+    `finish` may drop rows (folder: files unreadable when hashed, after the draw counted them).
+    A hotel left with fewer than `min_images` rows is set aside (a warning, a count); with
+    `data.n_hotels` set, another is drawn in its place from the eligible hotels not drawn yet
+    (`left`), by the same generator: deterministic, and the draw is unchanged when nothing drops.
+    """
+    parts = []
+    while not sample.empty:
+        done, counts = data.finish(sample)
+        for key, n in counts.items():  # summed over the rounds
+            data.dropped[key] = data.dropped.get(key, 0) + n
+        short = _below_min(sample, done, cfg, replace=cfg.n_hotels is not None)
+        data.dropped[SET_ASIDE] = data.dropped.get(SET_ASIDE, 0) + len(short)
+        parts.append(done[~done["hotel_id"].isin(short)])
+        more = len(short) if cfg.n_hotels is not None else 0
+        if more > len(left):
+            raise StageError(
+                f"data.n_hotels={cfg.n_hotels} but too few hotels keep data.min_images="
+                f"{cfg.min_images} images once unreadable files are left out "
+                f"({data.dropped[SET_ASIDE]} set aside, see the warnings above)"
+            )
+        redrawn = rng.choice(left, size=more, replace=False)
+        left = left[~np.isin(left, redrawn)]
+        sample = df[df["hotel_id"].isin(redrawn)]
+    out = pd.concat(parts)
+    if out.empty:
+        raise StageError(
+            f"no hotel keeps data.min_images={cfg.min_images} images once unreadable files are "
+            "left out (see the warnings above)"
+        )
+    return out
+
+
+def _below_min(
+    before: pd.DataFrame, after: pd.DataFrame, cfg: DataConfig, replace: bool
+) -> list[int]:
+    """The hotels `finish` left with fewer than `cfg.min_images` rows, each with a warning."""
+    had = before["hotel_id"].value_counts()
+    kept = after["hotel_id"].value_counts().reindex(had.index, fill_value=0)
+    short = sorted(had.index[kept < cfg.min_images])
+    names = before.drop_duplicates("hotel_id").set_index("hotel_id").get("hotel_name")
+    for hotel in short:
+        name = names[hotel] if names is not None else hotel
+        log.warning(
+            "hotel %r: %d of its %d files could not be read, fewer than data.min_images=%d "
+            "remain; %s",
+            name,
+            had[hotel] - kept[hotel],
+            had[hotel],
+            cfg.min_images,
+            "another hotel is drawn instead" if replace else "it is left out of the sample",
+        )
+    return short
 
 
 # --- Hotels-50K metadata ---------------------------------------------------------------------
@@ -342,19 +427,20 @@ def _url_extension(url: object) -> str:
 
 def load_folder(cfg: DataConfig) -> Dataset:
     """The image files of the tree `cfg.path` (names only); ids are made for the chosen hotels."""
-    rows, counts = folders.scan(cfg.path)
-    if rows.empty:
-        raise StageError(
-            f"data.format=folder: no images in {cfg.path} (a folder per hotel holding its photos "
-            f"is expected; skipped: {', '.join(f'{k}={v}' for k, v in counts.items() if v)})"
-        )
+    rows, counts = folders.scan(cfg.path)  # an error when the tree holds no image
 
     def finish(sample: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
         out, extra = folders.identify(sample, cfg.path)
         columns = [*SAMPLE_COLUMNS, folders.PATH_COLUMN, folders.ROOM_TYPE_COLUMN]
         return out[columns], extra
 
-    dropped = {**_no_drops(), "rows_read": len(rows), **counts, "folder_skipped_unreadable": 0}
+    dropped = {
+        **_no_drops(),
+        "rows_read": len(rows),
+        **counts,
+        "folder_skipped_unreadable": 0,
+        SET_ASIDE: 0,
+    }
     return Dataset(rows, dropped, what=cfg.path, finish=finish)
 
 
