@@ -17,24 +17,18 @@ import logging
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
 from pydantic import Field, model_validator
-from scipy import sparse
-from sklearn.cluster import KMeans
-from sklearn.feature_extraction.text import CountVectorizer
-from sklearn.metrics import (
-    adjusted_rand_score,
-    normalized_mutual_info_score,
-    pairwise_distances_argmin_min,
-    silhouette_score,
-)
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from alien_hotels.common import Section, StageError, seeded_rows
+
+if TYPE_CHECKING:  # scikit-learn is imported where it runs: the config loader imports this
+    from sklearn.cluster import KMeans  # module in every stage, most of which never cluster
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +113,8 @@ class FinalClustering:
 
 def assign(embedding: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, float]:
     """Nearest center per row and the inertia (sum of squared distances), in chunks."""
+    from sklearn.metrics import pairwise_distances_argmin_min
+
     labels, distances = pairwise_distances_argmin_min(embedding, centers)
     return labels.astype(np.int32), float(np.square(distances, dtype=np.float64).sum())
 
@@ -217,6 +213,8 @@ def _final_clustering(
     if centers is None:  # a given k outside the swept range
         sample = embedding[sweep.fit_rows]
         centers = _kmeans(k, cfg, cfg.sweep_n_init or cfg.n_init).fit(sample).cluster_centers_
+    from sklearn.cluster import KMeans
+
     # Lloyd on all rows from the sample's centers (one start: the restarts ran on the sample).
     model = KMeans(n_clusters=k, init=centers, n_init=1, max_iter=cfg.max_iter, tol=cfg.tol).fit(
         embedding
@@ -235,6 +233,8 @@ def score_clusters(
 ) -> dict[str, float | None]:
     """Silhouette (on a seeded sample above `silhouette_sample` rows), and agreement (ARI, NMI)
     of clusters with hotels and with room types."""
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, silhouette_score
+
     n_clusters = len(np.unique(labels))
     silhouette = None
     if 2 <= n_clusters <= len(labels) - 1:
@@ -257,6 +257,8 @@ def agreement(reference: Sequence, labels: np.ndarray) -> tuple[float | None, fl
     """(ARI, NMI, rows scored) of `labels` against `reference`, over the rows that have a
     reference label (None/NaN/empty mean none: an image a room-type source could not label).
     Scores are None below 2 labelled rows."""
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
     ref = pd.Series(list(reference), dtype=object)
     known = (ref.notna() & (ref.astype(str).str.strip() != "")).to_numpy()
     n = int(known.sum())
@@ -317,7 +319,8 @@ def class_tfidf_terms(
             weights[chosen] = size / take
             picked.append(chosen)
         rows = np.sort(np.concatenate(picked))
-    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+    from scipy import sparse
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS, CountVectorizer
 
     stopwords = sorted(ENGLISH_STOP_WORDS | {w.lower() for w in extra_stopwords})
     vectorizer = CountVectorizer(stop_words=stopwords)
@@ -354,6 +357,8 @@ def cluster_labels(
 
 
 def _kmeans(k: int, cfg: ClusterConfig, n_init: int | None = None) -> KMeans:
+    from sklearn.cluster import KMeans
+
     return KMeans(
         n_clusters=k,
         random_state=cfg.random_state,

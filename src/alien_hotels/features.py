@@ -8,15 +8,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
-from sklearn.decomposition import TruncatedSVD
-from sklearn.feature_extraction.text import TfidfVectorizer
 from threadpoolctl import threadpool_limits
 
 from alien_hotels.common import Section, StageError, atomic_path
+
+if TYPE_CHECKING:  # imported where it runs: the config loader imports this module in every stage
+    from sklearn.decomposition import TruncatedSVD
+    from sklearn.feature_extraction.text import TfidfVectorizer
 
 
 class TfidfConfig(Section):
@@ -70,6 +72,8 @@ class TextFeatures:
 
 
 def make_vectorizer(cfg: TfidfConfig) -> TfidfVectorizer:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
     return TfidfVectorizer(
         min_df=cfg.min_df,
         max_df=cfg.max_df,
@@ -104,6 +108,8 @@ def fit_features(texts: Sequence[str], cfg: FeaturesConfig) -> TextFeatures:
             f"features.n_components={cfg.n_components} must be below the number of documents "
             f"({len(texts)}) with features.algorithm=arpack"
         )
+    from sklearn.decomposition import TruncatedSVD
+
     svd = TruncatedSVD(
         n_components=cfg.n_components,
         algorithm=cfg.algorithm,
