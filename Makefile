@@ -73,4 +73,4 @@ exps: setup
 # reports tracked by git are left alone.
 clean:
 	rm -rf data/interim data/processed data/edited dvc_plots \
-		reports/cluster_map.html reports/edits
+		reports/cluster_map.html reports/cluster_map.png reports/edits reports/edit_tradeoff.png

@@ -345,21 +345,6 @@ def test_dvc_plots_show_draws_every_plot_once_offline(browser, project, tmp_path
     assert any("request: https://cdn.jsdelivr.net/npm/vega" in p for p in blocked), blocked
 
 
-@pytest.mark.slow
-def test_a_fresh_clone_shows_every_plot_before_any_run(browser, tmp_path):
-    """No pull, no repro: the plots' CSVs and PNGs are in git, so nothing is fetched from a
-    remote (DVC would try the default S3 one and report 'failed to load some plots')."""
-    repo = copy_project(tmp_path / "repo")
-    vega, images = declared_plots(repo)
-    result = run(["dvc", "plots", "show"], repo)
-    assert "failed to load" not in result.stdout + result.stderr, result.stderr
-    page = repo / "dvc_plots/index.html"
-    state, imgs, problems = show_page(browser, page)
-    assert not problems, problems
-    assert {p["id"] for p in state} == vega and all(p["drawn"] for p in state), state
-    assert len(imgs) == len(images) and all(loaded for _, loaded in imgs), imgs
-
-
 def synthetic(columns: list[str], n: int) -> pd.DataFrame:
     """n rows for a header-only plot CSV: numbers, and names for the text columns."""
     text = {"hotel_name", "hotel_id"}
