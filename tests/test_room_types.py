@@ -483,3 +483,11 @@ def test_headline_says_how_few_images_the_chosen_source_labelled():
     assert chosen_source(metrics) == "folder, 8 of 12 images labelled"
     assert chosen_source({"n_docs": 12, "room_type_source": "captions"}) == "captions"
     assert chosen_source({**metrics, "n_room_type_folder": 12}) == "folder"
+
+
+def test_other_columns_keep_pandas_own_missing_values():
+    from pandas._libs.parsers import STR_NA_VALUES
+
+    from alien_hotels.common import PANDAS_NA_VALUES
+
+    assert set(PANDAS_NA_VALUES) == STR_NA_VALUES

@@ -28,7 +28,12 @@ log = logging.getLogger(__name__)
 # Columns that hold names or free text: read as strings, only an empty cell is missing. A photo
 # folder named `NA`, `None` or `101` stays that name (pandas' defaults read NaN and 101.0).
 TEXT_COLUMNS = ("hotel_name", "room_type_folder", "image_path", "caption", "text", "room_type")
-NA_VALUES = ("", "NA", "N/A", "NaN", "nan", "NULL", "null", "None", "<NA>", "-nan", "#N/A")
+# The other columns keep pandas' own missing values (`read_csv(keep_default_na=True)`; the list
+# its docs give, which `keep_default_na=False` turns off for every column at once).
+PANDAS_NA_VALUES = (
+    *("", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN"),
+    *("<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"),
+)
 
 # What `atomic_path` names its temporary files: mkstemp's `.<target name>.<8 random>.tmp`.
 PARTIAL_WRITE = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp$")
@@ -141,7 +146,7 @@ def read_csv(
             path,
             usecols=None if wanted is None else (lambda col: col in wanted),
             keep_default_na=False,
-            na_values={col: [""] if col in TEXT_COLUMNS else NA_VALUES for col in header},
+            na_values={col: [""] if col in TEXT_COLUMNS else PANDAS_NA_VALUES for col in header},
             dtype={col: "str" for col in TEXT_COLUMNS if col in header},
         )
     except pd.errors.EmptyDataError:
