@@ -77,6 +77,9 @@ def test_unknown_lemmatizer_lists_allowed_values():
         ({"cluster__k_min": 5, "cluster__k_max": 3}, "cluster.k_min (5) must not exceed"),
         ({"map__perplexity": 0}, "map.perplexity = 0"),
         ({"data__min_images": 70}, "data.min_images (70) must not exceed data.max_images"),
+        # numpy / scikit-learn take seeds in 0..2**32-1 (more in tests/test_hostile_params.py)
+        ({"data__seed": -1}, "data.seed = -1: Input should be greater than or equal to 0"),
+        ({"cluster__random_state": 2**64}, "cluster.random_state = 18446744073709551616: Input"),
     ],
 )
 def test_out_of_range_and_wrong_types_name_the_key(update, fragment):

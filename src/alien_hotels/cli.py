@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -233,14 +234,49 @@ def datagen_captions(
     typer.echo(f"wrote {len(table)} rows to {out}")
 
 
+# DVC sets DVC_STAGE to the stage it runs: `edit@<recipe>`, after `<dvc.yaml path>:` when run
+# from another folder. The name must be a recipe name (checked again against edit.recipes).
+DVC_EDIT_STAGE = re.compile(r"(?:^|:)edit@(?P<recipe>[a-z0-9_]+)\Z")  # \Z: no trailing newline
+
+
+def recipe_from_dvc_stage() -> str:
+    """The recipe of the `edit@<recipe>` stage DVC is running.
+
+    dvc.yaml's `foreach` would put each key of edit.recipes into the stage's shell command, and
+    params.yaml (which `dvc exp run -S` writes) can hold any key: `x$(touch p)` ran `touch p`
+    before any check. So the command names no recipe; it is read here, from the environment,
+    where no shell interprets it.
+    """
+    stage = os.environ.get("DVC_STAGE")
+    if stage is None:
+        raise ConfigError("--dvc-stage: DVC_STAGE is not set (`dvc repro`, `dvc exp run` set it)")
+    match = DVC_EDIT_STAGE.search(stage)
+    if match is None:
+        raise ConfigError(f"--dvc-stage: DVC_STAGE={stage!r} is not an edit@<recipe> stage")
+    return match["recipe"]
+
+
 @app.command()
 def edit(
     recipe: Annotated[
         str | None, typer.Argument(help="Recipe name (a key of edit.recipes); default: all.")
     ] = None,
     params: ParamsOption = Path("params.yaml"),
+    dvc_stage: Annotated[
+        bool,
+        typer.Option(
+            "--dvc-stage",
+            help="Edit with the recipe of the DVC stage being run ($DVC_STAGE, edit@<recipe>).",
+        ),
+    ] = False,
 ) -> None:
     """Diffusion-edit the images for alien guests with one recipe (edit.recipes.<name>)."""
+    if dvc_stage:
+        with _reported_errors():
+            if recipe is not None:
+                raise ConfigError("give a recipe or --dvc-stage, not both")
+            load_params(params)  # a bad recipe name in params.yaml is named as such, first
+            recipe = recipe_from_dvc_stage()
     _run("edit", params, recipe)
 
 

@@ -25,7 +25,7 @@ from pydantic import Field, model_validator
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
-from alien_hotels.common import Section, StageError, seeded_rows
+from alien_hotels.common import Section, Seed, StageError, seeded_rows
 
 if TYPE_CHECKING:  # scikit-learn is imported where it runs: the config loader imports this
     from sklearn.cluster import KMeans  # module in every stage, most of which never cluster
@@ -48,7 +48,7 @@ class ClusterConfig(Section):
     k_min: int = Field(ge=1)
     k_max: int = Field(ge=1)
     k: int | None = Field(ge=1)
-    random_state: int
+    random_state: Seed
     # k-means++ restarts per k; the best (lowest inertia) restart is kept.
     n_init: int = Field(ge=1)
     max_iter: int = Field(ge=1)

@@ -1,4 +1,5 @@
-"""Small pieces every stage shares: the strict config base class and atomic output writers.
+"""Small pieces every stage shares: the strict config base class, atomic output writers, and
+the escaping of values from data for the pages, reports and spreadsheets people open.
 
 Outputs are written to a temporary file next to the target and renamed into place, so a stage
 that fails half-way leaves no partial output behind (DVC would otherwise cache or compare it).
@@ -17,11 +18,11 @@ import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Self
+from typing import Annotated, Any, Self
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,10 @@ PANDAS_NA_VALUES = (
 
 # What `atomic_path` names its temporary files: mkstemp's `.<target name>.<8 random>.tmp`.
 PARTIAL_WRITE = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp$")
+
+# Every seed and random_state of every section: numpy's legacy RandomState and scikit-learn accept
+# only 0..2**32-1 and fail deep inside a stage on anything else, so the config rejects it first.
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 
 
 class Section(BaseModel):
@@ -191,3 +196,69 @@ def rounded(obj: Any, digits: int = 4) -> Any:
         value = float(obj)
         return value if value == 0 or not np.isfinite(value) else float(f"{value:.{digits}g}")
     return obj
+
+
+# Values from data (hotel and folder names, captions) escaped for where they land. Each rule
+# changes only what the destination would read as markup, so ordinary names stay as they are.
+
+# A spreadsheet reads a cell starting with one of these as a formula (OWASP, CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+# `&` starts a character reference only as `&name;`, `&#123;` or `&#x1F;` (HTML, CommonMark,
+# plotly); a lone `&` ("Inn & Suites") is plain text everywhere.
+CHARACTER_REFERENCE = re.compile(r"&(?=#?[0-9A-Za-z]+;)")
+# Tabs and line breaks (a cell is one line), then C0/C1 controls (NUL, ESC, ...) and the bidi
+# overrides and isolates that reorder how the text around them displays (U+202A-E, U+2066-9).
+LINE_BREAKS = re.compile(r"[\t\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]+")
+CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+MARKDOWN_SPECIAL = re.compile(r"([\\|`\[\]])")
+
+
+def markdown_cell(value: Any) -> str:
+    """`value` as the text of one Markdown table cell, shown literally by CommonMark/GFM.
+
+    One line (line breaks become spaces, other control characters go); `|` cannot add a cell,
+    backticks, brackets and backslashes make no code span, link or image, and `<`, `>` and the
+    `&` of a character reference (`&lt;`) become entities, so no tag or entity reaches the page.
+    """
+    text = CONTROLS.sub("", LINE_BREAKS.sub(" ", str(value)))
+    text = CHARACTER_REFERENCE.sub("&amp;", text).replace("<", "&lt;").replace(">", "&gt;")
+    return MARKDOWN_SPECIAL.sub(r"\\\1", text)
+
+
+def plotly_text(value: Any) -> str:
+    """`value` for a plotly text field (names, hover, titles): plotly draws a subset of HTML
+    there (`<a href>`, `style=`, `<b>`), so `<`, `>` and character references become entities,
+    which plotly shows as the characters themselves."""
+    text = CHARACTER_REFERENCE.sub("&amp;", str(value))
+    return text.replace("<", "&lt;").replace(">", "&gt;")
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    """A text cell a spreadsheet would run as a formula, prefixed with `'` (OWASP's rule); other
+    values (numbers, missing, ordinary text) unchanged."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+# `dvc plots` puts the CSV's values into a <script> without escaping `</`; single angle
+# quotation marks read like `<` and `>` in a plot and end no script.
+PLOT_LOOKALIKES = str.maketrans({"<": "\u2039", ">": "\u203a"})
+
+
+def write_report_csv(df: pd.DataFrame, target: str | Path, *, plotted: bool = False) -> None:
+    """Write a CSV meant for people (reports, `plots/*.csv`, `data/processed/clusters.csv`).
+
+    Text cells that a spreadsheet would read as a formula get a leading `'`; numeric columns are
+    untouched (-1.5 stays a number). `plotted`: a `dvc plots` data file, whose text cells also
+    get `‹ ›` for `< >` (DVC embeds them in the page unescaped). The pipeline's hand-off CSVs,
+    read back by later stages, use `write_csv`: exact values.
+    """
+    text_columns = df.select_dtypes(include=["object", "string"]).columns
+    safe = df.copy()
+    for column in text_columns:
+        cells = safe[column]
+        if plotted:
+            cells = cells.map(lambda v: v.translate(PLOT_LOOKALIKES) if isinstance(v, str) else v)
+        safe[column] = cells.map(spreadsheet_safe)
+    write_csv(safe, target)

@@ -8,6 +8,7 @@ key, the bad value and what is allowed.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, get_args, get_origin
 
@@ -18,7 +19,7 @@ from alien_hotels.captioning import CaptionConfig
 from alien_hotels.clustering import ClusterConfig
 from alien_hotels.common import Section
 from alien_hotels.distributed import RayConfig
-from alien_hotels.editing.config import EditConfig
+from alien_hotels.editing.config import EditConfig, check_recipe_name
 from alien_hotels.features import FeaturesConfig
 from alien_hotels.images import ImagesConfig
 from alien_hotels.mapping import MapConfig
@@ -64,8 +65,13 @@ def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
             f"{path} not found: run from the project root, or compose it with "
             "`alien-hotels compose > params.yaml`"
         )
-    with path.open(encoding="utf-8") as fh:
-        raw = yaml.safe_load(fh)
+    try:
+        with path.open(encoding="utf-8") as fh:
+            raw = yaml.safe_load(fh)
+    except yaml.YAMLError as exc:  # bad syntax, or a tag safe_load refuses (`!!python/object`)
+        raise ConfigError(_yaml_error(path, exc)) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     if raw is not None and not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping of sections, got {type(raw).__name__}")
     return validate_params(raw, source=str(path))
@@ -84,21 +90,55 @@ def compose_params(
             f"{Path(conf_dir) / 'config.yaml'} not found: run from the project root (conf/ holds "
             "every default), or pass a params file"
         )
-    with initialize_config_dir(config_dir=str(Path(conf_dir).resolve()), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=list(overrides or []))
     try:
-        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        with initialize_config_dir(config_dir=str(Path(conf_dir).resolve()), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=list(overrides or []))
+    except yaml.YAMLError as exc:  # a conf/ file that is no YAML, or has a refused tag
+        raise ConfigError(_yaml_error(None, exc)) from None
+    try:
+        raw = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except MissingMandatoryValue as exc:  # a `???` in conf/ that nothing filled in
         raise ConfigError(f"{exc.full_key}: no value; conf/ marks it mandatory (???)") from None
+    # Recipe names become DVC stage names, folders and files: refuse a bad one here too, for
+    # callers that compose without validating everything (`validate_params` checks it again).
+    recipes = (raw.get("edit") or {}).get("recipes")
+    for name in recipes if isinstance(recipes, dict) else ():
+        try:
+            check_recipe_name(str(name))
+        except ValueError as exc:
+            raise ConfigError(f"edit.recipes: key {name!r}: {exc}") from None
+    return raw
+
+
+def _yaml_error(path: Path | None, exc: yaml.YAMLError) -> str:
+    """One line: file, line and column (1-based) and what the parser objected to."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    path = path if path is not None else getattr(mark, "name", None) or "conf/"
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    what = getattr(exc, "problem", None) or str(exc)
+    if isinstance(exc, yaml.reader.ReaderError):  # a control character: no line, a position
+        where = f"{path}: character {exc.position + 1}"
+        char = exc.character
+        what = f"{exc.reason} ({f'#x{char:04x}' if isinstance(char, int) else repr(char)})"
+    return f"{where}: invalid YAML: {' '.join(str(what).split())}"
+
+
+# Keys shown as they are; any other key (from a hostile file: spaces, quotes, control
+# characters) is shown as a Python literal, so a message stays one readable line.
+PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def _describe(err: dict[str, Any]) -> str:
-    loc = [str(part) for part in err["loc"] if not str(part).startswith("function-")]
-    key = ".".join(loc) or "<root>"
+    loc = [part for part in err["loc"] if not str(part).startswith("function-")]
+    if loc and loc[-1] == "[key]":  # a dict key failed its own type (e.g. a recipe name)
+        loc = loc[:-2]
+    key = ".".join(str(p) if PLAIN_KEY.fullmatch(str(p)) else repr(p) for p in loc) or "<root>"
     if err["type"] == "extra_forbidden":
         allowed = _allowed_keys(err["loc"][:-1])
         return f"{key}: unknown key; allowed keys here: {', '.join(allowed)}"
     value = err.get("input")
+    if err["loc"][-1:] == ("[key]",):
+        return f"{key}: key {value!r}: {err['msg']}"
     shown = "" if isinstance(value, dict) else f" = {value!r}"
     return f"{key}{shown}: {err['msg']}"
 

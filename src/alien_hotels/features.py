@@ -14,7 +14,7 @@ import numpy as np
 from pydantic import Field, model_validator
 from threadpoolctl import threadpool_limits
 
-from alien_hotels.common import Section, StageError, atomic_path
+from alien_hotels.common import Section, Seed, StageError, atomic_path
 
 if TYPE_CHECKING:  # imported where it runs: the config loader imports this module in every stage
     from sklearn.decomposition import TruncatedSVD
@@ -42,7 +42,7 @@ class FeaturesConfig(Section):
     n_components: int = Field(ge=1)
     algorithm: Literal["randomized", "arpack"]
     n_iter: int = Field(ge=1)
-    random_state: int
+    random_state: Seed
     # BLAS threads for the SVD; 1 by default (see cluster.n_jobs: spinning threads on a shared
     # machine cost more than they save).
     n_jobs: int = Field(ge=1)

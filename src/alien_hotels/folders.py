@@ -21,9 +21,11 @@ Names are Unicode NFC-normalised first (macOS writes NFD), so a tree copied betw
 its ids. 52 bits keep every id exact as int64 and as a float64 (pandas turns an integer column
 with a gap into floats), and below JavaScript's safe-integer limit.
 
-Symlinked folders are followed (as ImageFolder's `os.walk(followlinks=True)`), each real folder
-entered once per hotel: a link back to a folder above it (a loop) or a second link to a folder
-already entered is not followed, and counted.
+Symlinked folders and photos inside the tree are followed (as ImageFolder's
+`os.walk(followlinks=True)`), each real folder entered once per hotel: a link back to a folder
+above it (a loop) or a second link to a folder already entered is not followed, and counted. A
+link leading out of the tree (its real path not below `data.path`'s) is neither entered nor read
+unless `follow_external_symlinks` (`data.follow_external_symlinks`): counted, and named in the log.
 
 Only the chosen hotels' files are read (to hash them), after the hotels are sampled on counts.
 """
@@ -31,9 +33,11 @@ Only the chosen hotels' files are read (to hash them), after the hotels are samp
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import unicodedata
 from collections import Counter
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path, PurePosixPath
 
@@ -41,6 +45,7 @@ import pandas as pd
 
 from alien_hotels.common import StageError
 
+log = logging.getLogger(__name__)
 ID_BITS = 52
 # Room type column of the sample (read by `room_types.source=folder`); empty without that level.
 ROOM_TYPE_COLUMN = "room_type_folder"
@@ -113,11 +118,36 @@ def _bad_name(name: str) -> bool:
     return False
 
 
-def scan(root: str | Path) -> tuple[pd.DataFrame, dict[str, int]]:
+@dataclass
+class _Fence:
+    """Where the tree's symlinks may lead: below `real` (data.path's real path), anywhere when
+    `real` is None (`follow_external_symlinks`); `refused` collects the links that lead out."""
+
+    real: str | None
+    refused: list[str] = field(default_factory=list)
+
+    def shuts_out(self, real_path: str) -> bool:
+        return self.real is not None and not _holds(self.real, real_path)
+
+    def leads_out(self, path: str) -> bool:
+        """Whether the file at `path` resolves to outside the fence (one whose link target is
+        gone does not: it is unreadable, never read)."""
+        return (
+            self.real is not None
+            and os.path.exists(path)
+            and self.shuts_out(os.path.realpath(path))
+        )
+
+
+def scan(
+    root: str | Path, follow_external_symlinks: bool = False
+) -> tuple[pd.DataFrame, dict[str, int]]:
     """Every image of the tree (`hotel_id`, `hotel_name`, `image_path`, `room_type_folder`) in
     a stable order, and the counts of what was skipped. Reads names only, no file content.
 
-    A tree without any image is an error saying what was found instead."""
+    Symlinks leading out of the tree are skipped (counted, named in the log) unless
+    `follow_external_symlinks`. A tree without any image is an error saying what was found
+    instead."""
     root = Path(root)
     if not root.is_dir():
         raise StageError(
@@ -130,6 +160,7 @@ def scan(root: str | Path) -> tuple[pd.DataFrame, dict[str, int]]:
     with os.scandir(root) as it:
         top = sorted(it, key=lambda e: e.name)
     root_real = os.path.realpath(root)
+    fence = _Fence(None if follow_external_symlinks else root_real)
     for entry in top:
         if _hidden(entry.name):
             counts["skipped_hidden"] += 1
@@ -137,9 +168,11 @@ def scan(root: str | Path) -> tuple[pd.DataFrame, dict[str, int]]:
             counts["skipped_bad_name"] += 1
         elif entry.is_dir() and _holds(os.path.realpath(entry.path), root_real):
             counts["symlink_loops"] += 1  # a link to data.path or above: no hotel of its own
+        elif entry.is_dir() and fence.shuts_out(os.path.realpath(entry.path)):
+            fence.refused.append(entry.name)
         elif entry.is_dir():
             counts["hotel_folders"] += 1
-            found = _scan_hotel(Path(entry.path), entry.name, suffixes, counts, rows)
+            found = _scan_hotel(Path(entry.path), entry.name, suffixes, counts, rows, fence)
             if not found:
                 counts["hotels_without_images"] += 1
         else:
@@ -158,7 +191,17 @@ def scan(root: str | Path) -> tuple[pd.DataFrame, dict[str, int]]:
         "folder_skipped_top_level_files": counts["skipped_top_level_files"],
         "folder_skipped_bad_name": counts["skipped_bad_name"],
         "folder_skipped_symlink_loops": counts["symlink_loops"],
+        "folder_skipped_external_symlinks": len(fence.refused),
     }
+    if fence.refused:
+        log.warning(
+            "%s: %d symlink(s) leading out of the tree not followed "
+            "(data.follow_external_symlinks=false): %s",
+            root,
+            len(fence.refused),
+            ", ".join(repr(name) for name in fence.refused[:10])
+            + (", ..." if len(fence.refused) > 10 else ""),
+        )
     if frame.empty:
         raise StageError(_no_images_message(root, stats, counts["top_level_images"]))
     _check_unique(frame, root)
@@ -198,14 +241,15 @@ def _scan_hotel(
     suffixes: frozenset[str],
     counts: Counter[str],
     rows: list[tuple[str, str, str]],
+    fence: _Fence,
 ) -> int:
     found = 0
     folders: list[PurePosixPath] = []  # below the hotel folder
     with_images: set[PurePosixPath] = set()
     entered = {os.path.realpath(hotel_dir)}  # real paths: each real folder is walked once
     for dirpath, dirnames, filenames in os.walk(hotel_dir, followlinks=True):
-        dirnames[:] = _folders_to_enter(dirpath, dirnames, entered, counts)
         rel_dir = PurePosixPath(hotel, *Path(dirpath).relative_to(hotel_dir).parts)
+        dirnames[:] = _folders_to_enter(dirpath, dirnames, entered, counts, fence, rel_dir)
         depth = len(rel_dir.parts)  # 1: the hotel folder, 2: a room type, 3+: below
         room_type = rel_dir.parts[1] if depth >= 2 else ""
         if depth >= 2:
@@ -217,6 +261,9 @@ def _scan_hotel(
                 counts["skipped_bad_name"] += 1
             elif not _is_image(name, suffixes):
                 counts["skipped_not_image"] += 1
+            elif os.path.islink(path := os.path.join(dirpath, name)) and fence.leads_out(path):
+                # (the folders walked are inside: only a link can lead a file out)
+                fence.refused.append((rel_dir / name).as_posix())
             else:
                 counts["below_room_type"] += int(depth > 2)
                 rows.append((hotel, (rel_dir / name).as_posix(), room_type))
@@ -227,10 +274,16 @@ def _scan_hotel(
 
 
 def _folders_to_enter(
-    dirpath: str, dirnames: list[str], entered: set[str], counts: Counter[str]
+    dirpath: str,
+    dirnames: list[str],
+    entered: set[str],
+    counts: Counter[str],
+    fence: _Fence,
+    rel_dir: PurePosixPath,
 ) -> list[str]:
-    """The sub-folders of `dirpath` to walk, in name order: not hidden, valid names, and not a
-    (symlinked) folder already entered in this hotel or holding `dirpath` (a loop).
+    """The sub-folders of `dirpath` to walk, in name order: not hidden, valid names, not a
+    (symlinked) folder already entered in this hotel or holding `dirpath` (a loop), not a link out
+    of the tree (unless the fence is open).
 
     Real folders claim their real path before links at the same level do, so a link beside the
     folder it points to is the one skipped."""
@@ -244,6 +297,8 @@ def _folders_to_enter(
             counts["skipped_bad_name"] += 1
         elif real in entered or _holds(real, here):
             counts["symlink_loops"] += 1
+        elif fence.shuts_out(real):
+            fence.refused.append((rel_dir / name).as_posix())
         else:
             entered.add(real)
             keep.append(name)
@@ -289,19 +344,29 @@ def _with_forms(names: list[str]) -> str:
     return ", ".join(f"{name!r} ({form(name)})" for name in names)
 
 
-def identify(rows: pd.DataFrame, root: str | Path) -> tuple[pd.DataFrame, dict[str, int]]:
+def identify(
+    rows: pd.DataFrame, root: str | Path, follow_external_symlinks: bool = False
+) -> tuple[pd.DataFrame, dict[str, int]]:
     """The chosen rows with `image_id` (hashing each file) and the sample's columns.
 
-    A file that cannot be read (permissions, removed since the scan) is dropped and counted."""
+    A file that cannot be read (permissions, removed since the scan) is dropped and counted; so
+    is one that became a link out of the tree since the scan (not read)."""
     root = Path(root)
+    fence = _Fence(None if follow_external_symlinks else os.path.realpath(root))
     ids: list[int | None] = []
     unreadable = 0
     for rel in rows[PATH_COLUMN]:
+        if fence.leads_out(str(root / rel)):
+            fence.refused.append(rel)
+            ids.append(None)
+            continue
         try:
             ids.append(image_id(rel, file_sha1(root / rel)))
         except OSError:
             ids.append(None)
             unreadable += 1
+    if fence.refused:  # became links out since the scan
+        log.warning("%s: not read, they lead out of the tree: %s", root, fence.refused[:10])
     out = rows.assign(image_id=pd.array(ids, dtype="Int64")).dropna(subset=["image_id"])
     out = out.astype({"image_id": "int64"})
     _check_unique_images(out, root)
@@ -319,7 +384,10 @@ def identify(rows: pd.DataFrame, root: str | Path) -> tuple[pd.DataFrame, dict[s
         image_name=out["image_id"].astype(str) + "." + stored,
         image_folder=out[PATH_COLUMN].map(lambda p: PurePosixPath(p).parent.as_posix()),
     )
-    return out, {"folder_skipped_unreadable": unreadable}
+    return out, {
+        "folder_skipped_unreadable": unreadable,
+        "folder_skipped_external_symlinks": len(fence.refused),
+    }
 
 
 def _check_unique_images(rows: pd.DataFrame, root: Path) -> None:

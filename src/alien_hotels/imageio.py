@@ -10,6 +10,10 @@ Whatever Pillow opens comes out as 8-bit RGB in its display orientation:
 * transparency (alpha, premultiplied alpha, a palette's or PNG's transparent colour)
   composited on white.
 
+Memory: the conversions work in strips of about a million pixels with integer arithmetic (no
+float64 copy of a whole image), and `max_decode_bytes` refuses an image whose decoding would
+take more (`decode_bytes`, estimated from the header) before any pixel is decoded.
+
 A file that cannot be used raises `ImageFailure` with one of `REASONS` and a detail message.
 """
 
@@ -24,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +38,26 @@ REASONS = (
     "not_an_image",
     "unsupported_format",
     "too_many_pixels",
+    "too_large",  # decoding would take more memory than allowed (`max_decode_bytes`)
     "corrupt_image",
 )
 # Modes whose values do not fit 0-255: scaled by `_to_8bit`, never clipped.
 HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 EXIF_ORIENTATION = 0x0112
+# Pillow keeps 1, L and P in one byte a pixel, I;16* in two, every other mode in four (RGB too).
+STORED_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
+STRIP_PIXELS = 1 << 20  # conversions go strip by strip: a few MB of temporaries at a time
+# What `_upright` does for each EXIF orientation (as `ImageOps.exif_transpose`).
+TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 class ImageFailure(Exception):
@@ -79,6 +97,8 @@ def decode(
     formats: Collection[str] | None = None,
     draft_side: int | None = None,
     limit_name: str = "max_pixels",
+    max_decode_bytes: int | None = None,
+    budget_name: str = "max_decode_bytes",
 ) -> Decoded:
     """Check and decode `source` (a path or the file's bytes); see the module docstring.
 
@@ -86,6 +106,8 @@ def decode(
     from the header before any pixel is decoded. `formats`: Pillow format names accepted.
     `draft_side`: a JPEG may be decoded at a reduced scale whose longer side stays >= this
     (fast: a 1600x1200 photo for a 640 side decodes at 800x600, not in full).
+    `max_decode_bytes`: the memory decoding may take (`decode_bytes`, from the header, after
+    the draft) or `too_large`, named `budget_name`, before any pixel is decoded.
     """
     with _opened(source, max_pixels, formats, limit_name) as img:
         size = img.size
@@ -94,12 +116,63 @@ def decode(
             # a 90-degree EXIF turn keeps the longer side); `draft` keeps both sides >= the box.
             longer = max(size)
             img.draft("RGB", tuple(-(-draft_side * side // longer) for side in size))
+        if max_decode_bytes is not None:
+            need = decode_bytes(img.mode, img.size, _may_turn(img))
+            if need > max_decode_bytes:
+                width, height = img.size
+                raise ImageFailure(
+                    "too_large",
+                    f"decoding {width}x{height} {img.mode} takes ~{need >> 20} MiB, over "
+                    f"{budget_name} ({max_decode_bytes >> 20} MiB)",
+                )
         img.load()
         orientation = _orientation(img)
         transparent = img.mode in ALPHA_MODES or "transparency" in img.info
-        upright = _upright(img, orientation)
-        rgb = to_rgb(upright)
-        return Decoded(rgb, img.format, img.mode, size, orientation, transparent)
+        fmt, mode = img.format, img.mode
+        # 8 bits, then RGB, then turned: the same pixels as turning first (a turn only moves
+        # them), but each step frees the one before (a 16-bit image's pixels before its RGB).
+        eight = _to_8bit(img) if mode in HIGH_DEPTH_MODES else img
+        if eight is not img:
+            img.close()
+        rgb = to_rgb(eight)
+        if rgb is not eight:
+            eight.close()
+        upright = _upright(rgb, orientation)
+        return Decoded(upright, fmt, mode, size, orientation, transparent)
+
+
+def decode_bytes(mode: str, size: tuple[int, int], turned: bool = False) -> int:
+    """The most memory `decode` holds for an image of this mode and size, in bytes: the file's
+    pixels, an RGBA copy (premultiplied `La`; alpha and a transparent colour are composited in
+    strips), the RGB result (four bytes a pixel in Pillow); a high-depth image is first reduced
+    to an 8-bit copy (its pixels are freed before the RGB is made); a `turned` image needs the
+    RGB twice. Strip temporaries (a few MB) are left out."""
+    per_pixel = STORED_BYTES.get(mode, 4)
+    if mode in HIGH_DEPTH_MODES:  # the file's pixels and the 8-bit copy, then that copy and RGB
+        per_pixel = max(per_pixel + 1, 1 + 4)
+        return max(per_pixel, 8 if turned else 0) * size[0] * size[1]
+    if mode == "La":
+        per_pixel += 4
+    if mode != "RGB":
+        per_pixel += 4
+    if turned:
+        per_pixel = max(per_pixel, 8)
+    return per_pixel * size[0] * size[1]
+
+
+def _may_turn(img: Image.Image) -> bool:
+    """Whether the EXIF orientation may turn the image, from what the header holds. Not
+    `getexif()`: a PNG's decodes the whole image to look for an `eXIf` chunk after the pixels,
+    so a PNG without one before them counts as turned."""
+    data = img.info.get("exif")
+    if not data:
+        return img.format == "PNG"
+    try:
+        exif = Image.Exif()
+        exif.load(data)
+        return int(exif.get(EXIF_ORIENTATION, 1)) in TRANSPOSE
+    except (ValueError, TypeError, SyntaxError, OSError):  # unreadable: no turn (`_orientation`)
+        return False
 
 
 def load_rgb(
@@ -122,27 +195,63 @@ def to_rgb(img: Image.Image) -> Image.Image:
         img = _to_8bit(img)
     if img.mode == "La":  # premultiplied: Pillow only converts it to LA
         img = img.convert("LA")
-    if img.mode not in ALPHA_MODES and "transparency" in img.info:
-        img = img.convert("RGBA")  # a palette's or PNG's transparent colour becomes alpha
-    if img.mode in ALPHA_MODES:
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(background, rgba)
+    if img.mode in ALPHA_MODES or "transparency" in img.info:
+        return _on_white(img)  # a palette's or PNG's transparent colour is alpha too
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
+def _strips(size: tuple[int, int]) -> Iterator[tuple[int, int, int, int]]:
+    """Boxes of whole rows, about `STRIP_PIXELS` each, top to bottom."""
+    width, height = size
+    rows = max(1, STRIP_PIXELS // max(1, width))
+    for top in range(0, height, rows):
+        yield 0, top, width, min(height, top + rows)
+
+
+def _on_white(img: Image.Image) -> Image.Image:
+    """Composited on white, strip by strip: no full-size RGBA copy or background."""
+    out = Image.new("RGB", img.size)
+    for box in _strips(img.size):
+        part = img.crop(box).convert("RGBA")  # the crop keeps a palette and its transparency
+        background = Image.new("RGBA", part.size, (255, 255, 255, 255))
+        out.paste(Image.alpha_composite(background, part).convert("RGB"), box[:2])
+    return out
+
+
+# 16-bit value -> 8 bits, rounded: (v + 128) // 257 == round(v / 257) (v / 257 is never x.5).
+_BY_257 = ((np.arange(1 << 16) + 128) // 257).astype(np.uint8)
+
+
 def _to_8bit(img: Image.Image) -> Image.Image:
-    """16-bit / int32 / float grayscale to 8 bits by scaling the type's range (no clipping)."""
-    arr = np.asarray(img)
-    if img.mode == "F":
-        finite = arr[np.isfinite(arr)]
-        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-        scaled = (np.nan_to_num(arr, nan=lo) - lo) / (hi - lo or 1.0) * 255.0
-    elif img.mode == "I" and arr.max(initial=0) > 65535:
-        scaled = arr / (arr.max() / 255.0)
-    else:
-        scaled = arr.astype(np.float64) / 257.0  # 0..65535 -> 0..255
-    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L")
+    """16-bit / int32 / float grayscale to 8 bits by scaling the type's range (no clipping).
+
+    In strips, integers through a table (float only for `F`, in its own float32): a 7999x7999
+    16-bit PNG took 1.8 GB as one float64 array."""
+    mode = img.mode
+    if mode == "F":
+        lo, hi = np.inf, -np.inf
+        for box in _strips(img.size):
+            part = np.asarray(img.crop(box))
+            finite = part[np.isfinite(part)]
+            if finite.size:
+                lo, hi = min(lo, float(finite.min())), max(hi, float(finite.max()))
+        if lo > hi:  # nothing finite
+            lo, hi = 0.0, 1.0
+    elif mode == "I":
+        lo, hi = img.getextrema()
+    out = Image.new("L", img.size)
+    for box in _strips(img.size):
+        part = np.asarray(img.crop(box))
+        if mode == "F":
+            scaled = (np.nan_to_num(part, nan=lo) - lo) / (hi - lo or 1.0) * 255.0
+            eight = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+        elif mode == "I" and hi > 65535:  # scaled by its maximum, rounded half up
+            wide = np.clip(part.astype(np.int64), 0, None)
+            eight = ((wide * 510 + hi) // (2 * hi)).astype(np.uint8)
+        else:  # 0..65535 -> 0..255 (`I` within 16 bits too; negatives are 0)
+            eight = _BY_257[np.clip(part, 0, 65535)]
+        out.paste(Image.fromarray(eight), box[:2])
+    return out
 
 
 def _orientation(img: Image.Image) -> int:
@@ -154,13 +263,8 @@ def _orientation(img: Image.Image) -> int:
 
 
 def _upright(img: Image.Image, orientation: int) -> Image.Image:
-    if orientation == 1:
-        return img
-    try:
-        return ImageOps.exif_transpose(img)
-    except (ValueError, TypeError, SyntaxError, OSError) as exc:
-        log.debug("EXIF orientation not applied: %s", exc)
-        return img
+    method = TRANSPOSE.get(orientation)
+    return img if method is None else img.transpose(method)
 
 
 # Formats that are another's container: a phone's MPO (Multi-Picture Object: the photo as a

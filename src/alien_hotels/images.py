@@ -8,12 +8,13 @@ For each row of the sample table the image is taken, in this order, from
 3. its URL, only when `images.download` is on (it is off for the bundled sample, so the default
    pipeline never touches the network).
 
-Downloads run on a bounded thread pool; each has connect/read timeouts and a total deadline,
-retries with exponential backoff on connection errors and 429/5xx answers (urllib3's `Retry`), a
-redirect limit and a size limit. Addresses that are not public (loopback, private, link-local
-such as a cloud's metadata endpoint, ...) are refused before connecting unless
-`images.allow_private_addresses` is on: each host is resolved once, every address checked, and
-the connection made to the checked address (docs/images.md, "Safety"). Politeness: at most
+Downloads run on a bounded thread pool; each has connect/read timeouts, a wall-time deadline
+for its body however slowly it trickles, retries with exponential backoff on connection errors
+and 429/5xx answers (urllib3's `Retry`), a redirect limit and a size limit. Addresses that are
+not public (loopback, private, link-local such as a cloud's metadata endpoint, ...) are refused
+before connecting unless `images.allow_private_addresses` is on: each host is resolved once,
+every address checked, and the connection made to the checked address (docs/images.md,
+"Safety"). Politeness: at most
 `images.per_host_workers` requests at a time per host, `Retry-After` on 429/503 honoured up to
 `images.max_retry_after_s`, `X-Robots-Tag: noai`/`noimageai` answers recorded as `opted_out`.
 TLS certificates are always verified for https URLs (there is no
@@ -21,7 +22,8 @@ switch to turn that off; `images.ca_bundle` may name extra trusted roots); plain
 the dataset has, are fetched as they are. Every image, local or downloaded, is checked before it
 is kept: a real image in an allowed format, declared pixel count under `images.max_pixels`
 (checked from the header, before decoding: the decompression-bomb guard), fully decodable by the
-pipeline's one loader (`imageio`: upright 8-bit RGB, 16-bit scaled, alpha on white); then it is
+pipeline's one loader (`imageio`: upright 8-bit RGB, 16-bit scaled, alpha on white) within a
+memory budget estimated from the header (`images.max_decode_bytes`); then it is
 resized as the dataset's own download script did (longer side 640).
 
 Nothing fails the stage but a bad config: every problem becomes a row with status `failed` and a
@@ -30,11 +32,14 @@ short reason in `data/interim/images.csv`, and the counts go to `metrics/images.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import ipaddress
 import logging
+import numbers
 import os
 import queue
+import re
 import shutil
 import socket
 import threading
@@ -70,18 +75,25 @@ class ImagesConfig(Section):
     """`images.*`: where images come from and how downloads behave."""
 
     download: bool
-    workers: int = Field(ge=1, le=64)
+    # Each worker may hold one decoding image (up to `max_decode_bytes`) besides its download:
+    # 32 x the default budget is 8 GiB, and one process gains nothing from more threads.
+    workers: int = Field(ge=1, le=32)
     connect_timeout_s: float = Field(gt=0)
-    # Longest wait for any read, and for the whole body: a trickling server is cut off too.
-    read_timeout_s: float = Field(gt=0)
+    read_timeout_s: float = Field(gt=0)  # longest wait for any one read
+    # Wall time for a whole body, however it trickles (`slow_body`).
+    body_timeout_s: float = Field(gt=0, le=3600)
     retries: int = Field(ge=0, le=10)
     backoff_s: float = Field(ge=0)
     max_redirects: int = Field(ge=0, le=30)
     max_bytes: int = Field(ge=1)
     max_pixels: int = Field(ge=1)
+    # Memory one image may take while decoding, estimated from its header before any pixel is
+    # decoded (`too_large`): workers x this bounds the stage's decoding memory.
+    max_decode_bytes: int = Field(ge=1 << 20)
     formats: list[Literal["JPEG", "PNG", "WEBP", "GIF", "BMP"]]
     # The dataset's resizing: longer side to exactly this many pixels (null keeps the size).
-    longer_side: int | None = Field(ge=16)
+    # At most 4096: an enlargement's memory grows with its square (20000 took 1.3 GB for a photo).
+    longer_side: int | None = Field(ge=16, le=4096)
     upscale: bool  # the dataset's script enlarged small photos too
     jpeg_quality: int = Field(ge=1, le=100)
     user_agent: str
@@ -155,6 +167,8 @@ def prepare_image(data: bytes, extension: str, cfg: ImagesConfig) -> bytes:
             formats=cfg.formats,
             draft_side=cfg.longer_side,  # big JPEGs decode at a reduced scale: fast
             limit_name="images.max_pixels",
+            max_decode_bytes=cfg.max_decode_bytes,  # refused from the header: memory bounded
+            budget_name="images.max_decode_bytes",
         )
     except imageio.ImageFailure as exc:
         raise FetchError(exc.reason, exc.detail) from None
@@ -337,6 +351,56 @@ def _env_proxies(direct) -> dict:
     return managers
 
 
+class _Deadlines:
+    """One thread per process that shuts a socket down when the wall-time deadline of the body
+    being read from it passes, so a read blocked on it returns at once. A socket timeout bounds
+    each receive, not their sum, and one `read1` may loop over many receives inside http.client
+    and urllib3 (a chunk-size line, a compressed body that decodes to nothing) where no deadline
+    check of ours runs."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._due: dict[int, tuple[float, socket.socket]] = {}
+        self._count = 0
+        self._thread: threading.Thread | None = None
+
+    @contextlib.contextmanager
+    def watch(self, sock: socket.socket | None, deadline: float):
+        if sock is None:  # nothing to shut down (no live connection): reads are checked anyway
+            yield
+            return
+        with self._cond:
+            key = self._count = self._count + 1
+            self._due[key] = (deadline, sock)
+            if self._thread is None or not self._thread.is_alive():  # first use, or forked
+                self._thread = threading.Thread(
+                    target=self._run, name="images-deadlines", daemon=True
+                )
+                self._thread.start()
+            if deadline <= min(due for due, _ in self._due.values()):  # sooner than its wake-up
+                self._cond.notify()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._due.pop(key, None)
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                for key, (deadline, sock) in list(self._due.items()):
+                    if deadline <= now:
+                        del self._due[key]
+                        with contextlib.suppress(OSError):
+                            sock.shutdown(socket.SHUT_RDWR)
+                soonest = min((deadline for deadline, _ in self._due.values()), default=None)
+                self._cond.wait(None if soonest is None else max(0.0, soonest - now))
+
+
+_DEADLINES = _Deadlines()
+
+
 class Downloader:
     """HTTP(S) GETs with retries, timeouts and limits, on one urllib3 `PoolManager` shared by the
     threads (keep-alive connections per host, at most `workers` kept per host).
@@ -422,6 +486,7 @@ class Downloader:
         from urllib3.exceptions import (
             DecodeError,
             HTTPError,
+            InvalidHeader,
             LocationValueError,
             MaxRetryError,
             ProtocolError,
@@ -445,7 +510,8 @@ class Downloader:
                     return self._body(response)
                 declared = response.headers.get("Content-Length", "")
                 if declared.isdigit() and int(declared) <= 1 << 16:
-                    response.drain_conn()  # a small body: read it and keep the connection
+                    # A small body: read (within the body's deadline) to keep the connection.
+                    self._read(response, 1 << 16)
                 else:
                     response.close()  # maybe endless: not read, the connection dropped
                 response.release_conn()
@@ -474,8 +540,12 @@ class Downloader:
             raise FetchError("timeout") from None
         except (ProtocolError, DecodeError):  # the connection ended before the body did
             raise FetchError("incomplete_body") from None
-        except (LocationValueError, HTTPError, ValueError, UnicodeError) as exc:  # invalid URLs
+        except InvalidHeader as exc:  # e.g. two different Content-Lengths: the answer is bad
+            raise FetchError("bad_response", str(exc)[:200]) from None
+        except (LocationValueError, ValueError, UnicodeError) as exc:  # invalid URLs
             raise FetchError("bad_url", str(exc)[:200]) from None
+        except HTTPError as exc:  # anything else urllib3 rejects comes from the answer
+            raise FetchError("bad_response", str(exc)[:200]) from None
 
     def _body(self, response) -> bytes:
         """Check the answer's status and headers, then read the body within the limits."""
@@ -493,35 +563,130 @@ class Downloader:
             declared = response.headers.get("Content-Length", "")
             if declared.isdigit() and int(declared) > cfg.max_bytes:
                 raise FetchError("too_large", f"{declared} bytes declared")
-            deadline = time.monotonic() + cfg.read_timeout_s
-            body = bytearray()
-            for chunk in response.stream(1 << 16, decode_content=True):
-                body += chunk
-                if len(body) > cfg.max_bytes:
-                    raise FetchError("too_large", f"over {cfg.max_bytes} bytes")
-                if time.monotonic() > deadline:
-                    raise FetchError("timeout", "body slower than images.read_timeout_s")
+            body = self._read(response, cfg.max_bytes)
             complete = True
-            return bytes(body)
+            return body
         finally:
             if not complete:  # unread or half-read: the connection cannot be reused
                 response.close()
             response.release_conn()
 
+    def _read(self, response, limit: int) -> bytes:
+        """The (decoded) body, at most `limit` bytes (`too_large`), within `body_timeout_s` of
+        wall time however it trickles (`slow_body`): the deadline is checked after every read
+        (`read1` returns what has arrived, not a full chunk), each read's socket timeout is the
+        time left, and `_DEADLINES` shuts the socket down at the deadline in any case."""
+        from urllib3.exceptions import HTTPError
+
+        timeout = self.cfg.body_timeout_s
+        deadline = time.monotonic() + timeout
+        sock = getattr(response.connection, "sock", None)
+        body = bytearray()
+        slow = f"body not read within images.body_timeout_s ({timeout:g} s)"
+        with _DEADLINES.watch(sock, deadline):
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise FetchError("slow_body", slow)
+                if sock is not None:
+                    sock.settimeout(min(self.cfg.read_timeout_s, left))
+                try:
+                    chunk = response.read1(1 << 16, decode_content=True)
+                except (HTTPError, OSError):
+                    if time.monotonic() >= deadline - 0.01:  # cut at the deadline
+                        raise FetchError("slow_body", slow) from None
+                    raise
+                # A read cut by `_DEADLINES` may also end "normally" (a chunked body reads a
+                # cut chunk-size line as its end): past the deadline, nothing read counts.
+                if time.monotonic() >= deadline - 0.01:
+                    raise FetchError("slow_body", slow)
+                if not chunk:
+                    return bytes(body)
+                body += chunk
+                if len(body) > limit:
+                    raise FetchError("too_large", f"over {limit} bytes")
+
 
 # --- the stage --------------------------------------------------------------------------------
 
 
+# Paths from data (metadata fields, CSV columns) never leave their root: a stored file's path is
+# built from validated parts only, and a field that would escape is a failure row `unsafe_path`.
+# `source` becomes a folder name: a plain name (no separator, `..`, hidden or option-like name).
+SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")
+INTEGER = re.compile(r"-?[0-9]{1,19}")
+# Extensions a local file of the dataset's tree may have (its download script kept the URL's).
+LOCAL_EXTENSIONS = (*EXTENSION_FORMAT, "gif", "bmp")
+
+
+class UnsafePath(FetchError):
+    """A field of the data would make a path outside its root (`..`, absolute, a separator)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("unsafe_path", detail)
+
+
 def relative_image_path(row: pd.Series | dict) -> Path:
-    """`<chain_id>/<hotel_id>/<source>/<image_id>.<ext>`: the dataset's own tree layout."""
+    """`<chain_id>/<hotel_id>/<source>/<image_id>.<ext>`: the dataset's own tree layout, from
+    validated parts only (ids as integers, `source` a plain name, `ext` from EXTENSION_FORMAT:
+    `image_name` only lends its extension), so joined to a folder it stays inside it.
+
+    `UnsafePath` when a part is not what it must be."""
     chain = row.get("chain_id")
-    chain = "unknown" if pd.isna(chain) else str(int(chain))
-    name = row.get("image_name")
-    if not isinstance(name, str) or not name.strip():
-        name = f"{int(row['image_id'])}.jpg"
+    chain = "unknown" if _missing(chain) else _id_text(chain, "chain_id")
     source = row.get("source")
-    source = "unknown" if pd.isna(source) else str(source)
-    return Path(chain, str(int(row["hotel_id"])), source, name)
+    source = "unknown" if _missing(source) else str(source)
+    if not SAFE_NAME.fullmatch(source):
+        raise UnsafePath(f"source={source!r} is not a plain folder name")
+    name = f"{_id_text(row['image_id'], 'image_id')}.{_stored_extension(row.get('image_name'))}"
+    return Path(chain, _id_text(row["hotel_id"], "hotel_id"), source, name)
+
+
+def _missing(value: object) -> bool:
+    if isinstance(value, str):
+        return not value.strip()
+    return value is None or bool(pd.isna(value))
+
+
+def _id_text(value: object, column: str) -> str:
+    """An id as the digits of an integer (an integral float too: pandas reads an integer column
+    with a gap as floats)."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+        return str(int(value))
+    if isinstance(value, str) and INTEGER.fullmatch(value.strip()):
+        return str(int(value))
+    raise UnsafePath(f"{column}={value!r} is not an integer")
+
+
+def _stored_extension(image_name: object) -> str:
+    """The extension of `image_name` when allowed, else `jpg` (`prepare_image` stores other
+    formats as JPEG). A name that is no plain file name is refused, not repaired."""
+    if _missing(image_name):
+        return "jpg"
+    name = str(image_name)
+    if name in (".", "..") or any(char in name for char in "/\\\0"):
+        raise UnsafePath(f"image_name={name!r} is not a plain file name")
+    extension = name.rpartition(".")[2].lower()
+    return extension if "." in name and extension in EXTENSION_FORMAT else "jpg"
+
+
+def _tree_path(image_path: object) -> str | None:
+    """`image_path` (a file's place below the local tree) when it stays below it: relative, no
+    `..`; None when the row has none."""
+    if not isinstance(image_path, str) or not image_path:
+        return None
+    if image_path.startswith("/") or "\0" in image_path or ".." in image_path.split("/"):
+        raise UnsafePath(f"image_path={image_path!r} leaves the local tree")
+    return image_path
+
+
+def _inside(root: str | Path, path: str | Path) -> bool:
+    """Whether `path` is `root` or below it, compared as absolute normalised paths (resolve
+    symlinks first, with `os.path.realpath`, where links must not lead out)."""
+    root, path = os.path.abspath(root), os.path.abspath(path)
+    return os.path.commonpath([root, path]) == root
 
 
 def collect_images(
@@ -530,8 +695,13 @@ def collect_images(
     local_dir: str | Path | None,
     out_dir: str | Path,
     progress: bool = True,
+    *,
+    follow_external_symlinks: bool = False,
 ) -> tuple[pd.DataFrame, dict]:
-    """Fill `out_dir` with the sample's images; return the manifest and the metrics."""
+    """Fill `out_dir` with the sample's images; return the manifest and the metrics.
+
+    A local file that is a symlink out of `local_dir` is `unsafe_path` unless
+    `follow_external_symlinks` (`data.follow_external_symlinks`)."""
     from tqdm import tqdm
 
     out_dir = Path(out_dir)
@@ -560,7 +730,9 @@ def collect_images(
         try:
             for n, row in rows:
                 window.acquire()
-                future = pool.submit(_indexed, n, row, cfg, local, out_dir, downloader)
+                future = pool.submit(
+                    _indexed, n, row, cfg, local, out_dir, downloader, follow_external_symlinks
+                )
                 future.add_done_callback(_finished)
                 submitted += 1
                 while not finished.empty():
@@ -619,23 +791,34 @@ def _one(
     local: Path | None,
     out_dir: Path,
     downloader: Downloader | None,
+    follow_external_symlinks: bool = False,
 ) -> Outcome:
-    image_id = int(row["image_id"])
     url = "" if pd.isna(row.get("url")) else str(row.get("url")).strip()
-    rel = relative_image_path(row)
-    target = out_dir / rel
-    if target.is_file() and target.stat().st_size > 0:
-        return Outcome(image_id, target.as_posix(), "ok", "", url, "cached")
-    reason = "not_in_local_tree"
-    if local is not None:
-        found = _find_local(local, rel, row.get("image_path"))
-        if found is not None:
-            try:
-                _store(prepare_image(found.read_bytes(), rel.suffix.lstrip("."), cfg), target)
-                return Outcome(image_id, target.as_posix(), "ok", "", url, "local")
-            except FetchError as exc:
-                reason = f"local_{exc.reason}"
-                log.debug("local image %s unusable: %s", found, exc)
+    try:  # every field checked before anything is read or written
+        rel = relative_image_path(row)
+        tree_path = _tree_path(row.get("image_path"))
+        target = out_dir / rel
+        if not _inside(out_dir, target):  # cannot happen from validated parts: a last guard
+            raise UnsafePath(f"{target} is outside {out_dir}")
+        image_id = int(rel.stem)
+        reason = "not_in_local_tree"
+        if target.is_file() and target.stat().st_size > 0:
+            return Outcome(image_id, target.as_posix(), "ok", "", url, "cached")
+        found = None
+        if local is not None:
+            found = _find_local(
+                local, rel, tree_path, row.get("image_name"), follow_external_symlinks
+            )
+    except UnsafePath as exc:
+        log.debug("image %s: %s", row.get("image_id"), exc)
+        return Outcome(_raw_id(row), "", "failed", exc.reason, url)
+    if found is not None:
+        try:
+            _store(prepare_image(found.read_bytes(), rel.suffix.lstrip("."), cfg), target)
+            return Outcome(image_id, target.as_posix(), "ok", "", url, "local")
+        except FetchError as exc:
+            reason = f"local_{exc.reason}"
+            log.debug("local image %s unusable: %s", found, exc)
     if downloader is None:
         status = "missing" if reason == "not_in_local_tree" else "failed"
         return Outcome(image_id, "", status, reason, url)
@@ -650,18 +833,50 @@ def _one(
     return Outcome(image_id, target.as_posix(), "ok", "", url, "downloaded", len(body))
 
 
-def _find_local(local: Path, rel: Path, image_path: object = None) -> Path | None:
-    if isinstance(image_path, str) and image_path:  # data=folder: the file's place in the tree
-        found = local / image_path
-        return found if found.is_file() else None
-    exact = local / rel
-    if exact.is_file():
-        return exact
-    for ext in EXTENSION_FORMAT:
-        other = exact.with_suffix(f".{ext}")
-        if other.is_file():
-            return other
+def _raw_id(row: dict) -> object:
+    """The row's image id for the manifest: an integer when it is one, else as given."""
+    try:
+        return int(_id_text(row.get("image_id"), "image_id"))
+    except UnsafePath:
+        return row.get("image_id")
+
+
+def _find_local(
+    local: Path,
+    rel: Path,
+    tree_path: str | None = None,
+    image_name: object = None,
+    follow_external_symlinks: bool = False,
+) -> Path | None:
+    """The row's file in the local tree: `tree_path` (data=folder: its place in the tree, checked
+    by `_tree_path`), else `rel` with any of the tree's extensions (the image name's first).
+
+    A file there that is a symlink out of the tree is `UnsafePath`, unless
+    `follow_external_symlinks`: it is not read."""
+    if tree_path is not None:
+        candidates = [local / tree_path]
+    else:
+        own = str(image_name).rpartition(".")[2].lower() if isinstance(image_name, str) else ""
+        first = [ext for ext in (own, rel.suffix[1:]) if ext in LOCAL_EXTENSIONS]
+        exact = local / rel
+        candidates = [
+            exact.with_suffix(f".{ext}") for ext in dict.fromkeys([*first, *EXTENSION_FORMAT])
+        ]
+    for found in candidates:
+        if _is_file(found):
+            if not follow_external_symlinks and not _inside(
+                os.path.realpath(local), os.path.realpath(found)
+            ):
+                raise UnsafePath(f"{found} is a symlink out of {local}")
+            return found
     return None
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # a name too long for the system, ...: nothing to read there
+        return False
 
 
 def _store(data: bytes, target: Path) -> None:

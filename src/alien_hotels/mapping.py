@@ -18,7 +18,7 @@ import pandas as pd
 from pydantic import Field, model_validator
 from threadpoolctl import threadpool_limits
 
-from alien_hotels.common import Section, StageError, atomic_path, seeded_rows
+from alien_hotels.common import Section, Seed, StageError, atomic_path, plotly_text, seeded_rows
 
 OTHER_PREFIX = "~ "  # sorts after names, so the lumped group comes last in legends
 COLOR_BY = {"cluster": "cluster label", "hotel": "hotel", "room_type": "room type"}
@@ -30,7 +30,7 @@ class MapConfig(Section):
     method: Literal["opentsne", "sklearn"]
     perplexity: float = Field(gt=0)
     n_iter: int = Field(ge=50)
-    random_state: int
+    random_state: Seed
     n_jobs: int = Field(ge=1)
     point_size: int = Field(ge=1)
     # t-SNE is fitted on at most this many rows (seeded); the others are placed into the fitted
@@ -144,7 +144,8 @@ def write_html_map(
     """Self-contained plotly map; a dropdown switches colour by cluster, hotel or room type.
 
     `table` needs columns x, y, cluster_label, hotel_name, room_type, caption, text; `n_total`
-    is the number of mapped rows when `table` is a subsample of them.
+    is the number of mapped rows when `table` is a subsample of them. Every text from data goes
+    through `plotly_text`: plotly would draw `<a href>` or `style=` in a name as live HTML.
     """
     import plotly.graph_objects as go
 
@@ -163,18 +164,18 @@ def write_html_map(
                     x=group["x"],
                     y=group["y"],
                     mode="markers",
-                    name=str(value),
+                    name=plotly_text(value),
                     legendgroup=view,
                     visible=view == "cluster",
                     marker={"size": cfg.point_size, "opacity": 0.8}
                     | ({"color": "lightgrey"} if str(value).startswith(OTHER_PREFIX) else {}),
                     customdata=np.stack(
                         [
-                            group["cluster_label"].astype(str),
-                            group["hotel_name"].astype(str),
-                            group["room_type"].astype(str),
+                            group["cluster_label"].map(plotly_text),
+                            group["hotel_name"].map(plotly_text),
+                            group["room_type"].map(plotly_text),
                             group["caption"].astype(str).map(_wrap),
-                            group["text"].astype(str),
+                            group["text"].map(plotly_text),
                         ],
                         axis=-1,
                     ),
@@ -238,7 +239,8 @@ def write_png_map(table: pd.DataFrame, target: str | Path, max_groups: int = 20)
                 s=size,
                 color="lightgrey" if lumped else cmap(i % cmap.N),
                 zorder=1 if lumped else 2,
-                label=str(value)[:48],
+                # `$...$` would be mathtext (or fail to parse and end the stage)
+                label=str(value)[:48].replace("$", r"\$"),
             )
         ax.set_title(f"t-SNE of caption features, {title}")
         ax.set_xticks([])
@@ -268,6 +270,7 @@ def _count(shown: int, total: int | None) -> str:
 
 
 def _wrap(text: str, width: int = 80) -> str:
+    """`text` for plotly hover: escaped (`plotly_text`), lines of `width` joined by `<br>`."""
     words, lines, line = text.split(), [], ""
     for word in words:
         if len(line) + len(word) + 1 > width and line:
@@ -276,4 +279,4 @@ def _wrap(text: str, width: int = 80) -> str:
         else:
             line = f"{line} {word}".strip()
     lines.append(line)
-    return "<br>".join(lines)
+    return "<br>".join(map(plotly_text, lines))

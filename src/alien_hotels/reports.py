@@ -1,13 +1,16 @@
-"""Human-readable reports: `reports/clusters.md`."""
+"""Human-readable reports: `reports/clusters.md`. Every value from data goes through
+`markdown_cell`, so a hotel or folder name cannot add cells, rows or HTML to the table."""
 
 from __future__ import annotations
 
 import pandas as pd
 
+from alien_hotels.common import markdown_cell
+
 
 def _mix(series: pd.Series, top: int = 4) -> str:
     shares = series.value_counts(normalize=True).head(top)
-    return ", ".join(f"{name} {share:.0%}" for name, share in shares.items())
+    return ", ".join(f"{markdown_cell(name)} {share:.0%}" for name, share in shares.items())
 
 
 SOURCE_NOTES = {
@@ -90,8 +93,9 @@ def clusters_markdown(
     ]
     for cluster, group in assigned.groupby("cluster", sort=True):
         c = int(cluster)
+        terms = ", ".join(markdown_cell(term) for term in top_terms.get(c, []))
         lines.append(
-            f"| {c} | {len(group)} | {names[c]} | {', '.join(top_terms.get(c, []))} "
+            f"| {c} | {len(group)} | {markdown_cell(names[c])} | {terms} "
             f"| {_mix(group['room_type'])} | {_mix(group[hotel_col].astype(str), top=3)} |"
         )
     return "\n".join(lines) + "\n"

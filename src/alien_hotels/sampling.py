@@ -34,7 +34,7 @@ import pandas as pd
 from pydantic import Field, model_validator
 
 from alien_hotels import folders
-from alien_hotels.common import Section, StageError, read_csv
+from alien_hotels.common import Section, Seed, StageError, read_csv
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,7 @@ HOTELS50K_FILES = {
     "hotel_info": ["hotel_id", "hotel_name", "chain_id", "latitude", "longitude"],
     "images": ["image_id", "hotel_id", "image_url", "image_source", "upload_timestamp"],
 }
+ID_COLUMNS = ("image_id", "hotel_id", "chain_id")  # integers in every dataset
 IMAGE_EXTENSIONS = {"jpg", "jpeg", "png", "webp", "gif", "bmp"}
 
 
@@ -75,10 +76,12 @@ class DataConfig(Section):
     # The dataset's local image tree `<chain_id>/<hotel_id>/<source>/<image_id>.<ext>`, if any
     # (read by the images stage; it need not exist); for `folder`, the photo tree itself.
     images_dir: str | None
+    # Follow symlinks that lead out of data.path / data.images_dir (off: refused and counted).
+    follow_external_symlinks: bool
     n_hotels: int | None = Field(ge=1)  # null: every hotel with min..max images
     min_images: int = Field(ge=1)
     max_images: int = Field(ge=1)
-    seed: int
+    seed: Seed
     # Optional filters, applied before images are counted; empty means no filter.
     image_sources: list[str]
     chains: list[int | str]  # chain ids (numbers) or exact chain names (text)
@@ -156,10 +159,36 @@ def _read_sample_csv(cfg: DataConfig) -> pd.DataFrame:
     df = read_csv(cfg.path, required, what=f"dataset (data.path={cfg.path})")
     if df.empty:
         raise StageError(f"dataset (data.path={cfg.path}) has no rows")
+    df = _integer_ids(df, cfg.path)
     duplicated = df["image_id"].duplicated()
     if duplicated.any():
         ids = df.loc[duplicated, "image_id"].head(5).tolist()
         raise StageError(f"dataset {cfg.path} repeats image_id values, e.g. {ids}")
+    return df
+
+
+def _integer_ids(df: pd.DataFrame, path: str) -> pd.DataFrame:
+    """`df` with its id columns checked: integers (int64; `chain_id` may be empty), named with
+    the first bad values if not. Ids become folder and file names and array keys later."""
+    for column in ID_COLUMNS:
+        if column not in df.columns or pd.api.types.is_integer_dtype(df[column]):
+            continue
+        values = df[column]
+        number = pd.Series(np.nan, index=df.index)
+        if not pd.api.types.is_bool_dtype(values):
+            number = pd.to_numeric(values, errors="coerce").astype("float64")
+        whole = number.notna() & (number % 1 == 0) & (number.abs() < 2**63)
+        empty_allowed = values.isna() if column == "chain_id" else False
+        bad = ~(whole | empty_allowed)
+        if bad.any():
+            shown = ", ".join(repr(v) for v in values[bad].head(5).tolist())
+            raise StageError(
+                f"dataset {path}: column {column} must hold integers (ids), but {int(bad.sum())} "
+                f"row(s) do not, e.g. {shown}"
+            )
+        if not pd.api.types.is_float_dtype(values):  # integers written as text: as numbers
+            exact = pd.to_numeric(values).astype("Int64" if column == "chain_id" else "int64")
+            df = df.assign(**{column: exact})
     return df
 
 
@@ -427,10 +456,11 @@ def _url_extension(url: object) -> str:
 
 def load_folder(cfg: DataConfig) -> Dataset:
     """The image files of the tree `cfg.path` (names only); ids are made for the chosen hotels."""
-    rows, counts = folders.scan(cfg.path)  # an error when the tree holds no image
+    follow = cfg.follow_external_symlinks
+    rows, counts = folders.scan(cfg.path, follow)  # an error when the tree holds no image
 
     def finish(sample: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
-        out, extra = folders.identify(sample, cfg.path)
+        out, extra = folders.identify(sample, cfg.path, follow)
         columns = [*SAMPLE_COLUMNS, folders.PATH_COLUMN, folders.ROOM_TYPE_COLUMN]
         return out[columns], extra
 

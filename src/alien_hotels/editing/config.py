@@ -7,19 +7,33 @@ the defaults list of `conf/edit/default.yaml`; `dvc.yaml` runs one `edit@<name>`
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
-from alien_hotels.common import Section
+from alien_hotels.common import Section, Seed
 from alien_hotels.methods.config import Goal, ImagicConfig, TextualInversionConfig
 
 Pipeline = Literal["img2img", "inpaint", "instruct_pix2pix"]
 Scheduler = Literal["default", "ddim", "dpm", "euler", "euler_a", "pndm", "lms", "unipc"]
-RECIPE_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+# A recipe name becomes a DVC stage name (edit@<name>), folder and file names, and once went
+# into a shell command (dvc.yaml now passes it through $DVC_STAGE, never a shell): lower-case
+# letters, digits and _ only.
+RECIPE_NAME = re.compile(r"^[a-z0-9_]+$")
 # The mask.files_dir of recipes without mask files: an empty folder, because dvc.yaml makes
 # files_dir a dependency of every edit@<recipe> stage and DVC cannot leave a dependency out.
 NO_MASK_FILES = "data/masks/none"
+
+
+def check_recipe_name(name: str) -> str:
+    if not RECIPE_NAME.fullmatch(name):
+        raise ValueError(
+            f"recipe names must match {RECIPE_NAME.pattern} (lower-case letters, digits, _)"
+        )
+    return name
+
+
+RecipeName = Annotated[str, AfterValidator(check_recipe_name)]
 
 
 class MaskConfig(Section):
@@ -69,7 +83,7 @@ class RecipeConfig(Section):
     image_guidance_scale: float | None = Field(None, ge=0.0, le=50.0)
     steps: int = Field(ge=1, le=500)
     scheduler: Scheduler
-    seed: int = Field(ge=0)
+    seed: Seed
     # The longer side the model sees (rounded down to a multiple of 8); results are resized
     # back to the source size.
     resolution: int = Field(ge=64, le=2048)
@@ -168,7 +182,7 @@ class SweepConfig(Section):
 class EditConfig(Section):
     """`edit.*`: the recipes that run, where they run and how results are judged."""
 
-    recipes: dict[str, RecipeConfig]
+    recipes: dict[RecipeName, RecipeConfig]
     # Where recipes run: this process, or a pool of Ray actors (`ray.*`).
     executor: Literal["local", "ray"]
     device: Literal["auto", "cpu", "cuda", "mps"]
@@ -192,9 +206,6 @@ class EditConfig(Section):
 
     @model_validator(mode="after")
     def _names(self) -> EditConfig:
-        bad = [name for name in self.recipes if not RECIPE_NAME.match(name)]
-        if bad:
-            raise ValueError(f"recipe names must match {RECIPE_NAME.pattern}: {bad}")
         if self.recipes and self.sweep.recipe not in self.recipes:
             raise ValueError(
                 f"sweep.recipe={self.sweep.recipe!r} is not a recipe; "

@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from alien_hotels.common import atomic_path
+from alien_hotels.common import atomic_path, markdown_cell
 
 
 def clean(value: Any) -> Any:
@@ -69,9 +69,9 @@ def ranking_markdown(ranking: pd.DataFrame, per_recipe: dict[str, dict[str, Any]
         lines += ["No images were edited (the images manifest has no status=ok rows).", ""]
     else:
         cols = list(ranking.columns)
-        lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        lines += ["| " + " | ".join(map(markdown_cell, cols)) + " |", "|" + "---|" * len(cols)]
         for row in ranking.itertuples(index=False):
-            cells = [f"{v:.3f}" if isinstance(v, float) else str(v) for v in row]
+            cells = [markdown_cell(f"{v:.3f}" if isinstance(v, float) else v) for v in row]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     lines += [
@@ -88,7 +88,7 @@ def ranking_markdown(ranking: pd.DataFrame, per_recipe: dict[str, dict[str, Any]
             return "-" if value is None else f"{value:.3f}"
 
         lines.append(
-            f"| {name} | {m['n_images']} | {m['n_edited']} | {m['n_unchanged']} | "
+            f"| {markdown_cell(name)} | {m['n_images']} | {m['n_edited']} | {m['n_unchanged']} | "
             f"{m['n_failed']} | {f('ssim')} | {f('alien_score_before')} | "
             f"{f('alien_score_after')} | {f('success')} |"
         )

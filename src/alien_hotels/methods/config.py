@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from alien_hotels.common import Section
+from alien_hotels.common import Section, Seed
 
 # Reference folders live under this tracked folder, so the stage's `deps:` in dvc.yaml covers them.
 REFERENCES_ROOT = "data/references"
@@ -36,7 +36,7 @@ class TextualInversionConfig(Section):
     batch_size: int = Field(ge=1, le=256)
     gradient_accumulation: int = Field(ge=1, le=256)
     resolution: int = Field(ge=64, le=2048, multiple_of=8)
-    seed: int = Field(ge=0)
+    seed: Seed
     # auto: fp16 on CUDA, full precision elsewhere (fp16 needs a GPU; bf16 works on CPUs too).
     mixed_precision: MixedPrecision
     # Optimizer steps between checkpoints (a killed run resumes from the last one).
@@ -72,7 +72,7 @@ class ImagicConfig(Section):
     # Edit at most this many manifest images (manifest order); null: all.
     max_images: int | None = Field(ge=0)
     resolution: int = Field(ge=64, le=2048, multiple_of=8)
-    seed: int = Field(ge=0)
+    seed: Seed
     # Phase 1: optimise the target text embedding to reconstruct the image (model frozen).
     embedding_steps: int = Field(ge=1, le=100_000)
     embedding_lr: float = Field(gt=0.0, le=1.0)

@@ -7,7 +7,15 @@ import logging
 import pandas as pd
 
 from alien_hotels import clustering, features
-from alien_hotels.common import StageError, read_csv, rounded, write_csv, write_json, write_text
+from alien_hotels.common import (
+    StageError,
+    read_csv,
+    rounded,
+    write_csv,
+    write_json,
+    write_report_csv,
+    write_text,
+)
 from alien_hotels.config import Params
 from alien_hotels.reports import clusters_markdown
 from alien_hotels.stages.paths import StagePaths
@@ -67,8 +75,8 @@ def run(params: Params, paths: StagePaths = StagePaths()) -> dict:
     )
     elbow = pd.DataFrame({"k": swept, "inertia": rounded([sweep.inertia[kk] for kk in swept])})
     report = clusters_markdown(assigned, top_terms, names, metrics)
-    write_csv(assigned.drop(columns=["text"]), paths.labels)
-    write_csv(elbow, paths.elbow_plot)
+    write_csv(assigned.drop(columns=["text"]), paths.labels)  # read by `map`: exact values
+    write_report_csv(elbow, paths.elbow_plot, plotted=True)
     write_text(report, paths.clusters_report)
     write_json(metrics, paths.cluster_metrics)
     nmi_room = scores["nmi_room_type"]

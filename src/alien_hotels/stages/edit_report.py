@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from alien_hotels.common import StageError, read_csv, write_csv, write_json, write_text
+from alien_hotels.common import StageError, read_csv, write_json, write_report_csv, write_text
 from alien_hotels.config import Params
 from alien_hotels.editing import report, runner
 from alien_hotels.stages.paths import StagePaths
@@ -31,7 +31,7 @@ def run(params: Params, paths: StagePaths = StagePaths()) -> dict:
             "best_hotel_alien_score": None if best is None else float(best["alien_score"]),
         }
     )
-    write_csv(ranking, paths.alien_hotels_plot)
+    write_report_csv(ranking, paths.alien_hotels_plot, plotted=True)
     write_text(report.ranking_markdown(ranking, metrics["recipes"]), paths.alien_ranking)
     write_json(metrics, paths.edit_metrics)
     return metrics

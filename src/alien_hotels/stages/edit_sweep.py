@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from alien_hotels.common import write_csv, write_json
+from alien_hotels.common import write_json, write_report_csv
 from alien_hotels.config import Params
 from alien_hotels.editing import report, runner
 from alien_hotels.images import read_manifest
@@ -18,7 +18,7 @@ def run(params: Params, paths: StagePaths = StagePaths()) -> pd.DataFrame:
     if not table.empty:
         ranked = table.assign(success=pd.to_numeric(table["success"], errors="coerce"))
         best = ranked.sort_values("success", ascending=False).iloc[0].to_dict()
-    write_csv(table, paths.sweep_table)
+    write_report_csv(table, paths.sweep_table, plotted=True)
     report.tradeoff_plot(table, paths.sweep_plot, cfg.sweep.recipe)
     write_json(
         report.clean(

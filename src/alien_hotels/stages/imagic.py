@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from alien_hotels.common import atomic_path, write_csv, write_json
+from alien_hotels.common import atomic_path, write_csv, write_json, write_report_csv
 from alien_hotels.config import Params
 from alien_hotels.editing import report
 from alien_hotels.images import read_manifest
@@ -26,7 +26,7 @@ def run(params: Params, paths: StagePaths = StagePaths()) -> dict:
             sheet.save(tmp, format="JPEG", quality=88)
     curve = imagic.alpha_curve(result.table)
     write_csv(result.table, paths.imagic_table)
-    write_csv(curve, paths.imagic_plot)
+    write_report_csv(curve, paths.imagic_plot, plotted=True)
     per_image = result.table.drop_duplicates("image_id")
     metrics = report.clean(
         {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from alien_hotels import features, mapping
-from alien_hotels.common import read_csv, write_csv
+from alien_hotels.common import read_csv, write_report_csv
 from alien_hotels.config import Params
 from alien_hotels.stages.paths import StagePaths
 
@@ -28,5 +28,6 @@ def run(params: Params, paths: StagePaths = StagePaths()) -> pd.DataFrame:
     drawn = mapping.plot_subsample(table, params.map)
     mapping.write_html_map(drawn, paths.map_html, params.map, n_total=len(table))
     mapping.write_png_map(drawn, paths.map_png, params.map.max_groups)
-    write_csv(table[[*MAP_COLUMNS, "cluster_label", "hotel_name"]], paths.clusters)
+    # for people (no stage reads it): a name that a spreadsheet would run as a formula gets `'`
+    write_report_csv(table[[*MAP_COLUMNS, "cluster_label", "hotel_name"]], paths.clusters)
     return table

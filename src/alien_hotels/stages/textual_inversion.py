@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pandas as pd
 
-from alien_hotels.common import write_csv, write_json
+from alien_hotels.common import write_json, write_report_csv
 from alien_hotels.config import Params
 from alien_hotels.methods import textual_inversion
 from alien_hotels.stages.paths import StagePaths
@@ -26,7 +26,8 @@ def run(
     result = textual_inversion.train(cfg, params.edit, paths.ti_checkpoints, on_step)
     textual_inversion.save_embedding(result, cfg, paths.ti_embedding)
     steps = list(range(1, len(result.losses) + 1))
-    write_csv(pd.DataFrame({"step": steps, "loss": result.losses}), paths.ti_loss_plot)
+    losses = pd.DataFrame({"step": steps, "loss": result.losses})
+    write_report_csv(losses, paths.ti_loss_plot, plotted=True)
     metrics = textual_inversion.loss_metrics(result, cfg)
     write_json(metrics, paths.ti_metrics)
     log.info("textual_inversion: %d steps, final loss %s", metrics["steps"], metrics["final_loss"])

@@ -13,6 +13,13 @@ alien_hotels.testing.imageserver --port 8765` next to synthetic metadata generat
 * `/bomb.png`: a small PNG whose header declares 100000x100000 pixels;  `/big.png`: 9000x8000
 * `/loop.jpg`: a redirect to itself;  `/moved.jpg`: a redirect to `/moved-target/7.jpg`
 * `/huge.jpg`: declares a Content-Length of 1 GB
+* `/drip.jpg?seconds=<s>`: declares 100 KB, then sends one byte a second; ends the
+  connection after `seconds` (default 30), so the server never outlives a test. With
+  `&chunked=1` the body is chunked and the byte a second is its first chunk-size line (`000...`:
+  http.client reads up to 64 KB of it in one read)
+* `/two-lengths.jpg`: an image with two different `Content-Length` headers
+* `/blank/<image_id>.png?w=<w>&h=<h>&kind=grey16|rgba`: a black (transparent) PNG of that
+  size, a few hundred KB however large (`blank_png`)
 * `/busy/<image_id>.jpg?status=429&times=1&retry_after=2`: `status` (with `Retry-After:
   retry_after`, seconds, or `date+N` for an HTTP date N seconds ahead) the first `times`
   requests of that path, then an image
@@ -30,10 +37,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import email.utils
+import functools
 import io
 import re
 import ssl
 import struct
+import sys
 import threading
 import time
 import zlib
@@ -76,6 +85,30 @@ def png_header_only(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
+@functools.cache
+def blank_png(width: int, height: int, kind: str = "grey16") -> bytes:
+    """A valid all-zero PNG, 16-bit grey or 8-bit RGBA: tiny on the wire, huge once decoded
+    (7999x7999 is 142 KB / 267 KB and 128 MB / 256 MB of pixels). Compressed row by row, so
+    making it takes no more memory than the file."""
+    bit_depth, color_type, channels = {"grey16": (16, 0, 2), "rgba": (8, 6, 4)}[kind]
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(tag + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
+    row = b"\x00" * (1 + width * channels)  # filter byte 0, then the pixels
+    packer = zlib.compressobj(9)
+    idat = [packer.compress(row) for _ in range(height)]
+    idat.append(packer.flush())
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", b"".join(idat))
+        + chunk(b"IEND", b"")
+    )
+
+
 def self_signed_cert(directory: Path) -> tuple[Path, Path]:
     """A certificate for 127.0.0.1 signed by itself (trusted by nobody unless told)."""
     import datetime
@@ -116,6 +149,12 @@ def self_signed_cert(directory: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # a client that hung up: fine
+            super().handle_error(request, client_address)
+
+
 class ImageServer:
     """`with ImageServer() as server: server.url("/good/1.jpg")` serves until the block ends."""
 
@@ -133,7 +172,7 @@ class ImageServer:
         self.in_flight = self.max_in_flight = 0
         self.user_agents: set[str] = set()
         self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
+        self._httpd = _QuietServer(("127.0.0.1", port), self._handler())
         self._httpd.daemon_threads = True
         self.scheme = "http"
         if tls is not None:
@@ -252,6 +291,36 @@ class ImageServer:
                     return self._redirect("/loop.jpg")
                 if path == "/moved.jpg":
                     return self._redirect("/moved-target/7.jpg")
+                if path == "/drip.jpg":  # 1 byte/s: only a wall-time deadline ends it
+                    chunked = args.get("chunked") == "1"
+                    self.send_response(200)
+                    self.send_header("Content-Type", "image/jpeg")
+                    if chunked:
+                        self.send_header("Transfer-Encoding", "chunked")
+                    else:
+                        self.send_header("Content-Length", "100000")
+                    self.end_headers()
+                    stop = time.monotonic() + float(args.get("seconds", 30))
+                    with contextlib.suppress(OSError):  # the client hung up
+                        while time.monotonic() < stop:
+                            self.wfile.write(b"0" if chunked else b"\xff")
+                            self.wfile.flush()
+                            time.sleep(1.0)
+                    self.close_connection = True
+                    return None
+                if path == "/two-lengths.jpg":
+                    body = make_image(12)
+                    self.send_response(200)
+                    self.send_header("Content-Type", "image/jpeg")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.send_header("Content-Length", str(len(body) + 10))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return None
+                if path.startswith("/blank/") and path.endswith(".png"):
+                    width, height = int(args.get("w", 64)), int(args.get("h", 64))
+                    body = blank_png(width, height, args.get("kind", "grey16"))
+                    return self._send(200, body, "image/png")
                 if path == "/huge.jpg":
                     self.send_response(200)
                     self.send_header("Content-Type", "image/jpeg")
