@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: demo test test-fast lint format bench exps setup setup-full setup-browser clean
+.PHONY: demo test test-fast lint format bench exps setup setup-full setup-browser clean image image-check
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +64,23 @@ format: setup-full
 
 bench: setup-full
 	$(BIN)/python -m benchmarks
+
+# The container (README "GPU runs: the container"; deploy/image.sh): `make image` builds IMAGE
+# with docker where a daemon answers, else buildah; BASE= another base (default: the Dockerfile's
+# CUDA one); the CA bundle and PIP_CONF (a pip config file) go in as build secrets, not into the
+# image (CA_BUNDLE= passes none). `make image-check` (root; installs buildah and mmdebstrap when
+# missing) builds on a Debian trixie base made with mmdebstrap unless BASE= is given, then runs
+# the demo inside the image on a fresh clone and compares the metrics with git's.
+IMAGE ?=
+BASE ?=
+PIP_CONF ?=
+CA_BUNDLE ?= $(wildcard /etc/ssl/certs/ca-certificates.crt)
+IMAGE_ENV = IMAGE='$(IMAGE)' BASE='$(BASE)' PIP_CONF='$(PIP_CONF)' CA_BUNDLE='$(CA_BUNDLE)'
+image:
+	$(IMAGE_ENV) bash deploy/image.sh build
+
+image-check:
+	$(IMAGE_ENV) bash deploy/image.sh check
 
 # Compare experiments: changed params and the cluster metrics (extra dvc args: make exps ARGS=-A).
 exps: setup
