@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: demo test test-fast lint format bench exps setup setup-full setup-browser clean image image-check
+.PHONY: demo test test-fast lint format bench exps setup setup-full setup-browser clean image image-check check-bytes
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +64,11 @@ format: setup-full
 
 bench: setup-full
 	$(BIN)/python -m benchmarks
+
+# The text half's outputs under several OpenBLAS kernels (features, clusters, map): the same md5s
+# or exit 1. Sets OPENBLAS_CORETYPE per run itself; tests and CI leave the machine's setting alone.
+check-bytes: setup
+	$(BIN)/python -m benchmarks.check_bytes
 
 # The container (README "GPU runs: the container"; deploy/image.sh): `make image` builds IMAGE
 # with docker where a daemon answers, else buildah; BASE= another base (default: the Dockerfile's

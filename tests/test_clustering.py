@@ -50,7 +50,7 @@ def test_k_max_above_the_documents_is_clamped_with_a_warning(caplog):
 @pytest.mark.parametrize(
     ("n_docs", "updates", "message"),
     [
-        (2, {"k_max": 29}, r"only 2 documents: .* too few for an elbow"),
+        (1, {"k_max": 29}, r"cluster: 1 document\(s\) cannot be clustered"),
         (5, {"k_min": 6, "k_max": 29}, r"cluster.k_min=6 is larger than .* \(5\)"),
         (5, {"k_max": 4, "k": 6}, r"cluster.k=6 is larger than .* \(5\)"),
     ],
@@ -61,9 +61,9 @@ def test_no_possible_k_is_an_error(n_docs, updates, message):
         clustering.sweep_kmeans(X, compose().cluster.updated(**updates), progress=False)
 
 
-def test_flat_curve_without_elbow_asks_for_k():
+def test_flat_curve_has_no_elbow():
     inertia = {k: 10.0 - 0.0 * k for k in range(1, 8)}
-    with pytest.raises(StageError, match="set cluster.k"):
+    with pytest.raises(clustering.NoElbow, match="flat"):
         clustering.choose_k(inertia, compose().cluster.updated(k_max=7))
 
 
@@ -97,3 +97,15 @@ def test_class_tfidf_prefers_terms_specific_to_a_cluster():
 def test_elbow_needs_three_swept_values():
     with pytest.raises(ValueError, match="cluster.k=null"):
         compose().cluster.updated(k_min=2, k_max=3)
+
+
+def test_elbow_table_marks_the_chosen_k():
+    inertia = {1: 10.123456, 2: 6.0, 3: 5.0}
+    table = clustering.elbow_table(inertia, 2)
+    assert table.to_dict("list") == {
+        "k": [1, 2, 3],
+        "inertia": [10.12, 6.0, 5.0],
+        "chosen": [0, 1, 0],
+    }
+    # a given k outside the sweep: the curve, nothing marked
+    assert clustering.elbow_table(inertia, 7)["chosen"].tolist() == [0, 0, 0]

@@ -51,9 +51,23 @@ def test_tfidf_params_are_applied():
     }
 
 
-def test_n_components_must_be_below_number_of_terms():
-    with pytest.raises(StageError, match=r"features.n_components=50 must be below .* \(17\)"):
-        fit_features(TEXTS, compose().features.updated(n_components=50))
+def test_n_components_is_lowered_below_terms_and_documents_with_a_warning(caplog):
+    """Six captions of 17 terms and the default 50 components: 5 (below both), and a warning."""
+    with caplog.at_level("WARNING"):
+        fitted = fit_features(TEXTS, compose().features.updated(n_components=50))
+    assert fitted.embedding.shape == (6, 5) and fitted.n_components_used == 5
+    assert "features.n_components=50 does not fit 6 documents with 17 TF-IDF terms: using 5" in (
+        caplog.text
+    )
+    few_terms = ["pool pool", "bed pool", "bed", "pool bed", "bed bed", "pool"]  # 2 terms
+    assert fit_features(few_terms, compose().features).n_components_used == 1
+
+
+def test_no_component_fits_is_an_error_naming_the_parameter():
+    with pytest.raises(StageError, match=r"features.n_components: no SVD component fits 3"):
+        fit_features(["pool", "pool", "pool"], compose().features)  # one term
+    with pytest.raises(StageError, match=r"features.n_components: .*\(features.algorithm=arpack"):
+        fit_features(["bed pool"], compose().features.updated(algorithm="arpack"))
 
 
 def test_empty_input_and_empty_vocabulary():

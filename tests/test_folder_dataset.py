@@ -417,6 +417,7 @@ def test_images_stage_takes_the_tree_and_a_replaced_photo_is_redone(tree: Path, 
         images_dir=tmp_path / "images",
         images_manifest=tmp_path / "images.csv",
         images_metrics=tmp_path / "images.json",
+        skipped_report=tmp_path / "skipped.csv",
     )
     params = _params(tree)
     sample_stage.run(params, paths)

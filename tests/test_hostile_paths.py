@@ -33,7 +33,7 @@ from alien_hotels.testing.imageserver import ImageServer, make_image
 from conftest import ROOT, run
 
 # What the two stages may change in the temporary root: their outputs, nothing else.
-OUTPUTS = ("proj/data/images/", "proj/data/interim/", "proj/metrics/")
+OUTPUTS = ("proj/data/images/", "proj/data/interim/", "proj/metrics/", "proj/reports/skipped.csv/")
 SECRET_SIZE = (37, 23)  # no photo of the tests has it: a copy is recognised even if re-encoded
 
 

@@ -51,9 +51,16 @@ def test_sklearn_method_runs():
     assert coords.shape == (40, 2)
 
 
-def test_perplexity_too_large_is_an_error():
-    with pytest.raises(StageError, match=r"map.perplexity=30.0 is too large for 50 documents"):
-        mapping.embed_2d(np.random.default_rng(0).normal(size=(50, 4)), compose().map)
+def test_perplexity_too_large_is_lowered_with_a_warning(caplog):
+    X = np.random.default_rng(0).normal(size=(50, 4))
+    with caplog.at_level("WARNING"):
+        coords = mapping.embed_2d(X, compose().map.updated(n_iter=100))
+    assert coords.shape == (50, 2) and np.isfinite(coords).all()
+    assert "map.perplexity=30 is too large for 50 documents" in caplog.text
+    assert mapping.perplexity_for(50, compose().map) == pytest.approx(49 / 3)
+    assert mapping.perplexity_for(91, compose().map) == 30
+    with pytest.raises(StageError, match="at least 2 documents"):
+        mapping.embed_2d(X[:1], compose().map)
 
 
 def test_html_map_is_self_contained_with_colour_switch(table, tmp_path):
@@ -72,4 +79,30 @@ def test_png_map(table, tmp_path):
     target = tmp_path / "map.png"
     mapping.write_png_map(frame, target)
     with Image.open(target) as image:
-        assert image.format == "PNG" and image.width > 1000
+        # fits a page (side by side it was 1760 px, wider than a browser window): panels stacked
+        assert image.format == "PNG" and 600 <= image.width <= 1000 < image.height
+
+
+def test_png_map_stacks_panels_with_whole_legends(table):
+    """Each panel's legend (21 entries: 20 hotels and the lumped rest) lies inside the figure,
+    below its own map; the cluster panel is above the hotel panel."""
+    _, _, frame = table
+    many = frame.assign(hotel_name=[f"Hotel number {i % 30} with a long name" for i in range(120)])
+    fig = mapping.png_map(many, max_groups=20)
+    try:
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        page = fig.bbox
+        top, bottom = fig.axes
+        assert top.get_window_extent().y0 > bottom.get_window_extent().y1  # stacked
+        for ax in (top, bottom):
+            legend = ax.get_legend()
+            box = legend.get_window_extent(renderer)
+            assert page.x0 <= box.x0 and box.x1 <= page.x1 and page.y0 <= box.y0, (box, page)
+            assert box.y1 <= ax.get_window_extent().y0  # below its map, not over it
+        labels = [t.get_text() for t in bottom.get_legend().get_texts()]
+        assert len(labels) == 21 and labels[-1] == "~ other hotels (10)"
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)

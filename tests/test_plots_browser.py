@@ -43,6 +43,10 @@ IDS.map(id => document.getElementById(id)).map(d => ({
   id: d.id,
   drawn: d.querySelector("svg.marks") !== null,
   failed: d.textContent.includes("plot failed"),
+  empty: d.dataset.empty === "true" && d.hidden,
+  width: (d.querySelector("svg.marks") || {getBoundingClientRect: () => ({width: 0})})
+    .getBoundingClientRect().width,
+  texts: [...d.querySelectorAll("svg.marks g.mark-text.role-mark text")].map(t => t.textContent),
   marks: [...d.querySelectorAll("svg.marks g.role-mark")].map(g => ({
     mark: g.getAttribute("class"),
     items: g.childElementCount,
@@ -53,6 +57,11 @@ IDS.map(id => document.getElementById(id)).map(d => ({
 }))
 """
 IMAGES = "[...document.images].map(i => [i.getAttribute('src'), i.complete && i.naturalWidth > 0])"
+# Each image's natural size and where it lies: inside the window's width, whole
+IMAGE_BOXES = """[...document.images].map(i => ({src: i.getAttribute("src"), width: i.naturalWidth,
+  height: i.naturalHeight, left: i.getBoundingClientRect().left,
+  right: i.getBoundingClientRect().right, page: document.documentElement.clientWidth}))"""
+EMPTY_NOTE = "(document.getElementById('empty-plots') || {}).textContent || ''"
 
 
 def chromium_binary() -> str:
@@ -250,17 +259,53 @@ def vega_state(ids) -> str:
     return VEGA_STATE.replace("IDS", json.dumps(sorted(ids)))
 
 
-def show_page(browser: Browser, page: Path) -> tuple[list[dict], list, list[str]]:
-    """Open a plots page and wait until each of its vega plots drew or failed."""
+def show_page(browser: Browser, page: Path, shot: str | None = None):
+    """Open a plots page and wait until each of its vega plots drew, failed or was left out
+    (no rows); with `shot`, screenshot the whole page and each drawn plot (`screenshots`).
+    Returns (plot states, images, problems, session)."""
     state = vega_state(page_specs(page))
     session = browser.open(page)
-    browser.wait(session, f"({state}).every(p => p.drawn || p.failed)")
+    browser.wait(session, f"({state}).every(p => p.drawn || p.failed || p.empty)")
+    browser.wait(session, "[...document.images].every(i => i.complete)")
     time.sleep(0.5)  # late console messages
-    return (
-        browser.evaluate(session, state),
-        browser.evaluate(session, IMAGES),
-        (browser.problems(session)),
+    plots = browser.evaluate(session, state)
+    if shot:
+        screenshot(browser, session, f"{shot}.png")
+        for plot in plots:
+            if plot["drawn"]:
+                screenshot(browser, session, f"{shot}-{plot['id']}.png", f"#{plot['id']}")
+    return plots, browser.evaluate(session, IMAGES), browser.problems(session), session
+
+
+def screenshot(browser: Browser, session: str, name: str, selector: str | None = None) -> Path:
+    """A PNG of the page (all of it) or of one element, into `screenshots()`."""
+    box = browser.evaluate(
+        session,
+        f"(e => {{ const r = e.getBoundingClientRect(); return {{x: r.x + scrollX, y: r.y + "
+        f"scrollY, width: Math.max(r.width, e.scrollWidth), height: Math.max(r.height, "
+        f"e.scrollHeight), scale: 1}}; }})"
+        f"(document.querySelector({json.dumps(selector or 'html')}))",
     )
+    data = browser.call(
+        "Page.captureScreenshot", session, format="png", clip=box, captureBeyondViewport=True
+    )["data"]
+    path = screenshots() / name
+    path.write_bytes(base64.b64decode(data))
+    return path
+
+
+def screenshots() -> Path:
+    """Where the screenshots go: $PLOTS_SCREENSHOTS (to look at them), else a temporary folder."""
+    global _SHOTS
+    if _SHOTS is None:
+        import tempfile
+
+        _SHOTS = Path(os.environ.get("PLOTS_SCREENSHOTS") or tempfile.mkdtemp(prefix="plots-"))
+        _SHOTS.mkdir(parents=True, exist_ok=True)
+    return _SHOTS
+
+
+_SHOTS: Path | None = None
 
 
 def rows(spec: dict) -> int:
@@ -319,18 +364,34 @@ def test_dvc_plots_show_draws_every_plot_once_offline(browser, project, tmp_path
     specs = page_specs(page)
     # each plot once: no second copy of a CSV from a stage's `plots:` (drawn against its index)
     assert sorted(specs) == sorted(vega), "every declared vega plot, once"
-    state, imgs, problems = show_page(browser, page)
+    state, imgs, problems, session = show_page(browser, page, shot="show")
 
     assert not problems, problems
     assert {p["id"] for p in state} == vega
+    # the bundled sample has no images: only the elbow has rows. The edit plots' CSVs hold their
+    # header only: left out (not empty axes), and named in one line at the end of the page.
+    empty = [name for name in specs if rows(specs[name]) == 0]
+    assert sorted(empty) == sorted(vega - {"elbow"})
     for plot in state:
-        assert plot["drawn"] and not plot["failed"], plot
-        assert drawn_rows(plot) == rows(specs[plot["id"]]), plot
-    # the bundled sample has no images: only the elbow has rows, its line a vertex per k
+        if plot["id"] in empty:
+            assert plot["empty"] and not plot["drawn"], plot
+        else:
+            assert plot["drawn"] and not plot["failed"] and not plot["empty"], plot
+            assert drawn_rows(plot) == rows(specs[plot["id"]]), plot
+    assert (
+        browser.evaluate(session, EMPTY_NOTE) == f"Not drawn, no rows to plot: {', '.join(empty)}"
+    )
+    # the elbow: a vertex per k, drawn large enough to read, the chosen k marked and labelled
     elbow = next(p for p in state if p["id"] == "elbow")
     assert rows(specs["elbow"]) == len(pd.read_csv(project / "plots/elbow.csv")) == 29
     assert line_vertices(elbow) == 29 and elbow["legend"] == ["workspace"]
-    assert len(imgs) == len(images) and all(loaded for _, loaded in imgs), imgs
+    chosen = json.loads((project / "metrics/clustering.json").read_text())["k"]
+    assert elbow["texts"] == [f"k = {chosen}"], elbow
+    assert sorted(per_mark(elbow, "items", lines=False)) == [1, 1, 1, 29]  # rule, point, label
+    assert elbow["width"] >= 600, elbow  # DVC's own templates are 300 px wide
+    # the map PNG (the one image: the empty edit sweep's is not a plot) fits the window, stacked
+    assert len(imgs) == len(images) == 1 and all(loaded for _, loaded in imgs), imgs
+    assert_images_fit(browser, session)
 
     # the control: DVC's own page (vega from the CDN) draws nothing here
     from dvc_render.html import PAGE_HTML
@@ -347,6 +408,15 @@ def test_dvc_plots_show_draws_every_plot_once_offline(browser, project, tmp_path
     assert len(cdn_state) == len(vega) and not any(p["drawn"] for p in cdn_state)
     blocked = browser.problems(session)
     assert any("request: https://cdn.jsdelivr.net/npm/vega" in p for p in blocked), blocked
+
+
+def assert_images_fit(browser: Browser, session: str) -> None:
+    """Every image lies within the window's width at its own size: the map is narrower than a
+    page (its panels stacked, each legend below its panel), so nothing is scaled or cut off."""
+    for image in browser.evaluate(session, IMAGE_BOXES):
+        assert image["left"] >= 0 and image["right"] <= image["page"], image
+        assert image["width"] <= 1000 < image["height"], image  # stacked: taller than wide
+        assert image["right"] - image["left"] == image["width"], image  # not shrunk
 
 
 def synthetic(columns: list[str], n: int) -> pd.DataFrame:
@@ -373,14 +443,14 @@ def test_every_plot_draws_its_rows(browser, project, tmp_path):
         out = tmp_path / "filled"
         run(["dvc", "plots", "show", "-o", str(out)], project)
         specs = page_specs(out / "index.html")
-        state, _, problems = show_page(browser, out / "index.html")
+        state, _, problems, _ = show_page(browser, out / "index.html", shot="filled")
     finally:
         for path, data in originals.items():
             path.write_bytes(data)
     assert not problems, problems
     assert len(state) == len(declared_plots(project)[0])
     for plot in state:
-        assert plot["drawn"] and not plot["failed"], plot
+        assert plot["drawn"] and not plot["failed"] and not plot["empty"], plot
         assert drawn_rows(plot) == rows(specs[plot["id"]]) > 0, plot
     # imagic_alpha draws two columns (ssim, success): a line each, 6 vertices each
     imagic = next(p for p in state if p["id"] == "imagic_alpha")
@@ -390,22 +460,34 @@ def test_every_plot_draws_its_rows(browser, project, tmp_path):
 
 @pytest.mark.slow
 def test_dvc_plots_diff_of_two_experiments(browser, project, tmp_path):
-    run(["dvc", "exp", "run", "-n", "kmax10", "-S", "cluster.k_max=10"], project)
+    """Two runs that differ only in k: the same sweep, so the same curve; the chosen k marked on
+    each (in its revision's colour) is what tells them apart."""
+    head_k = json.loads((project / "metrics/clustering.json").read_text())["k"]
+    other_k = head_k + 3
+    run(["dvc", "exp", "run", "-n", "other-k", "-S", f"cluster.k={other_k}"], project)
     out = tmp_path / "diff"
-    run(["dvc", "plots", "diff", "HEAD", "kmax10", "-o", str(out)], project)
+    run(["dvc", "plots", "diff", "HEAD", "other-k", "-o", str(out)], project)
     specs = page_specs(out / "index.html")
-    state, imgs, problems = show_page(browser, out / "index.html")
+    state, imgs, problems, session = show_page(browser, out / "index.html", shot="diff")
     assert not problems, problems
     assert sorted(specs) == sorted(declared_plots(project)[0])
     by_id = {p["id"]: p for p in state}
-    assert all(p["drawn"] and not p["failed"] for p in state), state
-    # the elbow of both: k = 1..29 and 1..10, a series (and legend entry) per experiment
+    assert all((p["drawn"] and not p["failed"]) or p["empty"] for p in state), state
+    # the elbow of both: k = 1..29 twice, a series (and legend entry) per experiment
     values = specs["elbow"]["data"]["values"]
-    assert sorted({v["rev"] for v in values}) == ["HEAD", "kmax10"]
-    assert len(values) == 29 + 10 and line_vertices(by_id["elbow"]) == 29 + 10
-    assert set(by_id["elbow"]["legend"]) == {"HEAD", "kmax10"}
+    assert sorted({v["rev"] for v in values}) == ["HEAD", "other-k"]
+    curves = {
+        rev: [(v["k"], v["inertia"]) for v in values if v["rev"] == rev]
+        for rev in ("HEAD", "other-k")
+    }
+    assert curves["HEAD"] == curves["other-k"]  # the curves alone cannot tell them apart
+    elbow = by_id["elbow"]
+    assert len(values) == 2 * 29 and line_vertices(elbow) == 2 * 29
+    assert set(elbow["legend"]) == {"HEAD", "other-k"}
+    assert sorted(elbow["texts"]) == sorted([f"k = {head_k}", f"k = {other_k}"]), elbow
     assert len(imgs) == 2 * len(declared_plots(project)[1]), imgs  # each image per revision
     assert all(loaded for _, loaded in imgs), imgs
+    assert_images_fit(browser, session)  # side by side they would not: one under the other
 
 
 @pytest.mark.slow

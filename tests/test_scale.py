@@ -252,7 +252,8 @@ def test_benchmark_smoke_run(tmp_path):
     clusters = pd.read_csv(tmp_path / "scale_1500/data/processed/clusters.csv")
     assert len(clusters) == 1500 and clusters[["x", "y"]].notna().all().all()
     summary = results["compare"]["summary"]
-    # The quality goal of docs/performance.md: inertia at the chosen k within 2% of the recipe's.
+    # The quality goal of docs/design/performance.md: inertia at the chosen k within 2% of the
+    # recipe's.
     # (Speed is the benchmark's printout, never a test assertion.)
     assert abs(summary["inertia_gap"]) < 0.02, summary
     saved = json.loads(

@@ -76,25 +76,30 @@ def test_cluster_sweep_is_clamped_to_few_documents(workdir):
     metrics = json.loads(Path("metrics/clustering.json").read_text())
     assert metrics["k_swept"] == f"1..{n_docs}" and metrics["k_max_clamped"] is True
     assert 1 <= metrics["k"] <= n_docs
-    assert pd.read_csv("plots/elbow.csv")["k"].tolist() == list(range(1, n_docs + 1))
+    elbow = pd.read_csv("plots/elbow.csv")
+    assert elbow["k"].tolist() == list(range(1, n_docs + 1))
+    # the plot marks the chosen k from this column (and `dvc plots diff` tells runs apart by it)
+    assert elbow.loc[elbow["chosen"] == 1, "k"].tolist() == [metrics["k"]]
+    assert set(elbow["chosen"]) <= {0, 1}
 
 
 def test_no_possible_k_leaves_no_cluster_outputs(workdir):
-    overrides = ("data.n_hotels=1", "data.min_images=1", "features.n_components=1")
-    write_params(workdir, *overrides, data_path=few_captions(workdir, 2))
+    """One document: nothing to cluster (two or more take a k, see test_small_folders.py)."""
+    one = few_captions(workdir, 1)
+    write_params(workdir, "data.n_hotels=1", "data.min_images=1", data_path=one)
     for stage in ("sample", "caption", "preprocess", "room-types", "features"):
         run(["alien-hotels", stage], workdir)
     result = run(["alien-hotels", "cluster"], workdir, check=False)
     assert result.returncode == 2
-    assert "only 2 documents" in result.stderr and "set cluster.k explicitly" in result.stderr
+    assert "cluster: 1 document(s) cannot be clustered" in result.stderr
     assert not Path("metrics/clustering.json").exists()
     assert not Path("data/processed/cluster_labels.csv").exists()
 
 
-def test_n_components_not_below_terms_fails_cleanly(workdir):
+def test_features_that_fit_no_data_fail_cleanly(workdir):
     run_text_half(until="preprocess")
-    bad = compose("features.n_components=5000")
-    with pytest.raises(StageError, match=r"features.n_components=5000 must be below"):
+    bad = compose("features.tfidf.min_df=1000")  # more documents than there are
+    with pytest.raises(StageError, match=r"features.tfidf: max_df corresponds to < documents"):
         features_stage.run(bad)
     assert not Path("data/processed/features.npz").exists()
     assert not list(Path("data/processed").glob(".*tmp"))
@@ -135,7 +140,7 @@ def test_failed_rerun_keeps_previous_outputs(workdir):
     run_text_half(until="features")
     before = Path("data/processed/features.npz").read_bytes()
     with pytest.raises(StageError):
-        features_stage.run(compose("features.n_components=5000"))
+        features_stage.run(compose("features.tfidf.min_df=1000"))
     assert Path("data/processed/features.npz").read_bytes() == before
 
 

@@ -4,7 +4,7 @@ The study fitted `KMeans(n_clusters=k, random_state=42)` for k = 1..29, read the
 inertia plot (9-10) and kept k = 10. Here the knee is found by Kneedle (`kneed`), and the result
 is scored against the two explanations the study weighed: hotel identity and room type.
 
-Scale (see docs/performance.md): with more than `cluster.sweep_sample` documents, each k of the
+Scale (docs/design/performance.md): with more than `cluster.sweep_sample` documents, each k of the
 sweep is fitted on a seeded sample of that many rows and its centers are then scored on every row
 (the inertia curve is always the full data's); the chosen k is then refined with Lloyd
 iterations on all rows, starting from the sample's centers. Silhouette and the c-TF-IDF terms
@@ -25,7 +25,7 @@ from pydantic import Field, model_validator
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
-from alien_hotels.common import Section, Seed, StageError, seeded_rows
+from alien_hotels.common import Section, Seed, StageError, rounded, seeded_rows
 
 if TYPE_CHECKING:  # scikit-learn is imported where it runs: the config loader imports this
     from sklearn.cluster import KMeans  # module in every stage, most of which never cluster
@@ -122,23 +122,28 @@ def assign(embedding: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, floa
 def sweep_kmeans(embedding: np.ndarray, cfg: ClusterConfig, progress: bool = True) -> SweepResult:
     """Fit k-means for every k in [k_min, k_max]; inertia on all rows per k."""
     n_docs = len(embedding)
+    if n_docs < 2:
+        raise StageError(
+            f"cluster: {n_docs} document(s) cannot be clustered (cluster.k_min..k_max needs at "
+            "least 2): add photos"
+        )
     if cfg.k is not None and cfg.k > n_docs:
         raise StageError(f"cluster.k={cfg.k} is larger than the number of documents ({n_docs})")
-    k_max = min(cfg.k_max, n_docs)  # k-means cannot have more clusters than documents
+    # k-means cannot have more clusters than distinct documents (identical captions are common
+    # in a small folder); counted only where k_max could come near them.
+    n_distinct = len(np.unique(embedding, axis=0)) if n_docs < 10 * cfg.k_max else n_docs
+    k_max = min(cfg.k_max, n_distinct)
     if cfg.k_min > k_max:
         raise StageError(
-            f"cluster.k_min={cfg.k_min} is larger than the number of documents ({n_docs})"
-        )
-    if cfg.k is None and k_max - cfg.k_min < 2:
-        raise StageError(
-            f"only {n_docs} documents: cluster.k_min..k_max leaves fewer than 3 values of k, "
-            "too few for an elbow; set cluster.k explicitly"
+            f"cluster.k_min={cfg.k_min} is larger than the number of distinct documents "
+            f"({n_distinct})"
         )
     if k_max < cfg.k_max:
         log.warning(
-            "cluster.k_max=%d exceeds the %d documents: sweeping k=%d..%d",
+            "cluster.k_max=%d exceeds the %d %sdocuments: sweeping k=%d..%d",
             cfg.k_max,
-            n_docs,
+            n_distinct,
+            "distinct " if n_distinct < n_docs else "",
             cfg.k_min,
             k_max,
         )
@@ -159,23 +164,74 @@ def sweep_kmeans(embedding: np.ndarray, cfg: ClusterConfig, progress: bool = Tru
     return result
 
 
+class NoElbow(StageError):
+    """The inertia curve has no knee: too few values of k, flat, or Kneedle finds none."""
+
+
 def choose_k(inertia: dict[int, float], cfg: ClusterConfig) -> int:
-    """The given `cluster.k`, or the knee of the inertia curve (Kneedle)."""
+    """The given `cluster.k`, or the knee of the inertia curve (Kneedle); `NoElbow` if none."""
     if cfg.k is not None:
         return cfg.k
     ks = sorted(inertia)
+    if len(ks) < 3:
+        raise NoElbow(f"only {len(ks)} values of k (k={ks[0]}..{ks[-1]}): too few for an elbow")
     if inertia[ks[0]] - inertia[ks[-1]] <= 1e-12 * max(abs(inertia[ks[0]]), 1.0):
-        raise StageError("the inertia curve is flat, so it has no elbow; set cluster.k explicitly")
+        raise NoElbow("the inertia curve is flat, so it has no elbow")
     # A degree-7 fit over few points is poorly conditioned by design; the fit is only a smoother.
+    # kneed warns when it finds no knee: that case is handled below.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", np.exceptions.RankWarning)
+        warnings.simplefilter("ignore", UserWarning)
         locator = _knee_locator(ks, inertia, cfg)
     if locator.knee is None:
-        raise StageError(
-            "no elbow found in the inertia curve; set cluster.k explicitly "
-            "or widen cluster.k_min..k_max"
-        )
+        raise NoElbow("no elbow found in the inertia curve")
     return int(locator.knee)
+
+
+def select_k(embedding: np.ndarray, sweep: SweepResult, cfg: ClusterConfig) -> tuple[int, str]:
+    """(k, k_source): the given `cluster.k` ("given"), the elbow ("elbow"), or, when the curve
+    has no knee (a small folder, a flat curve), the swept k with the best silhouette
+    ("silhouette"); where no swept k has one (2 documents, identical ones) the smallest
+    swept k ("k_min")."""
+    try:
+        k = choose_k(sweep.inertia, cfg)
+    except NoElbow as exc:
+        scores = silhouette_by_k(embedding, sweep, cfg)
+        swept = sorted(sweep.inertia)
+        if scores:
+            k, source = max(scores, key=lambda kk: (scores[kk], -kk)), "silhouette"
+        else:
+            k, source = swept[0], "k_min"
+        log.warning(
+            "%s; k=%d instead (cluster.k_source=%s over k=%d..%d); set cluster.k to choose",
+            exc,
+            k,
+            source,
+            swept[0],
+            swept[-1],
+        )
+        return k, source
+    return k, "given" if cfg.k is not None else "elbow"
+
+
+def silhouette_by_k(embedding: np.ndarray, sweep: SweepResult, cfg: ClusterConfig) -> dict:
+    """Silhouette of each swept k's clustering (on a seeded sample above
+    `cluster.silhouette_sample` rows); k without 2..n-1 distinct clusters has none."""
+    from sklearn.metrics import silhouette_score
+
+    rows = seeded_rows(len(embedding), cfg.silhouette_sample, cfg.random_state)
+    x = embedding if rows is None else embedding[rows]
+    scores = {}
+    with threadpool_limits(cfg.n_jobs):
+        for k in sorted(sweep.inertia):
+            labels = sweep.labels.get(k)
+            if labels is None:  # a sampled sweep keeps centers only
+                labels = assign(embedding, sweep.centers[k])[0]
+            y = labels if rows is None else labels[rows]
+            if 2 <= len(np.unique(y)) <= len(y) - 1:
+                # rounded: k whose scores differ by BLAS noise only tie, and the smaller k wins
+                scores[k] = round(float(silhouette_score(x, y)), 6)
+    return scores
 
 
 def _knee_locator(ks: list[int], inertia: dict[int, float], cfg: ClusterConfig):
@@ -365,4 +421,18 @@ def _kmeans(k: int, cfg: ClusterConfig, n_init: int | None = None) -> KMeans:
         n_init=n_init or cfg.n_init,
         max_iter=cfg.max_iter,
         tol=cfg.tol,
+    )
+
+
+def elbow_table(inertia: dict[int, float], k: int) -> pd.DataFrame:
+    """`plots/elbow.csv`: inertia per swept k, and `chosen` (1 on the row of the final k, 0
+    elsewhere; no 1 when a given k lies outside the sweep). The plot marks the chosen k from it,
+    so `dvc plots diff` of runs that differ only in k still tells them apart."""
+    ks = sorted(inertia)
+    return pd.DataFrame(
+        {
+            "k": ks,
+            "inertia": rounded([inertia[kk] for kk in ks]),
+            "chosen": [int(kk == k) for kk in ks],
+        }
     )

@@ -5,6 +5,7 @@ The study used `TfidfVectorizer()` defaults and `TruncatedSVD(n_components=50)`.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,8 @@ from pydantic import Field, model_validator
 from threadpoolctl import threadpool_limits
 
 from alien_hotels.common import Section, Seed, StageError, atomic_path
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # imported where it runs: the config loader imports this module in every stage
     from sklearn.decomposition import TruncatedSVD
@@ -54,21 +57,35 @@ class FeaturesConfig(Section):
         return self
 
 
+# Saved features are rounded to this grid (2^-17, about 7.6e-6; SVD coordinates of L2-normalised
+# rows lie in [-1, 1]). The float64 SVD differs between BLAS kernels (OpenBLAS Haswell vs
+# SkylakeX, ...) by about 1e-13, eight orders below the grid, so the saved bytes, and everything
+# cluster and map compute from them, are the same on every CPU. A power of two: every grid value
+# below 128 is exact in float32.
+GRID = 2.0**-17
+
+
 @dataclass
 class TextFeatures:
     """The fitted vectorizer and SVD, and the reduced document vectors."""
 
     vectorizer: TfidfVectorizer
     svd: TruncatedSVD
-    embedding: np.ndarray  # (n_docs, n_components), float32
+    embedding: np.ndarray  # (n_docs, n_components_used), float32 values on `GRID`
 
     @property
     def n_terms(self) -> int:
         return len(self.vectorizer.vocabulary_)
 
     @property
-    def explained_variance(self) -> float:
-        return float(self.svd.explained_variance_ratio_.sum())
+    def n_components_used(self) -> int:
+        return int(self.svd.n_components)
+
+    @property
+    def explained_variance(self) -> float | None:
+        ratio = self.svd.explained_variance_ratio_
+        # NaN where the documents do not vary (one document, or identical ones)
+        return float(ratio.sum()) if np.isfinite(ratio).all() else None
 
 
 def make_vectorizer(cfg: TfidfConfig) -> TfidfVectorizer:
@@ -97,28 +114,50 @@ def fit_features(texts: Sequence[str], cfg: FeaturesConfig) -> TextFeatures:
         tfidf = vectorizer.fit_transform(texts)
     except ValueError as exc:  # e.g. empty vocabulary, min_df > max_df
         raise StageError(f"features.tfidf: {exc}") from None
-    n_terms = tfidf.shape[1]
-    if cfg.n_components >= n_terms:
-        raise StageError(
-            f"features.n_components={cfg.n_components} must be below the number of TF-IDF terms "
-            f"({n_terms}); lower features.n_components or relax features.tfidf"
-        )
-    if cfg.n_components >= len(texts) and cfg.algorithm == "arpack":
-        raise StageError(
-            f"features.n_components={cfg.n_components} must be below the number of documents "
-            f"({len(texts)}) with features.algorithm=arpack"
-        )
+    n_components = n_components_for(cfg, n_docs=tfidf.shape[0], n_terms=tfidf.shape[1])
     from sklearn.decomposition import TruncatedSVD
 
     svd = TruncatedSVD(
-        n_components=cfg.n_components,
+        n_components=n_components,
         algorithm=cfg.algorithm,
         n_iter=cfg.n_iter,
         random_state=cfg.random_state,
     )
-    with threadpool_limits(cfg.n_jobs):
-        embedding = svd.fit_transform(tfidf).astype(np.float32)
-    return TextFeatures(vectorizer=vectorizer, svd=svd, embedding=embedding)
+    # float64: its BLAS-kernel noise (~1e-13) is far below GRID; float32's rounding error
+    # (up to 1.6e-5 on the demo) is of the grid's order, so a kernel could cross a grid step.
+    with threadpool_limits(cfg.n_jobs), np.errstate(invalid="ignore", divide="ignore"):
+        embedding = svd.fit_transform(tfidf.astype(np.float64))
+    return TextFeatures(vectorizer=vectorizer, svd=svd, embedding=on_grid(embedding))
+
+
+def n_components_for(cfg: FeaturesConfig, n_docs: int, n_terms: int) -> int:
+    """`features.n_components`, lowered (with a warning) to below the number of TF-IDF terms and
+    of documents: a small folder of photos has fewer than the default 50."""
+    limit = min(n_terms, n_docs) - 1  # TruncatedSVD needs n_components < n_terms
+    if cfg.algorithm == "randomized":
+        limit = max(limit, 1) if n_terms > 1 else 0  # randomized SVD takes a single document
+    if limit < 1:
+        raise StageError(
+            f"features.n_components: no SVD component fits {n_docs} document(s) with {n_terms} "
+            f"TF-IDF term(s) (features.algorithm={cfg.algorithm} needs n_components below both); "
+            "add photos or relax features.tfidf"
+        )
+    if cfg.n_components > limit:
+        log.warning(
+            "features.n_components=%d does not fit %d documents with %d TF-IDF terms: using %d",
+            cfg.n_components,
+            n_docs,
+            n_terms,
+            limit,
+        )
+        return limit
+    return cfg.n_components
+
+
+def on_grid(embedding: np.ndarray) -> np.ndarray:
+    """`embedding` rounded to `GRID`, as float32 (exact), so BLAS noise does not reach the bytes."""
+    rounded = np.round(np.asarray(embedding, dtype=np.float64) / GRID) * GRID
+    return (rounded + 0.0).astype(np.float32)  # + 0.0: -0.0 becomes 0.0
 
 
 def save_features(target: Path, embedding: np.ndarray, image_ids: np.ndarray) -> None:

@@ -11,7 +11,9 @@ registered for a format it can open (video and undecodable stubs aside). Hidden 
 folders (a name starting with `.`, such as
 `.DS_Store` or macOS' `._IMG_1.jpg`; a hidden folder is not entered), other files, files
 directly under `data.path` (they belong to no hotel) and hotel folders without an image are
-skipped and counted in `metrics/sample.json`; none of them is an error. Whether an image decodes
+skipped, counted in `metrics/sample.json` and named with a reason (`Skipped`, for
+reports/skipped.csv); none of them is an error. HEIC/HEIF count as images through pillow-heif's
+opener (`imageio.register_plugins`). Whether an image decodes
 is the images stage's question: a corrupt file becomes a `failed` row with a reason there.
 
 Ids are stable in any process and on any machine (no Python `hash()`): `hotel_id` is the first
@@ -44,6 +46,7 @@ from pathlib import Path, PurePosixPath
 import pandas as pd
 
 from alien_hotels.common import StageError
+from alien_hotels.imageio import register_plugins
 
 log = logging.getLogger(__name__)
 ID_BITS = 52
@@ -70,6 +73,7 @@ def image_suffixes() -> frozenset[str]:
     HDF5, WMF)."""
     from PIL import Image, ImageFile
 
+    register_plugins()  # HEIC/HEIF through pillow-heif: an iPhone's default format
     Image.init()
 
     def photo(fmt: str) -> bool:
@@ -103,6 +107,33 @@ def image_id(rel_path: str, content_sha1: bytes) -> int:
 def file_sha1(path: Path) -> bytes:
     with open(path, "rb") as fh:
         return hashlib.file_digest(fh, "sha1").digest()
+
+
+# One entry per file or folder the tree held that is not in the sample: (path relative to
+# data.path, reason, detail), all named in reports/skipped.csv after the images stage; the counts
+# in metrics/sample.json alone left a user guessing which of their files were left out.
+Skipped = list[tuple[str, str, str]]
+
+
+def shown(name: str) -> str:
+    """A name as text that can be written anywhere: bytes that are no UTF-8 as `\\xff`."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _not_image_detail(name: str) -> str:
+    suffix = os.path.splitext(name)[1].lower()
+    if not suffix:
+        return "no file suffix"
+    fmt = _registered_format(suffix)
+    if fmt in NOT_PHOTO_FORMATS:
+        return f"{suffix}: {fmt}, not a photo"
+    return f"{suffix}: not an image format Pillow reads" if fmt is None else f"{suffix}: {fmt}"
+
+
+def _registered_format(suffix: str) -> str | None:
+    from PIL import Image
+
+    return Image.registered_extensions().get(suffix)
 
 
 def _hidden(name: str) -> bool:
@@ -140,10 +171,11 @@ class _Fence:
 
 
 def scan(
-    root: str | Path, follow_external_symlinks: bool = False
+    root: str | Path, follow_external_symlinks: bool = False, skipped: Skipped | None = None
 ) -> tuple[pd.DataFrame, dict[str, int]]:
     """Every image of the tree (`hotel_id`, `hotel_name`, `image_path`, `room_type_folder`) in
-    a stable order, and the counts of what was skipped. Reads names only, no file content.
+    a stable order, and the counts of what was skipped (each also appended to `skipped`, when
+    given, with its path and reason). Reads names only, no file content.
 
     Symlinks leading out of the tree are skipped (counted, named in the log) unless
     `follow_external_symlinks`. A tree without any image is an error saying what was found
@@ -157,27 +189,36 @@ def scan(
     suffixes = image_suffixes()
     counts: Counter[str] = Counter()
     rows: list[tuple[str, str, str]] = []
+    named: Skipped = [] if skipped is None else skipped
     with os.scandir(root) as it:
         top = sorted(it, key=lambda e: e.name)
     root_real = os.path.realpath(root)
     fence = _Fence(None if follow_external_symlinks else root_real)
     for entry in top:
+        folder = entry.is_dir()
+        shown_name = shown(entry.name) + ("/" if folder else "")
         if _hidden(entry.name):
             counts["skipped_hidden"] += 1
+            named.append((shown_name, "hidden", _HIDDEN_DETAIL[folder]))
         elif _bad_name(entry.name):
             counts["skipped_bad_name"] += 1
-        elif entry.is_dir() and _holds(os.path.realpath(entry.path), root_real):
+            named.append((shown_name, "bad_name", BAD_NAME_DETAIL))
+        elif folder and _holds(os.path.realpath(entry.path), root_real):
             counts["symlink_loops"] += 1  # a link to data.path or above: no hotel of its own
-        elif entry.is_dir() and fence.shuts_out(os.path.realpath(entry.path)):
+            named.append((shown_name, "symlink_loop", "a link to data.path or above it"))
+        elif folder and fence.shuts_out(os.path.realpath(entry.path)):
             fence.refused.append(entry.name)
-        elif entry.is_dir():
+        elif folder:
             counts["hotel_folders"] += 1
-            found = _scan_hotel(Path(entry.path), entry.name, suffixes, counts, rows, fence)
+            found = _scan_hotel(Path(entry.path), entry.name, suffixes, counts, rows, fence, named)
             if not found:
                 counts["hotels_without_images"] += 1
+                named.append((shown_name, "hotel_without_images", "a hotel folder without photos"))
         else:
             counts["skipped_top_level_files"] += 1  # no hotel folder to belong to
             counts["top_level_images"] += _is_image(entry.name, suffixes)
+            named.append((shown_name, "top_level_file", "not in a hotel folder"))
+    named.extend((path, "external_symlink", EXTERNAL_DETAIL) for path in fence.refused)
     frame = pd.DataFrame(rows, columns=["hotel_name", PATH_COLUMN, ROOM_TYPE_COLUMN])
     frame.insert(0, "hotel_id", frame["hotel_name"].map(hotel_id).astype("int64"))
     stats = {
@@ -206,6 +247,11 @@ def scan(
         raise StageError(_no_images_message(root, stats, counts["top_level_images"]))
     _check_unique(frame, root)
     return frame, stats
+
+
+_HIDDEN_DETAIL = {False: "hidden file (name starts with .)", True: "hidden folder, not entered"}
+BAD_NAME_DETAIL = "the name is not valid UTF-8; rename it"
+EXTERNAL_DETAIL = "symlink leading out of data.path (data.follow_external_symlinks=false)"
 
 
 def _is_image(name: str, suffixes: frozenset[str]) -> bool:
@@ -242,6 +288,7 @@ def _scan_hotel(
     counts: Counter[str],
     rows: list[tuple[str, str, str]],
     fence: _Fence,
+    named: Skipped,
 ) -> int:
     found = 0
     folders: list[PurePosixPath] = []  # below the hotel folder
@@ -249,18 +296,22 @@ def _scan_hotel(
     entered = {os.path.realpath(hotel_dir)}  # real paths: each real folder is walked once
     for dirpath, dirnames, filenames in os.walk(hotel_dir, followlinks=True):
         rel_dir = PurePosixPath(hotel, *Path(dirpath).relative_to(hotel_dir).parts)
-        dirnames[:] = _folders_to_enter(dirpath, dirnames, entered, counts, fence, rel_dir)
+        dirnames[:] = _folders_to_enter(dirpath, dirnames, entered, counts, fence, rel_dir, named)
         depth = len(rel_dir.parts)  # 1: the hotel folder, 2: a room type, 3+: below
         room_type = rel_dir.parts[1] if depth >= 2 else ""
         if depth >= 2:
             folders.append(rel_dir)
         for name in sorted(filenames):  # a broken symlink is a file here: unreadable later
+            where = shown((rel_dir / name).as_posix())
             if _hidden(name):
                 counts["skipped_hidden"] += 1
+                named.append((where, "hidden", _HIDDEN_DETAIL[False]))
             elif _bad_name(name):
                 counts["skipped_bad_name"] += 1
+                named.append((where, "bad_name", BAD_NAME_DETAIL))
             elif not _is_image(name, suffixes):
                 counts["skipped_not_image"] += 1
+                named.append((where, "not_image", _not_image_detail(name)))
             elif os.path.islink(path := os.path.join(dirpath, name)) and fence.leads_out(path):
                 # (the folders walked are inside: only a link can lead a file out)
                 fence.refused.append((rel_dir / name).as_posix())
@@ -269,7 +320,9 @@ def _scan_hotel(
                 rows.append((hotel, (rel_dir / name).as_posix(), room_type))
                 with_images.update((rel_dir, *rel_dir.parents))
                 found += 1
-    counts["empty_folders"] += sum(folder not in with_images for folder in folders)
+    empty = [folder for folder in folders if folder not in with_images]
+    counts["empty_folders"] += len(empty)
+    named.extend((f"{shown(f.as_posix())}/", "empty_folder", "no photos inside") for f in empty)
     return found
 
 
@@ -280,6 +333,7 @@ def _folders_to_enter(
     counts: Counter[str],
     fence: _Fence,
     rel_dir: PurePosixPath,
+    named: Skipped,
 ) -> list[str]:
     """The sub-folders of `dirpath` to walk, in name order: not hidden, valid names, not a
     (symlinked) folder already entered in this hotel or holding `dirpath` (a loop), not a link out
@@ -291,12 +345,16 @@ def _folders_to_enter(
     keep = []
     for name in sorted(dirnames, key=lambda d: (os.path.islink(os.path.join(dirpath, d)), d)):
         real = os.path.realpath(os.path.join(dirpath, name))
+        where = f"{shown((rel_dir / name).as_posix())}/"
         if _hidden(name):
             counts["skipped_hidden"] += 1  # not entered
+            named.append((where, "hidden", _HIDDEN_DETAIL[True]))
         elif _bad_name(name):
             counts["skipped_bad_name"] += 1
+            named.append((where, "bad_name", BAD_NAME_DETAIL))
         elif real in entered or _holds(real, here):
             counts["symlink_loops"] += 1
+            named.append((where, "symlink_loop", "a folder already entered, or one above it"))
         elif fence.shuts_out(real):
             fence.refused.append((rel_dir / name).as_posix())
         else:
@@ -345,12 +403,16 @@ def _with_forms(names: list[str]) -> str:
 
 
 def identify(
-    rows: pd.DataFrame, root: str | Path, follow_external_symlinks: bool = False
+    rows: pd.DataFrame,
+    root: str | Path,
+    follow_external_symlinks: bool = False,
+    skipped: Skipped | None = None,
 ) -> tuple[pd.DataFrame, dict[str, int]]:
     """The chosen rows with `image_id` (hashing each file) and the sample's columns.
 
     A file that cannot be read (permissions, removed since the scan) is dropped and counted; so
-    is one that became a link out of the tree since the scan (not read)."""
+    is one that became a link out of the tree since the scan (not read). Both are appended to
+    `skipped` when given."""
     root = Path(root)
     fence = _Fence(None if follow_external_symlinks else os.path.realpath(root))
     ids: list[int | None] = []
@@ -359,12 +421,17 @@ def identify(
         if fence.leads_out(str(root / rel)):
             fence.refused.append(rel)
             ids.append(None)
+            if skipped is not None:
+                skipped.append((rel, "external_symlink", EXTERNAL_DETAIL))
             continue
         try:
             ids.append(image_id(rel, file_sha1(root / rel)))
-        except OSError:
+        except OSError as exc:
             ids.append(None)
             unreadable += 1
+            if skipped is not None:
+                why = exc.strerror or type(exc).__name__
+                skipped.append((rel, "unreadable", f"{why} (a broken link, permissions)"))
     if fence.refused:  # became links out since the scan
         log.warning("%s: not read, they lead out of the tree: %s", root, fence.refused[:10])
     out = rows.assign(image_id=pd.array(ids, dtype="Int64")).dropna(subset=["image_id"])

@@ -14,6 +14,11 @@ Memory: the conversions work in strips of about a million pixels with integer ar
 float64 copy of a whole image), and `max_decode_bytes` refuses an image whose decoding would
 take more (`decode_bytes`, estimated from the header) before any pixel is decoded.
 
+Formats: whatever Pillow reads, plus HEIC/HEIF (an iPhone's default) through pillow-heif's
+opener, registered on import (`register_plugins`). AVIF is Pillow's own (since 11.2). For HEIF,
+libheif applies the file's rotation and mirroring (`irot`/`imir`, which the format makes the
+display orientation) and pillow-heif resets the EXIF orientation to 1, so it is not turned twice.
+
 A file that cannot be used raises `ImageFailure` with one of `REASONS` and a detail message.
 """
 
@@ -25,12 +30,25 @@ import warnings
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 log = logging.getLogger(__name__)
+
+
+@cache
+def register_plugins() -> None:
+    """Pillow openers beyond its own: HEIC/HEIF (pillow-heif). Every module that opens photos or
+    lists their suffixes (`folders.image_suffixes`) calls it, so both agree."""
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()
+
+
+register_plugins()
 
 REASONS = (
     "missing_file",

@@ -62,7 +62,10 @@ log = logging.getLogger("alien_hotels.images")
 
 # The images manifest, `data/interim/images.csv`: what this stage writes, and what the stages
 # reading images (caption, edit) need of it. Only `ok` rows have a file, at `path` (repo-relative).
-MANIFEST_COLUMNS = ["image_id", "path", "status", "reason", "url"]
+# `image_path`: data=folder, the file's place in the photo tree (every row, failed ones too, so a
+# failure names the user's file, not only an id); empty for the other datasets. `detail`: what
+# went wrong beyond the reason (`0 bytes`, the decoder's message).
+MANIFEST_COLUMNS = ["image_id", "path", "status", "reason", "url", "image_path", "detail"]
 MANIFEST_REQUIRED = ["image_id", "path", "status"]
 EXTENSION_FORMAT = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
 RETRY_STATUSES = (429, 500, 502, 503, 504)
@@ -90,7 +93,8 @@ class ImagesConfig(Section):
     # Memory one image may take while decoding, estimated from its header before any pixel is
     # decoded (`too_large`): workers x this bounds the stage's decoding memory.
     max_decode_bytes: int = Field(ge=1 << 20)
-    formats: list[Literal["JPEG", "PNG", "WEBP", "GIF", "BMP"]]
+    # HEIF (HEIC: iPhones) and AVIF are decoded and stored as JPEG, as any non-web format.
+    formats: list[Literal["JPEG", "PNG", "WEBP", "HEIF", "AVIF", "GIF", "BMP"]]
     # The dataset's resizing: longer side to exactly this many pixels (null keeps the size).
     # At most 4096: an enlargement's memory grows with its square (20000 took 1.3 GB for a photo).
     longer_side: int | None = Field(ge=16, le=4096)
@@ -114,6 +118,7 @@ class FetchError(Exception):
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
+        self.detail = detail
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +130,8 @@ class Outcome:
     url: str
     origin: Literal["cached", "local", "downloaded", ""] = ""
     nbytes: int = 0
+    image_path: str = ""  # data=folder: the file in the tree
+    detail: str = ""  # a failure's detail (reports/skipped.csv)
 
 
 @dataclass(frozen=True)
@@ -180,7 +187,7 @@ def prepare_image(data: bytes, extension: str, cfg: ImagesConfig) -> bytes:
         # Shrinking (what is left after the JPEG draft, under 2x): Pillow's antialiased
         # bilinear (a triangle filter over the scaled support), 2.3x faster than Lanczos here,
         # less aliasing than img2dataset's area averaging and as close to a full Lanczos; enlarging:
-        # Lanczos, as img2dataset does. docs/images.md, "Fetching", has the measurements.
+        # Lanczos, as img2dataset does. docs/design/images.md, "Fetching", has the measurements.
         if max(new_size) < max(out.size):
             out = out.resize(new_size, Image.Resampling.BILINEAR, reducing_gap=3.0)
         else:
@@ -746,14 +753,16 @@ def collect_images(
             raise
     _prune(out_dir, {o.path for o in outcomes if o.status == "ok"})
     manifest = pd.DataFrame(
-        [(o.image_id, o.path, o.status, o.reason, o.url) for o in outcomes],
+        [(o.image_id, o.path, o.status, o.reason, o.url, o.image_path, o.detail) for o in outcomes],
         columns=MANIFEST_COLUMNS,
     )
     elapsed = time.monotonic() - started
     metrics = _metrics(outcomes, cfg)
     failures = [o for o in outcomes if o.status == "failed"]
     if failures:
-        examples = "; ".join(f"{o.image_id} {o.reason} {o.url}" for o in failures[:5])
+        examples = "; ".join(
+            f"{o.image_path or o.image_id} {o.reason} {o.url}".rstrip() for o in failures[:5]
+        )
         log.warning(
             "%d images failed (all listed in the manifest), e.g. %s", len(failures), examples
         )
@@ -794,6 +803,8 @@ def _one(
     follow_external_symlinks: bool = False,
 ) -> Outcome:
     url = "" if pd.isna(row.get("url")) else str(row.get("url")).strip()
+    raw_path = row.get("image_path")
+    in_tree = raw_path if isinstance(raw_path, str) else ""
     try:  # every field checked before anything is read or written
         rel = relative_image_path(row)
         tree_path = _tree_path(row.get("image_path"))
@@ -803,7 +814,7 @@ def _one(
         image_id = int(rel.stem)
         reason = "not_in_local_tree"
         if target.is_file() and target.stat().st_size > 0:
-            return Outcome(image_id, target.as_posix(), "ok", "", url, "cached")
+            return Outcome(image_id, target.as_posix(), "ok", "", url, "cached", 0, in_tree)
         found = None
         if local is not None:
             found = _find_local(
@@ -811,17 +822,18 @@ def _one(
             )
     except UnsafePath as exc:
         log.debug("image %s: %s", row.get("image_id"), exc)
-        return Outcome(_raw_id(row), "", "failed", exc.reason, url)
+        return Outcome(_raw_id(row), "", "failed", exc.reason, url, "", 0, in_tree, exc.detail)
+    detail = ""
     if found is not None:
         try:
             _store(prepare_image(found.read_bytes(), rel.suffix.lstrip("."), cfg), target)
-            return Outcome(image_id, target.as_posix(), "ok", "", url, "local")
+            return Outcome(image_id, target.as_posix(), "ok", "", url, "local", 0, in_tree)
         except FetchError as exc:
-            reason = f"local_{exc.reason}"
+            reason, detail = f"local_{exc.reason}", exc.detail
             log.debug("local image %s unusable: %s", found, exc)
     if downloader is None:
         status = "missing" if reason == "not_in_local_tree" else "failed"
-        return Outcome(image_id, "", status, reason, url)
+        return Outcome(image_id, "", status, reason, url, "", 0, in_tree, detail)
     if not url:
         return Outcome(image_id, "", "failed", "no_url", url)
     try:
@@ -829,7 +841,7 @@ def _one(
         _store(prepare_image(body, rel.suffix.lstrip("."), cfg), target)
     except FetchError as exc:
         log.debug("image %s: %s (%s)", image_id, exc, url)  # the detail, e.g. a blocked address
-        return Outcome(image_id, "", "failed", exc.reason, url)
+        return Outcome(image_id, "", "failed", exc.reason, url, "", 0, in_tree, exc.detail)
     return Outcome(image_id, target.as_posix(), "ok", "", url, "downloaded", len(body))
 
 

@@ -3,13 +3,14 @@
 The study drew `TSNE(perplexity=30, n_iter=300)` with bokeh. openTSNE's FFT-accelerated
 gradients keep this fast at Hotels-50K scale; scikit-learn's exact recipe stays selectable.
 
-Scale (see docs/performance.md): above `map.fit_sample` documents the map is fitted on a seeded
+Scale (docs/design/performance.md): above `map.fit_sample` documents the map is fitted on a seeded
 sample and every other row is placed into it (`map.place`), so `clusters.csv` has coordinates for
 every row; the HTML and PNG draw a seeded subsample of at most `map.max_plot_points` points.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Literal
 
@@ -19,6 +20,8 @@ from pydantic import Field, model_validator
 from threadpoolctl import threadpool_limits
 
 from alien_hotels.common import Section, Seed, StageError, atomic_path, plotly_text, seeded_rows
+
+log = logging.getLogger(__name__)
 
 OTHER_PREFIX = "~ "  # sorts after names, so the lumped group comes last in legends
 COLOR_BY = {"cluster": "cluster label", "hotel": "hotel", "room_type": "room type"}
@@ -58,18 +61,34 @@ class MapConfig(Section):
 def embed_2d(embedding: np.ndarray, cfg: MapConfig) -> np.ndarray:
     """2-D t-SNE coordinates for each row of `embedding`."""
     n_docs = len(embedding)
-    if n_docs < 4:
-        raise StageError(f"map: t-SNE needs at least 4 documents, got {n_docs}")
+    if n_docs < 2:
+        raise StageError(f"map: t-SNE needs at least 2 documents, got {n_docs}")
     rows = seeded_rows(n_docs, cfg.fit_sample, cfg.random_state)
-    n_fit = n_docs if rows is None else len(rows)
-    if 3 * cfg.perplexity >= n_fit:
-        raise StageError(
-            f"map.perplexity={cfg.perplexity} is too large for {n_fit} documents: "
-            f"t-SNE needs 3 * perplexity < number of documents (map.fit_sample={cfg.fit_sample})"
-        )
+    cfg = cfg.updated(perplexity=perplexity_for(n_docs if rows is None else len(rows), cfg))
     data = np.asarray(embedding, dtype=np.float64)
+    if data.shape[1] < 2:  # one SVD component (a tiny folder): the PCA initialisation needs two
+        data = np.hstack([data, np.zeros_like(data)])
     with threadpool_limits(cfg.n_jobs):
         return _embed(data, rows, cfg)
+
+
+def perplexity_for(n_fit: int, cfg: MapConfig) -> float:
+    """`map.perplexity`, lowered (with a warning) to what `n_fit` fitted rows allow: t-SNE needs
+    3 * perplexity < rows (openTSNE's neighbour count), so a small folder gets (rows - 1) / 3."""
+    if n_fit < 2:
+        raise StageError(f"map: t-SNE needs at least 2 documents, got {n_fit}")
+    if 3 * cfg.perplexity < n_fit:
+        return cfg.perplexity
+    used = (n_fit - 1) / 3
+    log.warning(
+        "map.perplexity=%g is too large for %d documents (t-SNE needs 3 * perplexity < "
+        "documents, map.fit_sample=%s): using %.4g",
+        cfg.perplexity,
+        n_fit,
+        cfg.fit_sample,
+        used,
+    )
+    return used
 
 
 def _embed(data: np.ndarray, rows: np.ndarray | None, cfg: MapConfig) -> np.ndarray:
@@ -119,7 +138,12 @@ def _fit_tsne(data: np.ndarray, cfg: MapConfig):
         )
         return tsne.fit_transform(data).astype(np.float32), None
     from openTSNE import TSNE as OpenTSNE
+    from openTSNE import initialization
 
+    # openTSNE's own PCA start (std 1e-4), rounded to 2^-36: its BLAS-kernel noise (~1e-19) would
+    # otherwise change the map's bytes from one CPU to another; the optimisation itself does not.
+    start = initialization.pca(data, random_state=cfg.random_state)
+    start = np.round(start * 2.0**36) / 2.0**36 + 0.0
     tsne = OpenTSNE(
         n_components=2,
         perplexity=cfg.perplexity,
@@ -127,6 +151,7 @@ def _fit_tsne(data: np.ndarray, cfg: MapConfig):
         random_state=cfg.random_state,
         n_jobs=cfg.n_jobs,
         verbose=False,
+        initialization=start,
     )
     model = tsne.fit(data)
     return np.asarray(model, dtype=np.float32), model
@@ -215,18 +240,44 @@ def write_html_map(
 
 
 def write_png_map(table: pd.DataFrame, target: str | Path, max_groups: int = 20) -> None:
-    """Two panels side by side: coloured by cluster and by hotel, the study's comparison."""
+    """Two panels, coloured by cluster and by hotel (the study's comparison): see `png_map`."""
+    import matplotlib.pyplot as plt
+
+    fig = png_map(table, max_groups)
+    with atomic_path(target) as tmp:
+        fig.savefig(tmp, dpi=PNG_DPI, format="png")
+    plt.close(fig)
+
+
+PNG_DPI = 110
+PNG_WIDTH_IN = 8  # 880 px: fits a page (and `dvc plots show`) with the legends whole
+
+
+def png_map(table: pd.DataFrame, max_groups: int = 20):
+    """The PNG map's figure: the panels stacked (side by side they were 1760 px wide, wider than
+    a browser window, and the right legend was cut off), each with its legend below it in two
+    columns; the figure grows with the legends' rows, so none is clipped."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(16, 7.5), constrained_layout=True)
-    for ax, column, title in (
-        (axes[0], "cluster_label", "by cluster"),
-        (axes[1], "hotel_name", "by hotel"),
-    ):
-        groups = lump_small_groups(table[column], max_groups, f"other {title[3:]}s")
+    panels = (("cluster_label", "by cluster"), ("hotel_name", "by hotel"))
+    grouped = [
+        lump_small_groups(table[column], max_groups, f"other {title[3:]}s")
+        for column, title in panels
+    ]
+    legend_rows = [-(-groups.nunique() // 2) for groups in grouped]
+    # a square-ish map per panel, plus ~0.17 in per legend row (7 pt text)
+    heights = [5.6 + 0.17 * rows for rows in legend_rows]
+    fig, axes = plt.subplots(
+        2,
+        1,
+        figsize=(PNG_WIDTH_IN, sum(heights)),
+        layout="constrained",
+        gridspec_kw={"height_ratios": heights},
+    )
+    for ax, (_, title), groups in zip(axes, panels, grouped, strict=True):
         named = groups.nunique() - int(groups.astype(str).str.startswith(OTHER_PREFIX).any())
         # tab10's hues are distinct; tab20 pairs similar hues, so only use it when needed.
         cmap = plt.get_cmap("tab10" if named <= 10 else "tab20")
@@ -245,10 +296,10 @@ def write_png_map(table: pd.DataFrame, target: str | Path, max_groups: int = 20)
         ax.set_title(f"t-SNE of caption features, {title}")
         ax.set_xticks([])
         ax.set_yticks([])
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0, -0.02), ncol=2, frameon=False)
-    with atomic_path(target) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+        ax.legend(
+            fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.01), ncol=2, frameon=False
+        )
+    return fig
 
 
 def lump_small_groups(values: pd.Series, keep: int, other: str) -> pd.Series:

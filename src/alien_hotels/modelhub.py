@@ -478,7 +478,7 @@ def resolve_device(device: str, dtype: str, section: str) -> tuple[str, str]:
 
 def set_torch_threads(n_jobs: int) -> None:
     """Intra-op threads of torch: its default (one per core) oversubscribes a shared machine
-    and made small edits ~10x slower than one thread (docs/performance.md)."""
+    and made small edits ~10x slower than one thread (docs/design/performance.md)."""
     import torch
 
     if torch.get_num_threads() != n_jobs:

@@ -139,6 +139,8 @@ class Dataset:
     # The sampled rows to the sample's columns, adding its counts to `dropped` (folder: reads
     # the chosen hotels' files for their ids); None: the rows are the sample's already.
     finish: Callable[[pd.DataFrame], tuple[pd.DataFrame, dict[str, int]]] | None = None
+    # folder: every file of the tree left out, with its path and reason (folders.Skipped)
+    skipped: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 def read_dataset(cfg: DataConfig) -> Dataset:
@@ -276,6 +278,10 @@ def _finish(
             data.dropped[key] = data.dropped.get(key, 0) + n
         short = _below_min(sample, done, cfg, replace=cfg.n_hotels is not None)
         data.dropped[SET_ASIDE] = data.dropped.get(SET_ASIDE, 0) + len(short)
+        for name in sample.loc[sample["hotel_id"].isin(short), "hotel_name"].unique():
+            data.skipped.append(
+                (f"{name}/", "hotel_below_min_after_unreadable", "see data.min_images")
+            )
         parts.append(done[~done["hotel_id"].isin(short)])
         more = len(short) if cfg.n_hotels is not None else 0
         if more > len(left):
@@ -457,10 +463,11 @@ def _url_extension(url: object) -> str:
 def load_folder(cfg: DataConfig) -> Dataset:
     """The image files of the tree `cfg.path` (names only); ids are made for the chosen hotels."""
     follow = cfg.follow_external_symlinks
-    rows, counts = folders.scan(cfg.path, follow)  # an error when the tree holds no image
+    skipped: folders.Skipped = []
+    rows, counts = folders.scan(cfg.path, follow, skipped)  # an error when the tree has no image
 
     def finish(sample: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
-        out, extra = folders.identify(sample, cfg.path, follow)
+        out, extra = folders.identify(sample, cfg.path, follow, skipped)
         columns = [*SAMPLE_COLUMNS, folders.PATH_COLUMN, folders.ROOM_TYPE_COLUMN]
         return out[columns], extra
 
@@ -471,7 +478,7 @@ def load_folder(cfg: DataConfig) -> Dataset:
         "folder_skipped_unreadable": 0,
         SET_ASIDE: 0,
     }
-    return Dataset(rows, dropped, what=cfg.path, finish=finish)
+    return Dataset(rows, dropped, what=cfg.path, finish=finish, skipped=skipped)
 
 
 # --- filters ---------------------------------------------------------------------------------

@@ -4,6 +4,8 @@
 was captioned by the study with CLIP Interrogator, `blip-large` + `ViT-L-14/openai`, mode
 `best`). `caption.method=clip_interrogator` runs CLIP Interrogator on the images of the images
 manifest (`data/interim/images.csv`): batched, resumable, offline-safe (see docs/captioning.md).
+`caption.method=file` takes captions made elsewhere from the CSV `caption.file`, keyed by the
+photo's path in the tree or its id (`captioning.fromfile`): no model, no network.
 Every method writes the same table, so the text half does not care where captions come from.
 
 This module stays light (no torch import); the model code lives in the submodules.
@@ -38,7 +40,10 @@ CaptionModelName = Literal[
 class CaptionConfig(Section):
     """`caption.*`: how captions are produced and which models produced them."""
 
-    method: Literal["precomputed", "clip_interrogator"]
+    method: Literal["precomputed", "clip_interrogator", "file"]
+    # caption=file: a CSV of `image_path` (relative to data.path) or `image_id`, and `caption`.
+    # A dependency of the caption stage in every mode, so the other modes name a stand-in.
+    file: str = Field(min_length=1)
     # Where clip_interrogator runs: this process, or a pool of Ray actors (`ray.*`).
     executor: Literal["local", "ray"]
     mode: Literal["best", "classic", "fast", "negative"]
@@ -101,7 +106,8 @@ def precomputed_captions(
             "caption.method=precomputed needs data.caption_column naming the caption column, "
             "and this dataset has none: caption the photos with the model instead, "
             "`alien-hotels models download --only caption` once (online), then "
-            "`dvc exp run -S caption=clip_interrogator` (see docs/folder.md)"
+            "`dvc exp run -S caption=clip_interrogator`, or bring captions made elsewhere as a "
+            "CSV with `-S caption=file` (see docs/folder.md)"
         )
     if caption_column not in sample.columns:
         raise StageError(

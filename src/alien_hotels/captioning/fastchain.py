@@ -49,7 +49,7 @@ from alien_hotels.captioning.libcompat import check_private_apis
 # Band half-widths per score precision: 4x the largest fast-vs-library similarity deviation
 # measured on CPU over 26 random text towers (widths 32-512) and 6,400 candidates per precision
 # (benchmarks/bench_margins.py; max float32 1.2e-6, float16 5.0e-3, bfloat16 4.4e-2). The band
-# needs 2x; the rest is headroom for towers not sampled (docs/performance.md).
+# needs 2x; the rest is headroom for towers not sampled (docs/design/performance.md).
 MARGINS = {"float32": 5e-6, "float16": 2e-2, "bfloat16": 2e-1}
 
 # Leader gaps (library scores of the band) at or below which the library's full candidate batch

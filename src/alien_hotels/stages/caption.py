@@ -1,5 +1,6 @@
 """Stage `caption`: a caption per sampled image (caption.*): the dataset's own column
-(`caption=precomputed`) or CLIP Interrogator over the images stage's manifest."""
+(`caption=precomputed`), a CSV made elsewhere (`caption=file`) or CLIP Interrogator over the
+images stage's manifest."""
 
 from __future__ import annotations
 
@@ -29,6 +30,13 @@ def run(params: Params, paths: StagePaths = StagePaths()) -> pd.DataFrame:
             "failed": len(sample) - len(captions),
             "method": cfg.method,
         }
+        n_images = len(sample)
+    elif cfg.method == "file":
+        from alien_hotels.captioning.fromfile import file_captions
+
+        sample = read_csv(paths.sample, ["image_id"], what="sample table")
+        captions, failures, metrics = file_captions(sample, cfg, params.data.path)
+        metrics = {"method": cfg.method, **metrics}
         n_images = len(sample)
     else:
         from alien_hotels.captioning.run import LocalCaptioner, caption_images

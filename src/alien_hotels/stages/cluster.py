@@ -30,7 +30,7 @@ def run(params: Params, paths: StagePaths = StagePaths()) -> dict:
     texts = texts.set_index("image_id").loc[image_ids].reset_index()
     texts, sources, chosen = with_room_types(texts, paths)
     sweep = clustering.sweep_kmeans(embedding, cfg)
-    k = clustering.choose_k(sweep.inertia, cfg)
+    k, k_source = clustering.select_k(embedding, sweep, cfg)
     final = clustering.final_clustering(embedding, sweep, k, cfg)
     labels = final.labels
     scores = clustering.score_clusters(
@@ -60,7 +60,8 @@ def run(params: Params, paths: StagePaths = StagePaths()) -> dict:
         {
             "n_docs": len(texts),
             "k": k,
-            "k_source": "given" if cfg.k is not None else "elbow",
+            # given, elbow, or the fallback when the curve has no knee: silhouette (k_min)
+            "k_source": k_source,
             **scores,
             # Which source `ari/nmi_room_type` used, and the agreement with every source of
             # the run side by side (captions ones are circular: same words as the clusters).
@@ -73,7 +74,7 @@ def run(params: Params, paths: StagePaths = StagePaths()) -> dict:
             "sweep_fit_rows": len(texts) if sweep.fit_rows is None else len(sweep.fit_rows),
         }
     )
-    elbow = pd.DataFrame({"k": swept, "inertia": rounded([sweep.inertia[kk] for kk in swept])})
+    elbow = clustering.elbow_table(sweep.inertia, k)
     report = clusters_markdown(assigned, top_terms, names, metrics)
     write_csv(assigned.drop(columns=["text"]), paths.labels)  # read by `map`: exact values
     write_report_csv(elbow, paths.elbow_plot, plotted=True)

@@ -18,6 +18,10 @@ def run(params: Params, paths: StagePaths = StagePaths()) -> features.TextFeatur
                 "n_docs": len(texts),
                 "n_terms": fitted.n_terms,
                 "n_components": params.features.n_components,
+                # Lowered to below the number of terms and documents (a small folder), as
+                # cluster.k_max is: see features.n_components_for.
+                "n_components_used": fitted.n_components_used,
+                "n_components_clamped": fitted.n_components_used < params.features.n_components,
                 "explained_variance": fitted.explained_variance,
             }
         ),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from alien_hotels import features, mapping
-from alien_hotels.common import read_csv, write_report_csv
+from alien_hotels.common import read_csv, rounded, seeded_rows, write_json, write_report_csv
 from alien_hotels.config import Params
 from alien_hotels.stages.paths import StagePaths
 
@@ -19,7 +19,10 @@ def run(params: Params, paths: StagePaths = StagePaths()) -> pd.DataFrame:
     texts = read_csv(
         paths.texts, ["image_id", "text", "caption", "hotel_name"], what="texts", usecols=[]
     )
-    coords = mapping.embed_2d(embedding, params.map)
+    rows = seeded_rows(len(embedding), params.map.fit_sample, params.map.random_state)
+    n_fit = len(embedding) if rows is None else len(rows)
+    perplexity = mapping.perplexity_for(n_fit, params.map)  # warns once when lowered
+    coords = mapping.embed_2d(embedding, params.map.updated(perplexity=perplexity))
     table = (
         pd.DataFrame({"image_id": image_ids, "x": coords[:, 0], "y": coords[:, 1]})
         .merge(labels[LABEL_COLUMNS], on="image_id")
@@ -30,4 +33,18 @@ def run(params: Params, paths: StagePaths = StagePaths()) -> pd.DataFrame:
     mapping.write_png_map(drawn, paths.map_png, params.map.max_groups)
     # for people (no stage reads it): a name that a spreadsheet would run as a formula gets `'`
     write_report_csv(table[[*MAP_COLUMNS, "cluster_label", "hotel_name"]], paths.clusters)
+    # Beside clustering.json (StagePaths has no field of its own for it): the perplexity used,
+    # lowered for a small folder as cluster.k_max and features.n_components are.
+    write_json(
+        rounded(
+            {
+                "n_docs": len(table),
+                "fit_rows": n_fit,
+                "perplexity": params.map.perplexity,
+                "perplexity_used": perplexity,
+                "perplexity_clamped": perplexity < params.map.perplexity,
+            }
+        ),
+        paths.cluster_metrics.parent / "map.json",
+    )
     return table

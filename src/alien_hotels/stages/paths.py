@@ -13,6 +13,8 @@ class StagePaths:
     images_manifest: Path = Path("data/interim/images.csv")
     images_dir: Path = Path("data/images")
     images_metrics: Path = Path("metrics/images.json")
+    # Every file of the photo tree left out or failed, with its path and reason (for people).
+    skipped_report: Path = Path("reports/skipped.csv")
     captions: Path = Path("data/processed/captions.csv")
     caption_failures: Path = Path("data/processed/caption_failures.csv")
     caption_metrics: Path = Path("metrics/captioning.json")
@@ -49,6 +51,12 @@ class StagePaths:
     imagic_sheets: Path = Path("reports/imagic")
     imagic_plot: Path = Path("plots/imagic_alpha.csv")
     imagic_metrics: Path = Path("metrics/imagic.json")
+
+    @property
+    def sample_skipped(self) -> Path:
+        """What the sample stage left out of the tree (`data/interim/sample_skipped.csv`): beside
+        the sample, so that it follows it wherever a caller puts the sample."""
+        return self.sample.with_name(f"{self.sample.stem}_skipped.csv")
 
     def under(self, root: str | Path) -> StagePaths:
         """The same layout below `root` (tests and benchmarks write into temporary folders)."""
