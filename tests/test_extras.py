@@ -16,36 +16,40 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from alien_hotels import cli
+from alien_hotels import cli, preflight
 from alien_hotels.config import ConfigError
 from conftest import ROOT, compose, run
 
 
 def test_extras_needed_by_stage(tmp_path, monkeypatch):
     base = compose()
-    assert all(not cli.extras_needed(s, base) for s in ("sample", "images", "caption", "cluster"))
+    assert all(
+        not preflight.extras_needed(s, base) for s in ("sample", "images", "caption", "cluster")
+    )
     clip = compose("caption=clip_interrogator")
     # every run goes through sample and images: they answer for caption and room_types
     for stage in ("sample", "images", "caption", "room_types"):
-        assert "ml" in cli.extras_needed(stage, clip), stage
-    assert not cli.extras_needed("preprocess", clip)  # captions pulled from elsewhere: fine
+        assert "ml" in preflight.extras_needed(stage, clip), stage
+    assert not preflight.extras_needed("preprocess", clip)  # captions pulled from elsewhere: fine
     ray = compose("caption=clip_interrogator", "caption.executor=ray")
-    assert set(cli.extras_needed("caption", ray)) == {"ray"}
+    assert set(preflight.extras_needed("caption", ray)) == {"ray"}
     image = compose("room_types.source=image")
-    assert cli.extras_needed("sample", image) == {"ml": "room_types.source=image"}
-    assert not cli.extras_needed("caption", image)
+    assert preflight.extras_needed("sample", image) == {"ml": "room_types.source=image"}
+    assert not preflight.extras_needed("caption", image)
 
     # the edit stages: only for the images the manifest has (none on the bundled sample)
     monkeypatch.chdir(tmp_path)
-    assert not cli.extras_needed("edit", base)
+    assert not preflight.extras_needed("edit", base)
     manifest = tmp_path / "data/interim/images.csv"
     manifest.parent.mkdir(parents=True)
     manifest.write_text("image_id,path,status,reason,url\n1,,missing,not found,\n")
-    assert not cli.extras_needed("edit", base)
+    assert not preflight.extras_needed("edit", base)
     manifest.write_text("image_id,path,status,reason,url\n1,data/images/1.jpg,ok,,\n")
-    assert "ml" in cli.extras_needed("edit", base) and "ml" in cli.extras_needed("imagic", base)
+    assert "ml" in preflight.extras_needed("edit", base) and "ml" in preflight.extras_needed(
+        "imagic", base
+    )
     ray_edit = base.model_copy(update={"edit": base.edit.updated(executor="ray")})
-    assert set(cli.extras_needed("edit", ray_edit)) == {"ray"}
+    assert set(preflight.extras_needed("edit", ray_edit)) == {"ray"}
 
 
 def test_missing_extra_is_one_line(monkeypatch):
@@ -54,7 +58,7 @@ def test_missing_extra_is_one_line(monkeypatch):
     real = util.find_spec
     monkeypatch.setattr(util, "find_spec", lambda name, *a: None if name == "torch" else real(name))
     with pytest.raises(ConfigError) as err:
-        cli.require_extras({"ml": "caption.method=clip_interrogator"})
+        preflight.require_extras({"ml": "caption.method=clip_interrogator"})
     message = str(err.value)
     assert "\n" not in message
     assert message.startswith("caption.method=clip_interrogator needs the `ml` extra")

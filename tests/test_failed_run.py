@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from alien_hotels.cli import params_drift, way_back
+from alien_hotels.preflight import params_drift, way_back
 from conftest import run
 
 

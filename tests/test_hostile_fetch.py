@@ -129,8 +129,15 @@ def test_longer_side_and_workers_are_capped(key, value):
 
 
 def _peak_rss_mb(code: str) -> tuple[float, str]:
-    """Run `code` in a fresh Python; its peak RSS (MB) and stdout."""
-    wrapped = f"{code}\nimport resource\nprint(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    """Run `code` in a fresh Python; its peak RSS (MB) and stdout.
+
+    VmHWM, the peak of the process's own memory: `ru_maxrss` would start at the pytest process's
+    peak, which Linux carries over into a child's count across fork and exec.
+    """
+    wrapped = (
+        f"{code}\nimport re\n"
+        "print(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))"
+    )
     env = {**os.environ, "PYTHONPATH": str(SRC)}
     result = subprocess.run(
         [sys.executable, "-c", wrapped], env=env, capture_output=True, text=True, timeout=300
@@ -204,5 +211,10 @@ sys.exit(result.returncode)
     assert metrics["requested"] == 9 and metrics["failed_by_reason"] == {"too_large": 8}
     written = _files(root) - inputs
     images = {f for f in written if f.startswith("data/images/")}
-    assert written - images == {"data/interim/images.csv", "metrics/images.json"}
+    # reports/skipped.csv: the failures by path and reason, for people
+    assert written - images == {
+        "data/interim/images.csv",
+        "metrics/images.json",
+        "reports/skipped.csv",
+    }
     assert len(images) == 1 and manifest["path"][8] in images  # the ordinary photo alone

@@ -60,6 +60,12 @@ def validate_params(raw: dict[str, Any] | None, source: str = "params") -> Param
 
 def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
     path = Path(path)
+    return validate_params(read_params_file(path), source=str(path))
+
+
+def read_params_file(path: Path) -> dict[str, Any] | None:
+    """The plain YAML of a params file; a missing file, bad YAML (one line with file:line:col) or
+    something other than a mapping is a `ConfigError`."""
     if not path.is_file():
         raise ConfigError(
             f"{path} not found: run from the project root, or compose it with "
@@ -74,7 +80,7 @@ def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
         raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     if raw is not None and not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping of sections, got {type(raw).__name__}")
-    return validate_params(raw, source=str(path))
+    return raw
 
 
 def compose_params(
