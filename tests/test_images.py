@@ -146,6 +146,31 @@ def test_local_tree_first_then_download_and_offline_default(server: ImageServer,
     assert server.hits["/missing.jpg"] == 0
 
 
+def test_a_local_photo_that_cannot_be_read_is_a_failure_row(
+    server: ImageServer, tmp_path: Path, monkeypatch
+):
+    """Permission denied or an I/O error on one photo fails that row, not the run (as root a
+    chmod 000 file is still readable, so the read itself raises here)."""
+    local = tmp_path / "tree"
+    for name in ("100.jpg", "101.jpg"):
+        photo = local / "3" / "7" / "travel_website" / name
+        photo.parent.mkdir(parents=True, exist_ok=True)
+        photo.write_bytes(make_image(4))
+    read_bytes = Path.read_bytes
+
+    def denied(path: Path) -> bytes:
+        if path.name == "101.jpg":
+            raise PermissionError(13, "Permission denied", str(path))
+        return read_bytes(path)
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    sample = _sample([server.url("/a.jpg"), server.url("/b.jpg")])
+    manifest, metrics = collect_images(sample, compose().images, local, tmp_path / "out")
+    assert list(manifest["status"]) == ["ok", "failed"]
+    assert list(manifest["reason"]) == ["", "local_unreadable"]
+    assert metrics["failed_by_reason"] == {"local_unreadable": 1}
+
+
 def test_stale_files_of_an_earlier_sample_are_removed(server: ImageServer, tmp_path: Path):
     out = tmp_path / "images"
     collect_images(

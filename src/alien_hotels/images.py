@@ -826,7 +826,11 @@ def _one(
     detail = ""
     if found is not None:
         try:
-            _store(prepare_image(found.read_bytes(), rel.suffix.lstrip("."), cfg), target)
+            try:
+                data = found.read_bytes()
+            except OSError as exc:  # permission denied, an I/O error: this photo, not the run
+                raise FetchError("unreadable", exc.strerror or type(exc).__name__) from None
+            _store(prepare_image(data, rel.suffix.lstrip("."), cfg), target)
             return Outcome(image_id, target.as_posix(), "ok", "", url, "local", 0, in_tree)
         except FetchError as exc:
             reason, detail = f"local_{exc.reason}", exc.detail
