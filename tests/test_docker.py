@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -123,9 +124,14 @@ def test_make_targets_call_the_script():
     makefile = (ROOT / "Makefile").read_text()
     phony = re.search(r"^\.PHONY:(.*)$", makefile, flags=re.M).group(1).split()
     assert {"image", "image-check"} <= set(phony)
+    # A make of its own: under `make test` the parent's MAKELEVEL/MAKEFLAGS would add its
+    # "Entering directory" lines.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+    targets = ["image", "image-check", "BASE=debian:trixie", "PIP_CONF=/x/pip.conf"]
     result = subprocess.run(
-        ["make", "-n", "image", "image-check", "BASE=debian:trixie", "PIP_CONF=/x/pip.conf"],
+        ["make", "--no-print-directory", "-n", *targets],
         cwd=ROOT,
+        env=env,
         capture_output=True,
         text=True,
         check=True,
