@@ -90,3 +90,23 @@ def project(tmp_path: Path) -> Path:
     repo = copy_project(tmp_path / "repo")
     run(["dvc", "pull", "-q", "-r", "bundled", "data.dvc"], repo)
     return repo
+
+
+def url_sample(urls: list[str]):
+    """A sample table for the images stage: one hotel (7, chain 3), ids from 100, one row per URL,
+    each stored name with its URL path's extension."""
+    import pandas as pd
+
+    def name(i: int, url: str) -> str:
+        return f"{100 + i}.{url.split('?')[0].rsplit('.', 1)[-1]}"
+
+    return pd.DataFrame(
+        {
+            "image_id": range(100, 100 + len(urls)),
+            "hotel_id": 7,
+            "url": urls,
+            "source": "travel_website",
+            "chain_id": 3,
+            "image_name": [name(i, u) for i, u in enumerate(urls)],
+        }
+    )

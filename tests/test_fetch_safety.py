@@ -12,13 +12,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import quote
 
-import pandas as pd
 import pytest
 from pydantic import ValidationError
 
 from alien_hotels.images import Downloader, FetchError, blocked_class, collect_images
 from alien_hotels.testing.imageserver import ImageServer, make_image
-from conftest import compose
+from conftest import compose, url_sample
 
 STRICT = compose().images.updated(
     download=True,
@@ -204,28 +203,15 @@ def test_https_through_the_guard_verifies_the_host_name(tmp_path: Path, monkeypa
         assert https.hits["/good/21.jpg"] == 1
 
 
-def _sample(urls: list[str]) -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            "image_id": range(100, 100 + len(urls)),
-            "hotel_id": 7,
-            "url": urls,
-            "source": "travel_website",
-            "chain_id": 3,
-            "image_name": [f"{100 + i}.jpg" for i in range(len(urls))],
-        }
-    )
-
-
 def test_blocked_urls_are_failure_rows_and_nothing_fetched_is_lost(server, tmp_path: Path):
     urls = [server.url("/good/1.jpg"), server.url("/good/2.jpg"), "http://10.0.0.7/x.jpg"]
     out = tmp_path / "images"
     # An earlier run (say, from an internal mirror) fetched the first image.
     allowed = STRICT.updated(allow_private_addresses=True)
-    collect_images(_sample(urls[:1]), allowed, None, out, progress=False)
+    collect_images(url_sample(urls[:1]), allowed, None, out, progress=False)
     hits = sum(server.hits.values())
 
-    manifest, metrics = collect_images(_sample(urls), STRICT, None, out, progress=False)
+    manifest, metrics = collect_images(url_sample(urls), STRICT, None, out, progress=False)
     assert list(manifest["status"]) == ["ok", "failed", "failed"]
     assert list(manifest["reason"]) == ["", "blocked_address", "blocked_address"]
     assert metrics["ok_cached"] == 1 and metrics["failed_by_reason"] == {"blocked_address": 2}
@@ -284,7 +270,7 @@ def test_a_retry_after_over_the_bound_is_not_waited_for(server, status: int):
 def test_x_robots_tag_opt_out_is_respected(server, tmp_path: Path, robots: str):
     url = server.url(f"/good/8.jpg?robots={quote(robots)}")
     out = tmp_path / "images"
-    manifest, metrics = collect_images(_sample([url]), POLITE, None, out, progress=False)
+    manifest, metrics = collect_images(url_sample([url]), POLITE, None, out, progress=False)
     assert list(manifest["reason"]) == ["opted_out"] and metrics["failed"] == 1
     assert not [p for p in out.rglob("*") if p.is_file()]  # nothing of it kept
     assert Downloader(POLITE.updated(respect_opt_out=False)).get(url) == make_image(8)

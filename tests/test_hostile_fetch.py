@@ -23,7 +23,7 @@ import alien_hotels
 from alien_hotels.config import compose_params
 from alien_hotels.images import FetchError, collect_images, prepare_image
 from alien_hotels.testing.imageserver import ImageServer, blank_png, make_image
-from conftest import ROOT, compose
+from conftest import ROOT, compose, url_sample
 
 # The source tree under test (so the subprocesses run the same code as this process).
 SRC = Path(alien_hotels.__file__).resolve().parents[1]
@@ -36,19 +36,6 @@ CFG = compose().images.updated(
     retries=0,
 )
 SIDE = 7999  # 7999 x 7999 = 63,984,001 pixels: under the default images.max_pixels (64 M)
-
-
-def _sample(urls: list[str]) -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            "image_id": range(100, 100 + len(urls)),
-            "hotel_id": 7,
-            "url": urls,
-            "source": "travel_website",
-            "chain_id": 3,
-            "image_name": [f"{100 + i}.{u.split('?')[0][-3:]}" for i, u in enumerate(urls)],
-        }
-    )
 
 
 def _files(root: Path) -> set[str]:
@@ -76,7 +63,7 @@ def test_a_body_dripping_one_byte_a_second_is_cut_at_the_deadline(server, tmp_pa
     url = server.url(f"/drip.jpg?seconds=12{'&chunked=1' if chunked else ''}")
     out = tmp_path / "data/images"
     start = time.monotonic()
-    manifest, metrics = collect_images(_sample([url]), CFG, None, out, progress=False)
+    manifest, metrics = collect_images(url_sample([url]), CFG, None, out, progress=False)
     elapsed = time.monotonic() - start
     assert list(manifest["reason"]) == ["slow_body"]
     assert metrics["failed_by_reason"] == {"slow_body": 1}
@@ -90,7 +77,7 @@ def test_a_body_dripping_one_byte_a_second_is_cut_at_the_deadline(server, tmp_pa
 def test_two_different_content_lengths_are_a_bad_response(server, tmp_path):
     out = tmp_path / "data/images"
     urls = [server.url("/two-lengths.jpg"), server.url("/good/2.jpg")]
-    manifest, _ = collect_images(_sample(urls), CFG, None, out, progress=False)
+    manifest, _ = collect_images(url_sample(urls), CFG, None, out, progress=False)
     assert list(manifest["reason"]) == ["bad_response", ""]
     assert len(_files(out)) == 1 and _outside(tmp_path, ("data/images/",)) == set()
 
@@ -185,7 +172,7 @@ def test_eight_huge_pngs_at_eight_workers_stay_under_2_5_gb(server, tmp_path):
     assert params["images"]["workers"] == 8
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (root / "data/interim").mkdir(parents=True)
-    _sample(urls).to_csv(root / "data/interim/sample.csv", index=False)
+    url_sample(urls).to_csv(root / "data/interim/sample.csv", index=False)
     inputs = _files(root)
 
     # A parent of its own, so RUSAGE_CHILDREN holds the stage's peak alone.
