@@ -132,15 +132,27 @@ def room_types(params: ParamsOption = Path("params.yaml")) -> None:
 
 
 @app.command()
+def duplicates(params: ParamsOption = Path("params.yaml")) -> None:
+    """Exact, perceptual, embedding and caption duplicates (duplicates.*)."""
+    _run("duplicates", params)
+
+
+@app.command()
 def features(params: ParamsOption = Path("params.yaml")) -> None:
-    """TF-IDF then TruncatedSVD (features.*)."""
+    """TF-IDF then TruncatedSVD, or CLIP embeddings of photos or captions (features.*)."""
     _run("features", params)
 
 
 @app.command()
 def cluster(params: ParamsOption = Path("params.yaml")) -> None:
-    """k-means sweep, elbow, scores and cluster report (cluster.*)."""
+    """k-means sweep, elbow, scores with their uncertainty, retrieval, report (cluster.*)."""
     _run("cluster", params)
+
+
+@app.command()
+def cards(params: ParamsOption = Path("params.yaml")) -> None:
+    """A montage of the photos nearest each cluster's centre (cards.*)."""
+    _run("cards", params)
 
 
 @app.command(name="map")

@@ -72,6 +72,21 @@ class ClusterConfig(Section):
     label_terms: int = Field(ge=1)
     # Words left out of cluster terms and labels, on top of English stopwords: BLIP artefacts.
     label_stopwords: list[str]
+    # The finding's uncertainty (evaluation.py, docs/finding.md): NMI's chance level over seeded
+    # permutations of each yardstick, AMI's bootstrap interval over documents, and the spread of
+    # AMI over reruns of SVD + k-means at the chosen k with other seeds. 0 turns one off.
+    n_permutations: int = Field(ge=0, le=100_000)
+    n_bootstrap: int = Field(ge=0, le=100_000)
+    n_seeds: int = Field(ge=0, le=1000)
+    confidence: float = Field(gt=0, lt=1)
+    # Above this many documents the permutations, bootstrap and seed reruns use a seeded sample.
+    uncertainty_sample: int | None = Field(ge=100)
+    # Leave-one-out nearest-neighbour retrieval of the hotel (and chain): seeded queries; null:
+    # all; 0: off.
+    retrieval_queries: int | None = Field(ge=0)
+    # Cluster one image per duplicate group (data/processed/duplicates.csv, the duplicates stage);
+    # the report shows the scores with and without the duplicates either way.
+    drop_duplicates: bool
 
     @model_validator(mode="after")
     def _check_range(self) -> ClusterConfig:

@@ -16,9 +16,11 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from alien_hotels.captioning import CaptionConfig
+from alien_hotels.cards import CardsConfig
 from alien_hotels.clustering import ClusterConfig
 from alien_hotels.common import Section
 from alien_hotels.distributed import RayConfig
+from alien_hotels.duplicates import DuplicatesConfig
 from alien_hotels.editing.config import EditConfig, check_recipe_name
 from alien_hotels.features import FeaturesConfig
 from alien_hotels.images import ImagesConfig
@@ -42,8 +44,10 @@ class Params(Section):
     caption: CaptionConfig
     text: TextConfig
     room_types: RoomTypesConfig
+    duplicates: DuplicatesConfig
     features: FeaturesConfig
     cluster: ClusterConfig
+    cards: CardsConfig
     map: MapConfig
     edit: EditConfig
     ray: RayConfig

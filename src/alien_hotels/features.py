@@ -1,4 +1,5 @@
-"""Stage 4, `features`: TF-IDF over the lemmatized texts, then TruncatedSVD (LSA).
+"""Stage 4, `features`: TF-IDF over the lemmatized texts, then TruncatedSVD (LSA); or CLIP
+embeddings of the photos or captions (`features.kind`, embeddings.py).
 
 The study used `TfidfVectorizer()` defaults and `TruncatedSVD(n_components=50)`.
 """
@@ -38,10 +39,20 @@ class TfidfConfig(Section):
     token_pattern: str
 
 
-class FeaturesConfig(Section):
-    """`features.*`: TF-IDF settings and the SVD that reduces them."""
+class ClipFeaturesConfig(Section):
+    """`features.clip.*`: the CLIP embeddings of `kind: clip_image | clip_text` (the caption
+    stage's CLIP model, `caption.clip_model_name`)."""
 
+    batch_size: int = Field(ge=1, le=4096)
+
+
+class FeaturesConfig(Section):
+    """`features.*`: what the documents become (`kind`): the study's TF-IDF + SVD, or the CLIP
+    embeddings of the photos or of the captions."""
+
+    kind: Literal["tfidf", "clip_image", "clip_text"]
     tfidf: TfidfConfig
+    clip: ClipFeaturesConfig
     n_components: int = Field(ge=1)
     algorithm: Literal["randomized", "arpack"]
     n_iter: int = Field(ge=1)

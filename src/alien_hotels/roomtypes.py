@@ -15,16 +15,16 @@ the cluster stage reports the agreement with each.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from alien_hotels import modelhub
 from alien_hotels.captioning import CaptionConfig
 from alien_hotels.common import StageError
+from alien_hotels.embeddings import ClipEncoder, batches
 from alien_hotels.text import ROOM_TYPE_SOURCES, RoomTypeClassifier, RoomTypesConfig
 
 log = logging.getLogger(__name__)
@@ -123,64 +123,30 @@ def caption_labels(captions: Sequence[str], cfg: RoomTypesConfig) -> list[str]:
 
 
 class ZeroShotRoomTypes:
-    """The caption stage's CLIP model scoring each photo against one prompt per room type.
-
-    Loaded through the caption stage's model code (`captioning.models`): the same weights
-    (`caption.clip_model_name` / `clip_model_path`), the same on-disk check before anything
-    loads, `caption.allow_download` and `HF_HUB_OFFLINE` honoured, the same device and dtype
-    rule (`caption.device`, `caption.dtype`) and torch threads (`caption.n_jobs`).
-    """
+    """The caption stage's CLIP model (`embeddings.ClipEncoder`: same weights, on-disk check,
+    device, dtype and threads) scoring each photo against one prompt per room type."""
 
     def __init__(self, cfg: RoomTypesConfig, caption: CaptionConfig) -> None:
-        import torch
-        import torch.nn.functional as F
-
-        from alien_hotels.captioning import models
-
         self.cfg = cfg
         self.names = list(cfg.rules)
         try:
-            clip_ref = models.model_refs(caption)[1]
-            found = modelhub.ensure([clip_ref], "caption", caption.allow_download)
+            self.encoder = ClipEncoder(caption, "room_types: the image zero-shot")
         except StageError as exc:
             raise StageError(
-                "room_types: the image zero-shot uses the caption stage's CLIP model, which "
-                f"is not available.\n{exc}\nOr set room_types.source=captions (keyword rules on "
-                "the captions; no model)."
+                f"{exc}\nOr set room_types.source=captions (keyword rules on the captions; no "
+                "model)."
             ) from None
-        located = found[clip_ref.key]
-        self.weights = located.label
-        self.device, dtype = models.resolve_device(caption)
-        self.dtype = getattr(torch, dtype)
-        modelhub.set_torch_threads(caption.n_jobs)
-        precision = "fp16" if dtype == "float16" else "fp32"
-        log.info("loading CLIP model %s from %s", caption.clip_model_name, located.label)
-        # The caption stage's loader: checked weights only, never a random-weight fallback.
-        model, _, self.preprocess = models.load_clip(caption, located, precision, self.device)
-        self.model = model.eval()
-        import open_clip
-
-        arch = caption.clip_model_name.split("/", 1)[0]
-        tokenizer = open_clip.get_tokenizer(
-            f"local-dir:{located.path}" if located.path.is_dir() else arch
-        )
+        self.weights = self.encoder.weights
         prompts = cfg.prompts()
-        with torch.inference_mode():
-            tokens = tokenizer([prompts[n] for n in self.names]).to(self.device)
-            text = self.model.encode_text(tokens).float()
-            self.text = F.normalize(text, dim=-1)
-            self.scale = self.model.logit_scale.exp().float()
+        self.text = self.encoder.texts([prompts[n] for n in self.names])
+        self.scale = self.encoder.logit_scale
 
     def probabilities(self, images: list) -> np.ndarray:
         """Softmax over the room types' prompts, one row per PIL image."""
-        import torch
-        import torch.nn.functional as F
-
-        with torch.inference_mode():
-            batch = torch.stack([self.preprocess(im) for im in images])
-            batch = batch.to(self.device, dtype=self.dtype)
-            features = F.normalize(self.model.encode_image(batch).float(), dim=-1)
-            return (self.scale * features @ self.text.T).softmax(dim=-1).cpu().numpy()
+        logits = self.scale * self.encoder.images(images) @ self.text.T
+        logits = logits - logits.max(axis=1, keepdims=True)
+        exp = np.exp(logits)
+        return exp / exp.sum(axis=1, keepdims=True)
 
     def labels(self, probs: np.ndarray) -> tuple[list[str | None], np.ndarray]:
         """(label, probability of the best prompt) per row; below `other_below`: the default.
@@ -211,17 +177,6 @@ class ImageLabels:
     weights: str  # the CLIP weights that ran
 
 
-def _batches(items: Iterator, size: int) -> Iterator[list]:
-    batch = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
 def image_labels(
     rows: pd.DataFrame, cfg: RoomTypesConfig, caption: CaptionConfig, root: Path = Path(".")
 ) -> ImageLabels:
@@ -243,7 +198,7 @@ def image_labels(
     with tqdm(
         total=len(items), desc="room types (CLIP)", unit="img", disable=not image_cfg.progress
     ) as bar:
-        for batch in _batches(loaded, image_cfg.batch_size):
+        for batch in batches(loaded, image_cfg.batch_size):
             ok = [item for item in batch if item.ok]
             for item in batch:
                 if not item.ok:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import pandas as pd
 
-from alien_hotels import clustering, features
+from alien_hotels import clustering, evaluation, features
 from alien_hotels.common import (
     StageError,
     read_csv,
     rounded,
+    seeded_rows,
     write_csv,
     write_json,
     write_report_csv,
@@ -29,19 +31,41 @@ def run(params: Params, paths: StagePaths = StagePaths()) -> dict:
     texts = read_csv(paths.texts, ["image_id", "hotel_id", "room_type", "text"], what="texts")
     texts = texts.set_index("image_id").loc[image_ids].reset_index()
     texts, sources, chosen = with_room_types(texts, paths)
-    sweep = clustering.sweep_kmeans(embedding, cfg)
-    k, k_source = clustering.select_k(embedding, sweep, cfg)
-    final = clustering.final_clustering(embedding, sweep, k, cfg)
+    # Each row's duplicate-group representative (itself when it has none): drop_duplicates
+    # clusters the representatives and gives every copy its representative's cluster.
+    representative = duplicate_representatives(texts["image_id"], paths)
+    kept = representative == np.arange(len(texts))
+    fit = embedding if not cfg.drop_duplicates else embedding[kept]
+    sweep = clustering.sweep_kmeans(fit, cfg)
+    k, k_source = clustering.select_k(fit, sweep, cfg)
+    final = clustering.final_clustering(fit, sweep, k, cfg)
     labels = final.labels
+    if cfg.drop_duplicates:
+        labels = labels[np.cumsum(kept) - 1][representative]
+    scored = kept if cfg.drop_duplicates else np.ones(len(texts), dtype=bool)
     scores = clustering.score_clusters(
-        embedding,
-        labels,
-        texts["hotel_id"],
-        sources.get(chosen, [None] * len(texts)),  # unlabelled rows are not scored
+        embedding[scored],
+        labels[scored],
+        texts["hotel_id"][scored],
+        # unlabelled rows are not scored
+        pd.Series(sources.get(chosen, [None] * len(texts)))[scored],
         silhouette_sample=cfg.silhouette_sample,
         random_state=cfg.random_state,
         n_jobs=cfg.n_jobs,
     )
+    yardsticks = {"hotel": texts["hotel_id"].tolist(), "chain": chain_ids(texts, paths)}
+    yardsticks |= {f"room_type_{s}": v for s, v in sources.items()}
+    finding = measure_finding(params, embedding, texts, labels, scored, k, yardsticks, chosen)
+    if not kept.all():  # the other view: with the copies when they were dropped, or without
+        other = np.ones(len(texts), dtype=bool) if cfg.drop_duplicates else kept
+        finding["with_duplicates" if cfg.drop_duplicates else "without_duplicates"] = {
+            "n_docs": int(other.sum()),
+            **{
+                f"ami_{name}": ami(values, labels, other)
+                for name, values in yardsticks.items()
+                if name in ("hotel", f"room_type_{chosen}")
+            },
+        }
     top_terms = clustering.class_tfidf_terms(
         texts["text"].fillna("").astype(str),
         labels,
@@ -65,18 +89,21 @@ def run(params: Params, paths: StagePaths = StagePaths()) -> dict:
             **scores,
             # Which source `ari/nmi_room_type` used, and the agreement with every source of
             # the run side by side (captions ones are circular: same words as the clusters).
-            **clustering.room_type_agreement(labels, sources, chosen),
+            **clustering.room_type_agreement(labels[scored], _subset(sources, scored), chosen),
             # The final model's inertia on all rows (below the sweep's value when refined).
             "inertia_at_k": final.inertia,
             "k_swept": f"{swept[0]}..{swept[-1]}",
             # The sweep stops at the number of documents when cluster.k_max exceeds it.
             "k_max_clamped": swept[-1] < cfg.k_max,
-            "sweep_fit_rows": len(texts) if sweep.fit_rows is None else len(sweep.fit_rows),
+            "sweep_fit_rows": len(fit) if sweep.fit_rows is None else len(sweep.fit_rows),
+            "duplicates_dropped": int((~kept).sum()) if cfg.drop_duplicates else 0,
+            **finding,
         }
     )
     elbow = clustering.elbow_table(sweep.inertia, k)
     report = clusters_markdown(assigned, top_terms, names, metrics)
     write_csv(assigned.drop(columns=["text"]), paths.labels)  # read by `map`: exact values
+    write_csv(cluster_terms(assigned, top_terms, names), paths.cluster_terms)
     write_report_csv(elbow, paths.elbow_plot, plotted=True)
     write_text(report, paths.clusters_report)
     write_json(metrics, paths.cluster_metrics)
@@ -90,6 +117,158 @@ def run(params: Params, paths: StagePaths = StagePaths()) -> dict:
         scores["nmi_hotel"],
     )
     return metrics
+
+
+def measure_finding(
+    params: Params,
+    embedding: np.ndarray,
+    texts: pd.DataFrame,
+    labels: np.ndarray,
+    scored: np.ndarray,
+    k: int,
+    yardsticks: dict[str, list],
+    chosen: str,
+) -> dict:
+    """AMI per yardstick at the top level; per yardstick its chance level, bootstrap interval and
+    seed spread (`uncertainty`); hotel and chain retrieval (`retrieval`). See evaluation.py."""
+    cfg = params.cluster
+    rows = np.flatnonzero(scored)
+    sample = seeded_rows(len(rows), cfg.uncertainty_sample, cfg.random_state)
+    sample_rows = rows if sample is None else rows[sample]
+    # tfidf features are refitted per seed (SVD + k-means); embeddings only rerun k-means.
+    tfidf = params.features.kind == "tfidf"
+    runs = evaluation.seed_reruns(
+        embedding,
+        texts["text"].fillna("").astype(str).tolist() if tfidf else None,
+        k,
+        cfg,
+        params.features if tfidf else None,
+        sample_rows,
+    )
+    out: dict = {}
+    uncertainty: dict = {}
+    for name, values in yardsticks.items():
+        found = evaluation.agreement(
+            pd.Series(values)[scored].tolist(),
+            labels[scored],
+            n_permutations=cfg.n_permutations,
+            n_bootstrap=cfg.n_bootstrap,
+            confidence=cfg.confidence,
+            sample=cfg.uncertainty_sample,
+            random_state=cfg.random_state,
+        )
+        if found is None:
+            continue
+        out |= {f"nmi_{name}": found.nmi, f"ami_{name}": found.ami, f"ari_{name}": found.ari}
+        mean, sd = evaluation.seed_spread(runs, values, sample_rows)
+        uncertainty[name] = {
+            "n": found.n,
+            "ami_low": found.ami_low,
+            "ami_high": found.ami_high,
+            "nmi_chance": found.nmi_chance,
+            "nmi_chance_p99": found.nmi_chance_p99,
+            "ami_seed_mean": mean,
+            "ami_seed_sd": sd,
+        }
+    out["ami_room_type"] = out.get(f"ami_room_type_{chosen}")
+    retrieval: dict = {}
+    for name in ("hotel", "chain") if cfg.retrieval_queries != 0 else ():
+        found = evaluation.retrieval(
+            embedding[scored],
+            pd.Series(yardsticks[name])[scored].tolist(),
+            queries=cfg.retrieval_queries,
+            random_state=cfg.random_state,
+        )
+        if found is not None:
+            retrieval[name] = {
+                "queries": found.queries,
+                "top1": found.top1,
+                "top10": found.top10,
+                "top1_chance": found.top1_chance,
+                "top10_chance": found.top10_chance,
+            }
+    return {
+        **out,
+        "uncertainty_rows": len(sample_rows),
+        "n_permutations": cfg.n_permutations,
+        "n_bootstrap": cfg.n_bootstrap,
+        "confidence": cfg.confidence,
+        "n_seeds": len(runs),
+        "uncertainty": uncertainty,
+        "retrieval": retrieval,
+    }
+
+
+def ami(values: list, labels: np.ndarray, rows: np.ndarray) -> float | None:
+    """AMI of `labels` against `values` on `rows` (their labelled ones); None below 2."""
+    found = evaluation.agreement(
+        pd.Series(values)[rows].tolist(),
+        labels[rows],
+        n_permutations=0,
+        n_bootstrap=0,
+        confidence=0.95,
+        sample=None,
+        random_state=0,
+    )
+    return None if found is None else found.ami
+
+
+def _subset(sources: dict[str, list], rows: np.ndarray) -> dict[str, list]:
+    return {s: pd.Series(v)[rows].tolist() for s, v in sources.items()}
+
+
+def chain_ids(texts: pd.DataFrame, paths: StagePaths) -> list:
+    """The sample's `chain_id` per row of `texts`; None where unknown (Hotels-50K's -1, a folder
+    dataset's empty column)."""
+    sample = read_csv(paths.sample, ["image_id"], what="sample table", usecols=["chain_id"])
+    if "chain_id" not in sample:
+        return [None] * len(texts)
+    chain = sample.drop_duplicates("image_id").set_index("image_id")["chain_id"]
+    chain = pd.to_numeric(chain.reindex(texts["image_id"]), errors="coerce")
+    return [None if pd.isna(c) or c < 0 else int(c) for c in chain]
+
+
+def duplicate_representatives(image_ids: pd.Series, paths: StagePaths) -> np.ndarray:
+    """Per row, the row of its duplicate group's representative: the group's first row here.
+    Groups of every kind are joined (an image in an exact and a perceptual group joins both).
+    A row in no group, or no duplicates table (a run outside DVC), is its own."""
+    positions = np.arange(len(image_ids))
+    if not paths.duplicates.is_file():
+        return positions
+    table = read_csv(paths.duplicates, ["image_id", "group", "kind"], what="duplicates table")
+    row_of = pd.Series(positions, index=image_ids.astype(str).to_numpy())
+    row_of = row_of[~row_of.index.duplicated()]
+    table = table.assign(row=table["image_id"].astype(str).map(row_of)).dropna(subset=["row"])
+    first = table.groupby(["kind", "group"])["row"].transform("min").astype(int).to_numpy()
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    rows = table["row"].astype(int).to_numpy()
+    graph = coo_matrix((np.ones(len(rows)), (rows, first)), shape=(len(positions),) * 2)
+    _, component = connected_components(graph, directed=False)
+    # the first row of each component (components are numbered in no useful order)
+    lowest = pd.Series(positions).groupby(component).transform("min").to_numpy()
+    return lowest
+
+
+def cluster_terms(
+    assigned: pd.DataFrame, top_terms: dict[int, list[str]], names: dict[int, str]
+) -> pd.DataFrame:
+    """`data/processed/cluster_terms.csv`: a row per cluster (size, label, terms, room types),
+    read by the cards stage."""
+    rows = []
+    for cluster, group in assigned.groupby("cluster", sort=True):
+        shares = group["room_type"].astype(str).value_counts(normalize=True).head(4)
+        rows.append(
+            {
+                "cluster": int(cluster),
+                "size": len(group),
+                "label": names[int(cluster)],
+                "top_terms": ", ".join(top_terms.get(int(cluster), [])),
+                "room_types": ", ".join(f"{n} {v:.0%}" for n, v in shares.items()),
+            }
+        )
+    return pd.DataFrame(rows, columns=["cluster", "size", "label", "top_terms", "room_types"])
 
 
 # text.ROOM_TYPE_SOURCES, in report order (repeated so this stage does not run text.py; a test

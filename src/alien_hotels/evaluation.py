@@ -1,0 +1,299 @@
+"""The finding measured like a result: chance-corrected agreement with intervals, and retrieval.
+
+For each yardstick (hotel, chain where known, each room-type source) the cluster stage reports
+NMI, AMI and ARI; NMI's chance level (mean and 99th percentile over seeded permutations of the
+yardstick); a bootstrap interval of AMI over documents; and leave-one-out nearest-neighbour
+retrieval (top-1, top-10, cosine) with its chance level. Contract and cost: docs/finding.md.
+
+Above `cluster.uncertainty_sample` rows the permutations and the bootstrap run on a seeded
+sample of that many rows (the interval is then wider than the full data's: conservative), and
+retrieval asks `cluster.retrieval_queries` seeded queries against every row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from alien_hotels.common import seeded_rows
+
+if TYPE_CHECKING:
+    from alien_hotels.clustering import ClusterConfig
+    from alien_hotels.features import FeaturesConfig
+
+# Cosine scores of a block of queries against every row at a time: 512 x 100k float64 = 400 MB.
+QUERY_BLOCK = 512
+
+
+def known(reference: Sequence) -> np.ndarray:
+    """Rows that have a label: None, NaN and blank strings mean none (an unlabelled image)."""
+    ref = pd.Series(list(reference), dtype=object)
+    return (ref.notna() & (ref.astype(str).str.strip() != "")).to_numpy()
+
+
+def codes(values: Sequence) -> np.ndarray:
+    """Integer codes of labels (compared as strings, so 3 and "3" are one label)."""
+    return pd.factorize(pd.Series(list(values), dtype=object).astype(str), sort=True)[0]
+
+
+def nmi_from_codes(a: np.ndarray, b: np.ndarray) -> float:
+    """NMI with the arithmetic-mean normaliser (scikit-learn's default), from integer codes:
+    a `bincount` contingency table, fast enough for hundreds of permutations."""
+    n = len(a)
+    n_b = int(b.max()) + 1
+    joint = np.bincount(a * n_b + b, minlength=(int(a.max()) + 1) * n_b).astype(np.float64)
+    joint = joint.reshape(-1, n_b) / n
+    pa, pb = joint.sum(axis=1), joint.sum(axis=0)
+    nz = joint > 0
+    mi = float((joint[nz] * np.log(joint[nz] / np.outer(pa, pb)[nz])).sum())
+    ha = float(-(pa[pa > 0] * np.log(pa[pa > 0])).sum())
+    hb = float(-(pb[pb > 0] * np.log(pb[pb > 0])).sum())
+    if ha == 0 and hb == 0:
+        return 1.0  # scikit-learn: two single-label partitions agree perfectly
+    return max(mi, 0.0) / ((ha + hb) / 2)
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """The clusters against one yardstick, with chance level and interval."""
+
+    n: int  # rows with a label
+    nmi: float
+    ami: float
+    ari: float
+    nmi_chance: float | None  # mean NMI of the clusters against a permuted yardstick
+    nmi_chance_p99: float | None
+    ami_low: float | None  # half-sample interval over documents (cluster.confidence)
+    ami_high: float | None
+
+    def as_metrics(self, name: str) -> dict[str, float | int | None]:
+        return {
+            f"nmi_{name}": self.nmi,
+            f"ami_{name}": self.ami,
+            f"ari_{name}": self.ari,
+            f"ami_{name}_low": self.ami_low,
+            f"ami_{name}_high": self.ami_high,
+            f"nmi_{name}_chance": self.nmi_chance,
+            f"nmi_{name}_chance_p99": self.nmi_chance_p99,
+        }
+
+
+def agreement(
+    reference: Sequence,
+    labels: np.ndarray,
+    *,
+    n_permutations: int,
+    n_bootstrap: int,
+    confidence: float,
+    sample: int | None,
+    random_state: int,
+) -> Agreement | None:
+    """NMI, AMI and ARI of `labels` against `reference` (its labelled rows), NMI's permutation
+    chance level and AMI's bootstrap interval; None below 2 labelled rows."""
+    from sklearn.metrics import (
+        adjusted_mutual_info_score,
+        adjusted_rand_score,
+        normalized_mutual_info_score,
+    )
+
+    mask = known(reference)
+    if mask.sum() < 2:
+        return None
+    ref = codes(np.asarray(list(reference), dtype=object)[mask])
+    lab = codes(np.asarray(labels)[mask])
+    nmi = float(normalized_mutual_info_score(ref, lab))
+    ami = float(adjusted_mutual_info_score(ref, lab))
+    ari = float(adjusted_rand_score(ref, lab))
+    rows = seeded_rows(len(ref), sample, random_state)
+    if rows is not None:
+        ref, lab = ref[rows], lab[rows]
+    rng = np.random.default_rng(random_state)
+    chance = chance_p99 = None
+    if n_permutations:
+        permuted = [nmi_from_codes(rng.permutation(ref), lab) for _ in range(n_permutations)]
+        chance, chance_p99 = float(np.mean(permuted)), float(np.quantile(permuted, 0.99))
+    low = high = None
+    if n_bootstrap:
+        # Half-samples without replacement (delete-d jackknife, d = n/2): their spread matches
+        # the full sample's sampling spread. Drawing n with replacement copies documents, and a
+        # copy always agrees with itself: on the bundled sample that interval (0.156-0.240)
+        # excluded its own estimate (hotel AMI 0.155). docs/finding.md.
+        half = len(ref) // 2
+        draws = (rng.permutation(len(ref))[:half] for _ in range(n_bootstrap))
+        amis = [float(adjusted_mutual_info_score(ref[d], lab[d])) for d in draws]
+        tail = (1 - confidence) / 2
+        low, high = float(np.quantile(amis, tail)), float(np.quantile(amis, 1 - tail))
+    return Agreement(int(mask.sum()), nmi, ami, ari, chance, chance_p99, low, high)
+
+
+def spread(values: Sequence[float | None]) -> tuple[float | None, float | None]:
+    """(mean, sample standard deviation) of the finite values; None where there are none."""
+    finite = [v for v in values if v is not None and np.isfinite(v)]
+    if not finite:
+        return None, None
+    sd = float(np.std(finite, ddof=1)) if len(finite) > 1 else 0.0
+    return float(np.mean(finite)), sd
+
+
+def distinguishable(a: Agreement | None, b: Agreement | None) -> bool | None:
+    """Whether the two AMI intervals are disjoint; None without intervals."""
+    if a is None or b is None or a.ami_low is None or b.ami_low is None:
+        return None
+    return a.ami_low > b.ami_high or b.ami_low > a.ami_high
+
+
+# --- retrieval ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Retrieval:
+    """Leave-one-out nearest-neighbour retrieval of a yardstick (e.g. the hotel)."""
+
+    queries: int  # queries that have another row with their label
+    top1: float
+    top10: float
+    top1_chance: float
+    top10_chance: float
+
+    def as_metrics(self, name: str) -> dict[str, float | int]:
+        return {
+            f"retrieval_{name}_top1": self.top1,
+            f"retrieval_{name}_top10": self.top10,
+            f"retrieval_{name}_top1_chance": self.top1_chance,
+            f"retrieval_{name}_top10_chance": self.top10_chance,
+        }
+
+
+def retrieval(
+    embedding: np.ndarray,
+    reference: Sequence,
+    *,
+    queries: int | None,
+    random_state: int,
+    ks: tuple[int, int] = (1, 10),
+) -> Retrieval | None:
+    """Each query's rank of its nearest same-label row among all other rows, by cosine.
+
+    Ties are broken by row order, so the result is exact and the same on every machine: the
+    saved features lie on a 2^-17 grid, so their float64 dot products are exact sums whatever
+    the BLAS kernel or thread count. Rows without a label take no part. None when no query has
+    another row with its label."""
+    mask = known(reference)
+    x = np.asarray(embedding, dtype=np.float64)[mask]
+    ref = codes(np.asarray(list(reference), dtype=object)[mask])
+    n = len(ref)
+    if n < 2:
+        return None
+    sizes = np.bincount(ref)
+    askable = np.flatnonzero(sizes[ref] > 1)
+    if len(askable) == 0:
+        return None
+    picked = seeded_rows(len(askable), queries, random_state)
+    askable = askable if picked is None else askable[picked]
+    norms = np.sqrt((x * x).sum(axis=1))
+    norms[norms == 0] = 1.0  # a zero vector scores 0 against everything
+    members = np.argsort(ref, kind="stable")  # rows by label, then row order
+    starts = np.searchsorted(ref[members], np.arange(len(sizes)))
+    ranks = np.empty(len(askable), dtype=np.int64)
+    index = np.arange(n)
+    for start in range(0, len(askable), QUERY_BLOCK):
+        q = askable[start : start + QUERY_BLOCK]
+        scores = (x[q] @ x.T) / norms  # the query's own norm does not change its ranking
+        scores[np.arange(len(q)), q] = -np.inf  # leave the query out
+        # Each query's same-label rows, flattened: (query in block, row).
+        counts = sizes[ref[q]]
+        owner = np.repeat(np.arange(len(q)), counts)
+        offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+        rows = members[np.repeat(starts[ref[q]], counts) + offsets]
+        hit = scores[owner, rows]
+        best = np.full(len(q), -np.inf)
+        np.maximum.at(best, owner, hit)
+        # the first same-label row at the best score: the one the ranking reaches first
+        first = np.full(len(q), n)
+        at_best = hit == best[owner]
+        np.minimum.at(first, owner[at_best], rows[at_best])
+        # Rows ranked ahead: a higher score, or the same score earlier. None has the query's
+        # label: `best` is their maximum and `first` the earliest at it.
+        b = best[:, None]
+        ranks[start : start + len(q)] = np.count_nonzero(scores > b, axis=1) + np.count_nonzero(
+            (scores == b) & (index[None, :] < first[:, None]), axis=1
+        )
+    positives = sizes[ref[askable]] - 1
+    k1, k10 = ks
+    return Retrieval(
+        queries=len(askable),
+        top1=float((ranks < k1).mean()),
+        top10=float((ranks < k10).mean()),
+        top1_chance=float(hit_chance(n - 1, positives, k1).mean()),
+        top10_chance=float(hit_chance(n - 1, positives, k10).mean()),
+    )
+
+
+def hit_chance(candidates: int, positives: np.ndarray, k: int) -> np.ndarray:
+    """Probability that `k` rows drawn at random from `candidates` include one of `positives`:
+    1 - C(candidates - positives, k) / C(candidates, k), as a product (no huge binomials)."""
+    positives = np.asarray(positives, dtype=np.float64)
+    k = min(k, candidates)
+    miss = np.ones_like(positives)
+    for i in range(k):
+        miss *= np.clip((candidates - positives - i) / (candidates - i), 0.0, 1.0)
+    return 1.0 - miss
+
+
+# --- seed reruns -------------------------------------------------------------------------------
+
+
+def seed_reruns(
+    embedding: np.ndarray,
+    texts: Sequence[str] | None,
+    k: int,
+    cluster: ClusterConfig,
+    features: FeaturesConfig | None,
+    rows: np.ndarray | None,
+) -> list[np.ndarray]:
+    """Labels of `cluster.n_seeds` reruns at the chosen `k` with seeds `random_state + 1, ...`:
+    TF-IDF + SVD refitted on `texts` (when `features` is given: the tfidf features) and k-means,
+    on `rows` (a seeded sample; None: every row). The labels are in `rows` order."""
+    from sklearn.cluster import KMeans
+    from threadpoolctl import threadpool_limits
+
+    from alien_hotels.features import fit_features
+
+    picked = np.arange(len(embedding)) if rows is None else rows
+    runs = []
+    for i in range(1, cluster.n_seeds + 1):
+        seed = (cluster.random_state + i) % 2**32
+        x = embedding[picked]
+        if features is not None and texts is not None:
+            chosen_texts = [texts[j] for j in picked]
+            x = fit_features(chosen_texts, features.updated(random_state=seed)).embedding
+        model = KMeans(
+            n_clusters=min(k, len(np.unique(x, axis=0))),
+            random_state=seed,
+            n_init=cluster.n_init,
+            max_iter=cluster.max_iter,
+            tol=cluster.tol,
+        )
+        with threadpool_limits(cluster.n_jobs):
+            runs.append(model.fit(x).labels_)
+    return runs
+
+
+def seed_spread(
+    runs: list[np.ndarray], reference: Sequence, rows: np.ndarray | None
+) -> tuple[float | None, float | None]:
+    """(mean, sd) of AMI between each rerun's labels and `reference` (restricted to `rows`)."""
+    from sklearn.metrics import adjusted_mutual_info_score
+
+    ref = np.asarray(list(reference), dtype=object)
+    if rows is not None:
+        ref = ref[rows]
+    mask = known(ref)
+    if mask.sum() < 2 or not runs:
+        return None, None
+    ref_codes = codes(ref[mask])
+    return spread([float(adjusted_mutual_info_score(ref_codes, run[mask])) for run in runs])
