@@ -120,7 +120,7 @@ def run_stage(project: dict, out: Path, cfg: CardsConfig | None = None, **change
         "root": root,
         **changes,
     }
-    return cards_stage.run(cfg or small_cfg(), **args)
+    return cards_stage.draw(cfg or small_cfg(), **args)
 
 
 def tile_colour(card: Image.Image, index: int, cfg: CardsConfig) -> np.ndarray:

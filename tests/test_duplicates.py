@@ -337,7 +337,7 @@ def test_stage_with_embeddings(tmp_path):
         tmp_path / "sample.csv", index=False
     )
     vectors = np.array([[1.0, 0.0], [0.999, 0.04], [0.0, 1.0]])
-    result = stage.run(
+    result = stage.find(
         default_cfg(embedding=True),
         manifest=tmp_path / "none.csv",
         sample=tmp_path / "sample.csv",
@@ -352,7 +352,7 @@ def test_stage_with_embeddings(tmp_path):
     assert result["kinds"] == "embedding"
     assert result["embedding"]["share_across_hotels"] == 0.0  # 2 and 3: both hotel 8
     # not asked for: no embedding kind even when vectors are given
-    off = stage.run(
+    off = stage.find(
         default_cfg(),
         manifest=tmp_path / "none.csv",
         sample=tmp_path / "sample.csv",
@@ -455,7 +455,7 @@ def test_stage_is_deterministic_and_order_free(generated, tmp_path):
     for n, order in enumerate([rows, rows.sample(frac=1, random_state=1), rows]):
         inputs = write_inputs(generated.root, order)
         out, metrics = tmp_path / f"dup{n}.csv", tmp_path / f"dup{n}.json"
-        stage.run(cfg, out=out, metrics=metrics, **inputs)
+        stage.find(cfg, out=out, metrics=metrics, **inputs)
         outs.append((out.read_bytes(), metrics.read_bytes()))
     assert outs[0] == outs[1] == outs[2]
     table = pd.read_csv(tmp_path / "dup0.csv")
@@ -477,7 +477,7 @@ def test_stage_skips_undecodable_photos(generated, tmp_path):
     rows = subset(generated, 3)
     inputs = write_inputs(generated.root, rows, corrupt=True)
     out, metrics = tmp_path / "dup.csv", tmp_path / "dup.json"
-    result = stage.run(default_cfg(text=False), out=out, metrics=metrics, **inputs)
+    result = stage.find(default_cfg(text=False), out=out, metrics=metrics, **inputs)
     assert result["n_images_failed"] == 3
     assert result["failed"] == {"corrupt_image": 1, "missing_file": 1, "not_an_image": 1}
     assert result["exact"]["n_images"] == len(rows)
@@ -492,7 +492,7 @@ def test_stage_without_photos_reports_text_duplicates(tmp_path):
         tmp_path / "captions.csv", index=False
     )
     out, metrics = tmp_path / "dup.csv", tmp_path / "dup.json"
-    result = stage.run(
+    result = stage.find(
         default_cfg(),
         manifest=tmp_path / "no_manifest.csv",
         sample=tmp_path / "sample.csv",
@@ -518,7 +518,7 @@ def test_bundled_sample_captions(tmp_path):
     sample = ROOT / "data/interim/sample.csv"
     if not (captions.is_file() and sample.is_file()):
         pytest.skip("the bundled sample's captions are not checked out")
-    result = stage.run(
+    result = stage.find(
         default_cfg(),
         manifest=tmp_path / "none.csv",
         sample=sample,

@@ -236,3 +236,41 @@ def test_duplicate_groups_of_every_kind_join_into_one_representative(tmp_path):
     assert duplicate_representatives(ids, paths).tolist() == [0, 0, 0, 3, 4, 3]
     missing = StagePaths().under(tmp_path / "none")
     assert duplicate_representatives(ids, missing).tolist() == list(range(6))
+
+
+def test_drop_duplicates_clusters_one_per_group_and_reports_both_views(tmp_path, monkeypatch):
+    """16 photos whose 8 captions each appear twice: 8 text-duplicate groups (the duplicates
+    stage), then the cluster stage with and without `cluster.drop_duplicates`."""
+    import json
+    from pathlib import Path
+
+    from alien_hotels.stages import cluster as cluster_stage
+    from alien_hotels.stages import duplicates as duplicates_stage
+    from alien_hotels.stages import features as features_stage
+    from alien_hotels.stages import preprocess as preprocess_stage
+    from alien_hotels.stages import room_types as room_types_stage
+    from test_room_types import write_project
+
+    monkeypatch.chdir(tmp_path)
+    write_project(tmp_path)
+    common = ("room_types.source=captions", "features.n_components=4", "cluster.k=3")
+    common += ("cluster.k_max=5", "cluster.n_seeds=2", "duplicates.progress=false")
+    params = compose(*common)
+    for stage in (preprocess_stage, room_types_stage, duplicates_stage, features_stage):
+        stage.run(params)
+    table = pd.read_csv("data/processed/duplicates.csv")
+    assert (table["kind"] == "text").sum() == 16 and table["group"].nunique() == 8
+
+    kept = cluster_stage.run(params)
+    assert kept["duplicates_dropped"] == 0 and kept["n_docs"] == 16
+    assert kept["without_duplicates"]["n_docs"] == 8
+    assert "Without the duplicates (8 documents)" in Path("reports/clusters.md").read_text()
+
+    dropped = cluster_stage.run(compose(*common, "cluster.drop_duplicates=true"))
+    assert dropped["duplicates_dropped"] == 8 and dropped["n_docs"] == 16
+    assert dropped["with_duplicates"]["n_docs"] == 16
+    assert dropped["uncertainty"]["hotel"]["n"] == 8  # scored on the representatives
+    labels = pd.read_csv("data/processed/cluster_labels.csv").set_index("image_id")["cluster"]
+    for _, group in table.groupby("group"):
+        assert labels.loc[group["image_id"]].nunique() == 1  # a copy has its original's cluster
+    assert json.loads(Path("metrics/clustering.json").read_text()) == dropped

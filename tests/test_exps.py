@@ -41,14 +41,14 @@ def fake_report(names: list[str]) -> list[dict]:
         "text": {"max_words": None, "lemmatizer": "simplemma"},
         "ray": {"n": 1},
     }
-    metrics = {"k": 9, "silhouette": 0.1134, "nmi_room_type": 0.5309, "nmi_hotel": 0.2052}
+    metrics = {"k": 9, "silhouette": 0.1134, "ami_room_type": 0.5052, "ami_hotel": 0.1551}
     experiments = []
     for i, name in enumerate(names, start=1):
         params = {**base, "cluster": {"k": 8 + i, "k_max": 29}, "ray": {"n": i}}
         params["map"] = {"perplexity": 10.0 * i}
         params["text"] = {"max_words": 20 + i, "lemmatizer": "simplemma"}
         row = entry(
-            name, f"{i:040x}", params, {**metrics, "k": 8 + i, "nmi_hotel": round(0.1 * i, 4)}
+            name, f"{i:040x}", params, {**metrics, "k": 8 + i, "ami_hotel": round(0.1 * i, 4)}
         )
         experiments.append({"revs": [row], "executor": None, "name": name})
     return [
@@ -78,7 +78,7 @@ def test_table_fits_and_names_the_changed_params():
     assert wide[3].split()[:3] == ["├──", "crack-hums", "9"] and wide[5].startswith("└── a-rather")
     narrow = exps.table(report, 80).splitlines()
     assert narrow[0].split()[1:4] == ["cluster.k", "perplexity", "max_words"], narrow
-    assert narrow[0].split()[4:] == ["k", "silh", "nmi_room", "nmi_hotel"]
+    assert narrow[0].split()[4:] == ["k", "silh", "ami_room", "ami_hotel"]
     assert any(line.startswith("silh: silhouette") for line in narrow)
 
 
@@ -86,7 +86,7 @@ def test_sort_and_hide_workspace():
     from alien_hotels import exps  # imported here: without the module only these tests fail
 
     report = fake_report(["one", "two", "three"])
-    table = exps.table(report, 100, ["--sort-by", "nmi_hotel", "--sort-order=desc"])
+    table = exps.table(report, 100, ["--sort-by", "ami_hotel", "--sort-order=desc"])
     names = [line.split()[1] for line in table.splitlines() if line.startswith(("├", "└"))]
     assert names == ["three", "two", "one"]
     assert exps.split_args(["-A", "--sort-by", "k", "--hide-workspace", "-n", "2"]) == (
@@ -129,7 +129,7 @@ def test_changed_params_fit_80_columns(project):
         composed = run(["alien-hotels", "compose", *overrides], project).stdout
         (project / "params.yaml").write_text(composed)
         metrics = {**committed, "k": committed["k"] + i}
-        for key in ("silhouette", "nmi_room_type", "nmi_hotel", "ari_room_type", "ari_hotel"):
+        for key in ("silhouette", "ami_room_type", "ami_hotel", "ari_room_type", "ari_hotel"):
             metrics[key] = float(f"{committed[key] * (1 - 0.07 * i):.4g}")
         metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
         # `data.dvc` is the one output in this copy: the stages' outputs were never produced.
@@ -147,8 +147,8 @@ def test_changed_params_fit_80_columns(project):
     assert sorted(header[1:4]) == sorted(params) and header[4:] == [
         "k",
         "silh",
-        "nmi_room",
-        "nmi_hotel",
+        "ami_room",
+        "ami_hotel",
     ], table
     for name, (params, metrics) in expected.items():
         row = next((line.split() for line in lines if line[4:].split()[:1] == [name]), None)
@@ -161,5 +161,5 @@ def test_changed_params_fit_80_columns(project):
 
     # machine-readable output stays dvc's own, every column whole
     csv = run(["alien-hotels", "exps", "--csv"], project).stdout.splitlines()
-    assert {"nmi_room_type", "cluster.k", "text.max_words"} <= set(csv[0].split(","))
+    assert {"ami_room_type", "cluster.k", "text.max_words"} <= set(csv[0].split(","))
     assert sum(name in line for line in csv for name in expected) == len(expected)

@@ -35,14 +35,16 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 from pydantic import Field, model_validator
 
 from alien_hotels.common import Section, rounded
+
+if TYPE_CHECKING:  # Pillow is imported where it runs: the config loader imports this module
+    from PIL import Image
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +134,8 @@ def perceptual_hashes(
     else:
         size = (hash_size + 1, hash_size)
         fn = lambda img: imagehash.dhash(img, hash_size)  # noqa: E731
+    from PIL import Image
+
     small = image.convert("L").resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
     words = hash_words(fn(small).hash)
     if not mirrored:

@@ -81,7 +81,7 @@ class ClipEncoder:
 
     @property
     def logit_scale(self) -> float:
-        return float(self.model.logit_scale.exp())
+        return float(self.model.logit_scale.detach().exp())
 
 
 def batches(items: Iterator, size: int) -> Iterator[list]:

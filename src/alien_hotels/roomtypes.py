@@ -143,10 +143,10 @@ class ZeroShotRoomTypes:
 
     def probabilities(self, images: list) -> np.ndarray:
         """Softmax over the room types' prompts, one row per PIL image."""
-        logits = self.scale * self.encoder.images(images) @ self.text.T
-        logits = logits - logits.max(axis=1, keepdims=True)
-        exp = np.exp(logits)
-        return exp / exp.sum(axis=1, keepdims=True)
+        with np.errstate(invalid="ignore", over="ignore"):  # NaN rows get no label (`labels`)
+            logits = self.scale * self.encoder.images(images) @ self.text.T
+            exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+            return exp / exp.sum(axis=1, keepdims=True)
 
     def labels(self, probs: np.ndarray) -> tuple[list[str | None], np.ndarray]:
         """(label, probability of the best prompt) per row; below `other_below`: the default.
