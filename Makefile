@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: demo test test-fast lint format bench exps setup setup-full setup-browser clean image image-check check-bytes
+.PHONY: demo test test-fast lint format bench exps setup setup-full setup-browser setup-wordnet clean image image-check check-bytes
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,7 +48,18 @@ setup-browser:
 	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
 	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
 
-test: setup-full setup-browser
+# WordNet's data files for the lemma tests against NLTK (tests/test_wordnet.py; they skip
+# without it): Debian's wordnet-base, no NLTK download. Best effort: never fails the target.
+setup-wordnet:
+	@[ -d /usr/share/wordnet ] || [ -d "$$HOME/nltk_data/corpora/wordnet" ] || { \
+	if [ "$$(id -u)" = 0 ]; then sudo=; elif command -v sudo >/dev/null 2>&1; then sudo=sudo; \
+	else echo "setup-wordnet: no WordNet data; the WordNet comparison tests will skip" >&2; exit 0; fi; \
+	apt="$$sudo env DEBIAN_FRONTEND=noninteractive apt-get -y -q"; \
+	command -v apt-get >/dev/null 2>&1 && echo "setup-wordnet: installing wordnet-base (apt-get)" && \
+	{ $$apt install wordnet-base >/dev/null || { $$apt update >/dev/null && $$apt install wordnet-base >/dev/null; }; } \
+	|| echo "setup-wordnet: no WordNet data; the WordNet comparison tests will skip" >&2; }
+
+test: setup-full setup-browser setup-wordnet
 	$(BIN)/python -m pytest
 
 test-fast: setup-full

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import sys
@@ -149,6 +150,14 @@ def main(argv: list[str] | None = None) -> None:
     result["max_rss_mb"] = peak_rss_mb()
     usage = resource.getrusage(resource.RUSAGE_SELF)
     result["cpu_s"] = usage.ru_utime + usage.ru_stime
+    # what this process was given (taskset), and the OpenMP/BLAS threads it ran with
+    result["cores"] = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    from threadpoolctl import threadpool_info
+
+    result["threads"] = {
+        f"{pool['user_api']} {pool['internal_api']}": pool["num_threads"]
+        for pool in threadpool_info()
+    }
     args.output.write_text(json.dumps(result, indent=2), encoding="utf-8")
 
 

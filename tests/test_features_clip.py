@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import test_room_types
 from alien_hotels import embeddings
 from alien_hotels.common import StageError
 from alien_hotels.features import GRID, load_features
@@ -20,7 +21,11 @@ from alien_hotels.stages import map as map_stage
 from alien_hotels.stages import preprocess as preprocess_stage
 from alien_hotels.stages import room_types as room_types_stage
 from conftest import compose
-from test_room_types import N_IMAGES, clip_overrides, project, tiny_clip, write_project  # noqa: F401
+from test_room_types import N_IMAGES, clip_overrides, write_project
+
+# The room-type tests' fixtures: a project folder, and the tiny CLIP in open_clip's local-dir.
+project = test_room_types.project
+tiny_clip = test_room_types.tiny_clip
 
 pytestmark = pytest.mark.ml
 

@@ -1,3 +1,9 @@
+import os
+
+# OpenMP worker threads (scikit-learn's and openTSNE's libgomp) sleep between parallel regions
+# instead of spinning: libgomp reads this once, when loaded (`import sklearn`). A user's value wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from importlib.metadata import PackageNotFoundError, version
 
 try:

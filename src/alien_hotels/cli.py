@@ -404,12 +404,13 @@ def summary(
 # one in 80 columns. `--csv`/`--md`/`--json` get dvc's own output of those columns (below).
 # ARI: `alien-hotels summary`.
 PARAM_SECTIONS = ("data", "images", "caption", "text", "room_types", "features", "cluster", "map")
-CLUSTER_METRICS = ("k", "silhouette", "nmi_room_type", "nmi_hotel")
 
 
 def exp_show_args() -> list[str]:
+    from alien_hotels.exps import METRICS  # the table's metrics, in dvc's own output too
+
     sections = "|".join((*PARAM_SECTIONS, "edit"))
-    metrics = "|".join(CLUSTER_METRICS)
+    metrics = "|".join(METRICS)
     return [
         "dvc",
         "exp",
@@ -425,10 +426,10 @@ def exp_show_args() -> list[str]:
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def exps(ctx: typer.Context) -> None:
-    """Compare experiments: the params that differ and the cluster metrics (k, silhouette, NMI
+    """Compare experiments: the params that differ and the cluster metrics (k, silhouette, AMI
     with room type and hotel), fitted to the terminal (80 columns hold three changed params).
 
-    Extra options go to `dvc exp show` (e.g. `-A`, `--sort-by nmi_room_type`, `--csv`).
+    Extra options go to `dvc exp show` (e.g. `-A`, `--sort-by ami_room_type`, `--csv`).
     """
     import json
     import shutil

@@ -25,7 +25,7 @@ from pydantic import Field, model_validator
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
-from alien_hotels.common import Section, Seed, StageError, rounded, seeded_rows
+from alien_hotels.common import Section, Seed, StageError, resolve_n_jobs, rounded, seeded_rows
 
 if TYPE_CHECKING:  # scikit-learn is imported where it runs: the config loader imports this
     from sklearn.cluster import KMeans  # module in every stage, most of which never cluster
@@ -63,10 +63,10 @@ class ClusterConfig(Section):
     silhouette_sample: int | None = Field(ge=100)
     # Documents used for the c-TF-IDF cluster terms (stratified by cluster); null: all.
     terms_sample: int | None = Field(ge=100)
-    # Threads for k-means and distances (OpenMP and BLAS). 1 by default: on a small or shared
-    # machine, idle OpenMP threads spin-wait at every Lloyd iteration and cost more than they
-    # save; raise it on a dedicated many-core machine.
-    n_jobs: int = Field(ge=1)
+    # Threads: the sweep (and the silhouettes, the seed reruns) fit several k at once, each fit
+    # on one thread, so the results are the same bits for any number; null: every core this
+    # process may use (common.available_cores).
+    n_jobs: int | None = Field(ge=1)
     elbow: ElbowConfig
     top_terms: int = Field(ge=1)
     label_terms: int = Field(ge=1)
@@ -167,16 +167,45 @@ def sweep_kmeans(embedding: np.ndarray, cfg: ClusterConfig, progress: bool = Tru
     result = SweepResult(inertia={}, labels={}, fit_rows=fit_rows)
     ks = range(cfg.k_min, k_max + 1)
     n_init = cfg.n_init if fit_rows is None else (cfg.sweep_n_init or cfg.n_init)
-    with threadpool_limits(cfg.n_jobs):
-        for k in tqdm(ks, desc="k-means sweep", unit="k", disable=not progress):
-            model = _kmeans(k, cfg, n_init).fit(data)
+
+    def fit(k: int) -> tuple[int, KMeans, float]:
+        model = _kmeans(k, cfg, n_init).fit(data)
+        if fit_rows is None:
+            return k, model, float(model.inertia_)
+        return k, model, assign(embedding, model.cluster_centers_)[1]
+
+    with tqdm(total=len(ks), desc="k-means sweep", unit="k", disable=not progress) as bar:
+        for k, model, inertia in parallel(fit, ks, cfg.n_jobs):
             result.centers[k] = model.cluster_centers_
+            result.inertia[k] = inertia
             if fit_rows is None:
-                result.inertia[k] = float(model.inertia_)
                 result.labels[k] = model.labels_
-            else:
-                result.inertia[k] = assign(embedding, model.cluster_centers_)[1]
+            bar.update()
     return result
+
+
+def parallel(fn, items, n_jobs: int | None):
+    """`fn` over `items` in `n_jobs` threads (null: every core), results in order. Each call runs
+    on one BLAS/OpenMP thread, so the results are the same bits for any `n_jobs`: scikit-learn's
+    k-means sums in per-thread chunks, which a thread count would change. The fits release the
+    GIL (Cython and BLAS loops), so the threads run at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    items = list(items)
+    workers = min(resolve_n_jobs(n_jobs), max(len(items), 1))
+
+    def one(item):
+        # OpenMP's thread count is per calling thread (a new thread starts at every core):
+        # set it in the worker itself. BLAS's limit is the process's, set below.
+        with threadpool_limits(1, user_api="openmp"):
+            return fn(item)
+
+    with threadpool_limits(1):
+        if workers == 1:
+            yield from map(fn, items)
+            return
+        with ThreadPoolExecutor(workers, thread_name_prefix="kmeans") as pool:
+            yield from pool.map(one, items)
 
 
 class NoElbow(StageError):
@@ -236,17 +265,19 @@ def silhouette_by_k(embedding: np.ndarray, sweep: SweepResult, cfg: ClusterConfi
 
     rows = seeded_rows(len(embedding), cfg.silhouette_sample, cfg.random_state)
     x = embedding if rows is None else embedding[rows]
-    scores = {}
-    with threadpool_limits(cfg.n_jobs):
-        for k in sorted(sweep.inertia):
-            labels = sweep.labels.get(k)
-            if labels is None:  # a sampled sweep keeps centers only
-                labels = assign(embedding, sweep.centers[k])[0]
-            y = labels if rows is None else labels[rows]
-            if 2 <= len(np.unique(y)) <= len(y) - 1:
-                # rounded: k whose scores differ by BLAS noise only tie, and the smaller k wins
-                scores[k] = round(float(silhouette_score(x, y)), 6)
-    return scores
+
+    def score(k: int) -> tuple[int, float | None]:
+        labels = sweep.labels.get(k)
+        if labels is None:  # a sampled sweep keeps centers only
+            labels = assign(embedding, sweep.centers[k])[0]
+        y = labels if rows is None else labels[rows]
+        if 2 <= len(np.unique(y)) <= len(y) - 1:
+            # rounded: k whose scores differ by BLAS noise only tie, and the smaller k wins
+            return k, round(float(silhouette_score(x, y)), 6)
+        return k, None
+
+    found = parallel(score, sorted(sweep.inertia), cfg.n_jobs)
+    return {k: value for k, value in found if value is not None}
 
 
 def _knee_locator(ks: list[int], inertia: dict[int, float], cfg: ClusterConfig):
@@ -267,8 +298,9 @@ def _knee_locator(ks: list[int], inertia: dict[int, float], cfg: ClusterConfig):
 def final_clustering(
     embedding: np.ndarray, sweep: SweepResult, k: int, cfg: ClusterConfig
 ) -> FinalClustering:
-    """Labels and inertia of the final model at `k`, on all rows."""
-    with threadpool_limits(cfg.n_jobs):
+    """Labels and inertia of the final model at `k`, on all rows (one thread: the same bits for
+    any `cluster.n_jobs`)."""
+    with threadpool_limits(1):
         return _final_clustering(embedding, sweep, k, cfg)
 
 
@@ -300,7 +332,6 @@ def score_clusters(
     room_types: Sequence[str],
     silhouette_sample: int | None = None,
     random_state: int = 0,
-    n_jobs: int = 1,
 ) -> dict[str, float | None]:
     """Silhouette (on a seeded sample above `silhouette_sample` rows), and agreement (ARI, NMI)
     of clusters with hotels and with room types."""
@@ -312,7 +343,7 @@ def score_clusters(
         rows = seeded_rows(len(labels), silhouette_sample, random_state)
         x, y = (embedding, labels) if rows is None else (embedding[rows], labels[rows])
         if 2 <= len(np.unique(y)) <= len(y) - 1:
-            with threadpool_limits(n_jobs):
+            with threadpool_limits(1):  # the same bits for any thread count
                 silhouette = float(silhouette_score(x, y))
     ari_room_type, nmi_room_type, _ = agreement(room_types, labels)
     return {

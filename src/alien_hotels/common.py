@@ -262,3 +262,71 @@ def write_report_csv(df: pd.DataFrame, target: str | Path, *, plotted: bool = Fa
             cells = cells.map(lambda v: v.translate(PLOT_LOOKALIKES) if isinstance(v, str) else v)
         safe[column] = cells.map(spreadsheet_safe)
     write_csv(safe, target)
+
+
+def available_cores() -> int:
+    """CPU cores this process may use: its affinity mask (`taskset`, a container's cpuset), capped
+    by a CFS CPU quota of its cgroup (cgroup v2 `cpu.max`, v1 `cpu.cfs_quota_us` /
+    `cpu.cfs_period_us`; a quota of 1.5 cores counts as 2, as loky and the JVM count it); at
+    least 1. `n_jobs: null` in the params means this many threads."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cores = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota()
+    if quota is not None:
+        cores = min(cores, -int(-quota // 1))  # ceil
+    return max(1, cores)
+
+
+def _cgroup_cpu_quota(
+    root: Path = Path("/sys/fs/cgroup"), membership: Path = Path("/proc/self/cgroup")
+) -> float | None:
+    """The smallest CFS quota, in cores, of this process's cgroup and its ancestors (v2) or of
+    its `cpu` controller group (v1); None when there is none (or no cgroup file system)."""
+    try:
+        lines = membership.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        lines = []
+    v2_path, v1_path = "/", "/"
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        if controllers == "":
+            v2_path = path or "/"
+        elif "cpu" in controllers.split(","):
+            v1_path = path or "/"
+    limits: list[float] = []
+
+    def ancestors(base: Path, path: str):
+        parts = [p for p in path.strip("/").split("/") if p]
+        return [base.joinpath(*parts[:depth]) for depth in range(len(parts), -1, -1)]
+
+    for folder in ancestors(root, v2_path):  # v2: "max 100000" or "150000 100000"
+        try:
+            quota, period = (folder / "cpu.max").read_text(encoding="ascii").split()[:2]
+            if quota != "max" and int(period) > 0:
+                limits.append(int(quota) / int(period))
+        except (OSError, ValueError):
+            continue
+    for mount in ("cpu", "cpu,cpuacct", "cpuacct,cpu"):  # v1: quota -1 means none
+        for folder in ancestors(root / mount, v1_path):
+            try:
+                quota = int((folder / "cpu.cfs_quota_us").read_text(encoding="ascii"))
+                period = int((folder / "cpu.cfs_period_us").read_text(encoding="ascii"))
+            except (OSError, ValueError):
+                continue
+            if quota > 0 and period > 0:
+                limits.append(quota / period)
+    return min(limits) if limits else None
+
+
+def resolve_n_jobs(value: int | None) -> int:
+    """Threads for an `n_jobs` param: the number given, or `available_cores()` for None."""
+    if value is None:
+        return available_cores()
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"n_jobs must be a positive integer or None, got {value!r}")
+    return value

@@ -196,13 +196,14 @@ def retrieval(
     askable = askable if picked is None else askable[picked]
     norms = np.sqrt((x * x).sum(axis=1))
     norms[norms == 0] = 1.0  # a zero vector scores 0 against everything
+    inverse = 1.0 / norms  # the query's own norm does not change its ranking
     members = np.argsort(ref, kind="stable")  # rows by label, then row order
     starts = np.searchsorted(ref[members], np.arange(len(sizes)))
     ranks = np.empty(len(askable), dtype=np.int64)
-    index = np.arange(n)
     for start in range(0, len(askable), QUERY_BLOCK):
         q = askable[start : start + QUERY_BLOCK]
-        scores = (x[q] @ x.T) / norms  # the query's own norm does not change its ranking
+        scores = x[q] @ x.T
+        scores *= inverse
         scores[np.arange(len(q)), q] = -np.inf  # leave the query out
         # Each query's same-label rows, flattened: (query in block, row).
         counts = sizes[ref[q]]
@@ -216,12 +217,14 @@ def retrieval(
         first = np.full(len(q), n)
         at_best = hit == best[owner]
         np.minimum.at(first, owner[at_best], rows[at_best])
-        # Rows ranked ahead: a higher score, or the same score earlier. None has the query's
-        # label: `best` is their maximum and `first` the earliest at it.
+        # Rows ranked ahead: a higher score, or the same score earlier (none has the query's
+        # label: `best` is their maximum and `first` the earliest at it). So: the rows at or
+        # above `best`, less the ties from `first` on.
         b = best[:, None]
-        ranks[start : start + len(q)] = np.count_nonzero(scores > b, axis=1) + np.count_nonzero(
-            (scores == b) & (index[None, :] < first[:, None]), axis=1
-        )
+        at_least = np.count_nonzero(scores >= b, axis=1)
+        tied = scores == b
+        later = [np.count_nonzero(tied[i, first[i] :]) for i in range(len(q))]
+        ranks[start : start + len(q)] = at_least - np.asarray(later)
     positives = sizes[ref[askable]] - 1
     k1, k10 = ks
     return Retrieval(
@@ -259,18 +262,18 @@ def seed_reruns(
     TF-IDF + SVD refitted on `texts` (when `features` is given: the tfidf features) and k-means,
     on `rows` (a seeded sample; None: every row). The labels are in `rows` order."""
     from sklearn.cluster import KMeans
-    from threadpoolctl import threadpool_limits
 
+    from alien_hotels.clustering import parallel
     from alien_hotels.features import fit_features
 
     picked = np.arange(len(embedding)) if rows is None else rows
-    runs = []
-    for i in range(1, cluster.n_seeds + 1):
+
+    def rerun(i: int) -> np.ndarray:
         seed = (cluster.random_state + i) % 2**32
         x = embedding[picked]
         if features is not None and texts is not None:
-            chosen_texts = [texts[j] for j in picked]
-            x = fit_features(chosen_texts, features.updated(random_state=seed)).embedding
+            chosen = [texts[j] for j in picked]
+            x = fit_features(chosen, features.updated(random_state=seed, n_jobs=1)).embedding
         model = KMeans(
             n_clusters=min(k, len(np.unique(x, axis=0))),
             random_state=seed,
@@ -278,9 +281,9 @@ def seed_reruns(
             max_iter=cluster.max_iter,
             tol=cluster.tol,
         )
-        with threadpool_limits(cluster.n_jobs):
-            runs.append(model.fit(x).labels_)
-    return runs
+        return model.fit(x).labels_
+
+    return list(parallel(rerun, range(1, cluster.n_seeds + 1), cluster.n_jobs))
 
 
 def seed_spread(

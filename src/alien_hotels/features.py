@@ -16,7 +16,7 @@ import numpy as np
 from pydantic import Field, model_validator
 from threadpoolctl import threadpool_limits
 
-from alien_hotels.common import Section, Seed, StageError, atomic_path
+from alien_hotels.common import Section, Seed, StageError, atomic_path, resolve_n_jobs
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +57,9 @@ class FeaturesConfig(Section):
     algorithm: Literal["randomized", "arpack"]
     n_iter: int = Field(ge=1)
     random_state: Seed
-    # BLAS threads for the SVD; 1 by default (see cluster.n_jobs: spinning threads on a shared
-    # machine cost more than they save).
-    n_jobs: int = Field(ge=1)
+    # BLAS threads for the SVD; null: every core this process may use. The saved vectors are the
+    # same for any number (rounded to GRID, far above the threads' summation noise).
+    n_jobs: int | None = Field(ge=1)
 
     @model_validator(mode="after")
     def _check(self) -> FeaturesConfig:
@@ -136,7 +136,8 @@ def fit_features(texts: Sequence[str], cfg: FeaturesConfig) -> TextFeatures:
     )
     # float64: its BLAS-kernel noise (~1e-13) is far below GRID; float32's rounding error
     # (up to 1.6e-5 on the demo) is of the grid's order, so a kernel could cross a grid step.
-    with threadpool_limits(cfg.n_jobs), np.errstate(invalid="ignore", divide="ignore"):
+    threads = resolve_n_jobs(cfg.n_jobs)
+    with threadpool_limits(threads), np.errstate(invalid="ignore", divide="ignore"):
         embedding = svd.fit_transform(tfidf.astype(np.float64))
     return TextFeatures(vectorizer=vectorizer, svd=svd, embedding=on_grid(embedding))
 

@@ -10,6 +10,7 @@ every row; the HTML and PNG draw a seeded subsample of at most `map.max_plot_poi
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Literal
@@ -19,7 +20,15 @@ import pandas as pd
 from pydantic import Field, model_validator
 from threadpoolctl import threadpool_limits
 
-from alien_hotels.common import Section, Seed, StageError, atomic_path, plotly_text, seeded_rows
+from alien_hotels.common import (
+    Section,
+    Seed,
+    StageError,
+    atomic_path,
+    plotly_text,
+    resolve_n_jobs,
+    seeded_rows,
+)
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +43,13 @@ class MapConfig(Section):
     perplexity: float = Field(gt=0)
     n_iter: int = Field(ge=50)
     random_state: Seed
-    n_jobs: int = Field(ge=1)
+    # Threads of the t-SNE gradient and the BLAS/OpenMP pools; null: every core this process
+    # may use (`common.available_cores`). The map's bytes do not depend on it.
+    n_jobs: int | None = Field(ge=1)
+    # openTSNE's negative gradient: bh (Barnes-Hut), fft (FIt-SNE's interpolation), or auto
+    # (openTSNE's rule: bh below 10,000 fitted rows, fft above; the faster of the two at each
+    # size for the same trustworthiness, docs/performance.md).
+    gradient: Literal["auto", "bh", "fft"]
     point_size: int = Field(ge=1)
     # t-SNE is fitted on at most this many rows (seeded); the others are placed into the fitted
     # map (`place`). null: fit every row.
@@ -57,6 +72,11 @@ class MapConfig(Section):
             raise ValueError("map.place=transform needs map.method=opentsne; use knn_median")
         return self
 
+    @property
+    def threads(self) -> int:
+        """`n_jobs` resolved: null means the cores available to this process."""
+        return resolve_n_jobs(self.n_jobs)
+
 
 def embed_2d(embedding: np.ndarray, cfg: MapConfig) -> np.ndarray:
     """2-D t-SNE coordinates for each row of `embedding`."""
@@ -68,7 +88,7 @@ def embed_2d(embedding: np.ndarray, cfg: MapConfig) -> np.ndarray:
     data = np.asarray(embedding, dtype=np.float64)
     if data.shape[1] < 2:  # one SVD component (a tiny folder): the PCA initialisation needs two
         data = np.hstack([data, np.zeros_like(data)])
-    with threadpool_limits(cfg.n_jobs):
+    with threadpool_limits(cfg.threads):
         return _embed(data, rows, cfg)
 
 
@@ -119,7 +139,13 @@ def place_rows(
     step = 100_000  # bounds the neighbour arrays' memory
     for start in range(0, len(new), step):
         chunk = new[start : start + step].astype(np.float32)
-        neighbours = index.kneighbors(chunk, return_distance=False)
+        # scikit-learn shares the reference rows out among its threads when a chunk has no more
+        # rows than the reference; which of equally distant rows (identical captions) are the
+        # neighbours then depends on the thread count. Such chunks are small: one thread.
+        # Otherwise each thread takes whole rows of the chunk, the same on any thread count.
+        few = len(chunk) <= len(reference)
+        with threadpool_limits(1) if few else contextlib.nullcontext():
+            neighbours = index.kneighbors(chunk, return_distance=False)
         coords[start : start + step] = np.median(reference_coords[neighbours], axis=1)
     return coords
 
@@ -138,23 +164,71 @@ def _fit_tsne(data: np.ndarray, cfg: MapConfig):
         )
         return tsne.fit_transform(data).astype(np.float32), None
     from openTSNE import TSNE as OpenTSNE
-    from openTSNE import initialization
+    from openTSNE import affinity, initialization
 
     # openTSNE's own PCA start (std 1e-4), rounded to 2^-36: its BLAS-kernel noise (~1e-19) would
     # otherwise change the map's bytes from one CPU to another; the optimisation itself does not.
     start = initialization.pca(data, random_state=cfg.random_state)
     start = np.round(start * 2.0**36) / 2.0**36 + 0.0
+    # The affinities on one thread, whatever `n_jobs`: Annoy's trees (openTSNE's neighbour index
+    # from 1,000 rows) come out different when built on more threads, and with them the map.
+    # The gradient (bh or fft) gives the same bits on any number of threads. These are the
+    # affinities `TSNE.fit(data)` computes itself with n_jobs=1.
+    with threadpool_limits(1):
+        affinities = affinity.MultiscaleMixture(
+            data,
+            cfg.perplexity,
+            method="auto",
+            metric="euclidean",
+            n_jobs=1,
+            random_state=cfg.random_state,
+            verbose=False,
+        )
     tsne = OpenTSNE(
         n_components=2,
         perplexity=cfg.perplexity,
         n_iter=cfg.n_iter,
         random_state=cfg.random_state,
-        n_jobs=cfg.n_jobs,
+        n_jobs=cfg.threads,
+        negative_gradient_method=cfg.gradient,
         verbose=False,
-        initialization=start,
     )
-    model = tsne.fit(data)
+    model = tsne.fit(affinities=affinities, initialization=start)
     return np.asarray(model, dtype=np.float32), model
+
+
+# Trustworthiness (scikit-learn's, 5 neighbours) of the map on at most this many fitted rows
+# (a seeded sample): it ranks all pairs, so its cost grows with the square of the rows.
+TRUSTWORTHINESS_ROWS = 3000
+TRUSTWORTHINESS_NEIGHBORS = 5
+
+
+def trustworthiness(
+    embedding: np.ndarray, coords: np.ndarray, rows: np.ndarray | None, random_state: int
+) -> float | None:
+    """How well the map keeps each fitted row's nearest neighbours (1: all of them), measured on
+    the rows t-SNE was fitted on (`rows`, None: all), at most `TRUSTWORTHINESS_ROWS` of them;
+    None for fewer than 3 rows (no neighbour to rank).
+
+    Feature-space distances are summed exactly (scipy's `cdist`, no BLAS): the features lie on
+    a 2^-17 grid, so the ranks, ties included, are the same on any CPU and thread count."""
+    from scipy.spatial.distance import cdist
+    from sklearn.manifold import trustworthiness as sklearn_trustworthiness
+
+    fitted = np.arange(len(embedding)) if rows is None else rows
+    sample = seeded_rows(len(fitted), TRUSTWORTHINESS_ROWS, random_state)
+    if sample is not None:
+        fitted = fitted[sample]
+    k = min(TRUSTWORTHINESS_NEIGHBORS, (len(fitted) - 1) // 2)
+    if k < 1:
+        return None
+    data = np.asarray(embedding[fitted], dtype=np.float64)
+    distances = cdist(data, data, "sqeuclidean")  # same ranks as euclidean
+    with threadpool_limits(1):
+        value = sklearn_trustworthiness(
+            distances, np.asarray(coords[fitted]), n_neighbors=k, metric="precomputed"
+        )
+    return float(value)
 
 
 def plot_subsample(table: pd.DataFrame, cfg: MapConfig) -> pd.DataFrame:
@@ -172,6 +246,38 @@ def write_html_map(
     is the number of mapped rows when `table` is a subsample of them. Every text from data goes
     through `plotly_text`: plotly would draw `<a href>` or `style=` in a name as live HTML.
     """
+    import plotly.io as pio
+
+    fig, hover_rows = html_map_figure(table, cfg, n_total)
+    with atomic_path(target) as tmp:
+        # A fixed div id keeps the file byte-identical across runs (DVC compares hashes).
+        pio.write_html(
+            with_hover_data(fig, hover_rows),
+            tmp,
+            include_plotlyjs=True,
+            full_html=True,
+            div_id="cluster-map",
+            validate=False,
+        )
+
+
+def with_hover_data(fig, hover_rows: list[np.ndarray]) -> dict:
+    """`fig.to_dict()` with each trace's `customdata` set to its array of `hover_rows`.
+
+    The same dict plotly makes when the arrays are given to the traces, without its cost at
+    20,000 points (validating, then deep-copying twice, 100,000 strings; ~1 s): plotly keeps a
+    2-D object array as such, and `to_dict` changes only numeric arrays (tests/test_mapping.py
+    compares the HTML of both ways)."""
+    figure = fig.to_dict()
+    for trace, rows in zip(figure["data"], hover_rows, strict=True):
+        trace["customdata"] = rows
+    return figure
+
+
+def html_map_figure(table: pd.DataFrame, cfg: MapConfig, n_total: int | None = None):
+    """The HTML map's figure with empty hover data, and the hover data of each trace (one
+    object array per trace: label, hotel, room type, wrapped caption, text; see
+    `with_hover_data`). Each row's hover texts are escaped and wrapped once, not per view."""
     import plotly.graph_objects as go
 
     hover = (
@@ -179,11 +285,15 @@ def write_html_map(
         "<br>caption: %{customdata[3]}<br>text: %{customdata[4]}<extra></extra>"
     )
     columns = {"cluster": "cluster_label", "hotel": "hotel_name", "room_type": "room_type"}
+    customdata = hover_columns(table)
+    no_rows = np.empty((0, customdata.shape[1]), dtype=object)  # replaced below
     fig = go.Figure()
+    trace_rows: list[np.ndarray] = []
     visibility: dict[str, list[bool]] = {}
     for view, column in columns.items():
         groups = lump_small_groups(table[column], cfg.max_groups, f"other {COLOR_BY[view]}s")
-        for value, group in table.groupby(groups, sort=True):
+        grouped = table.groupby(groups, sort=True)
+        for value, group in grouped:
             fig.add_trace(
                 go.Scattergl(
                     x=group["x"],
@@ -194,19 +304,11 @@ def write_html_map(
                     visible=view == "cluster",
                     marker={"size": cfg.point_size, "opacity": 0.8}
                     | ({"color": "lightgrey"} if str(value).startswith(OTHER_PREFIX) else {}),
-                    customdata=np.stack(
-                        [
-                            group["cluster_label"].map(plotly_text),
-                            group["hotel_name"].map(plotly_text),
-                            group["room_type"].map(plotly_text),
-                            group["caption"].astype(str).map(_wrap),
-                            group["text"].map(plotly_text),
-                        ],
-                        axis=-1,
-                    ),
+                    customdata=no_rows,
                     hovertemplate=hover,
                 )
             )
+            trace_rows.append(grouped.indices[value])  # positions in `table`
             for key in columns:
                 visibility.setdefault(key, []).append(key == view)
     buttons = [
@@ -234,9 +336,22 @@ def write_html_map(
         yaxis={"title": "t-SNE 2"},
         height=750,
     )
-    with atomic_path(target) as tmp:
-        # A fixed div id keeps the file byte-identical across runs (DVC compares hashes).
-        fig.write_html(tmp, include_plotlyjs=True, full_html=True, div_id="cluster-map")
+    return fig, [customdata[rows] for rows in trace_rows]
+
+
+def hover_columns(table: pd.DataFrame) -> np.ndarray:
+    """The hover texts of each row (label, hotel, room type, wrapped caption, text), escaped for
+    plotly, as an object array of one row per table row."""
+    return np.stack(
+        [
+            table["cluster_label"].map(plotly_text),
+            table["hotel_name"].map(plotly_text),
+            table["room_type"].map(plotly_text),
+            table["caption"].astype(str).map(_wrap),
+            table["text"].map(plotly_text),
+        ],
+        axis=-1,
+    )
 
 
 def write_png_map(table: pd.DataFrame, target: str | Path, max_groups: int = 20) -> None:
@@ -322,12 +437,17 @@ def _count(shown: int, total: int | None) -> str:
 
 def _wrap(text: str, width: int = 80) -> str:
     """`text` for plotly hover: escaped (`plotly_text`), lines of `width` joined by `<br>`."""
-    words, lines, line = text.split(), [], ""
-    for word in words:
-        if len(line) + len(word) + 1 > width and line:
-            lines.append(line)
-            line = word
+    lines: list[str] = []
+    line: list[str] = []
+    length = 0  # of " ".join(line)
+    for word in text.split():
+        if line and length + len(word) + 1 > width:
+            lines.append(" ".join(line))
+            line, length = [word], len(word)
         else:
-            line = f"{line} {word}".strip()
-    lines.append(line)
-    return "<br>".join(map(plotly_text, lines))
+            length += len(word) + (1 if line else 0)
+            line.append(word)
+    lines.append(" ".join(line))
+    if "<" in text or ">" in text or "&" in text:
+        return "<br>".join(map(plotly_text, lines))
+    return "<br>".join(lines)  # nothing to escape (plotly_text would return each line as is)

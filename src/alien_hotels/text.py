@@ -7,8 +7,11 @@ distinct word is lemmatized once and looked up afterwards.
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -137,12 +140,10 @@ def make_lemmatizer(name: str, language: str = "en") -> Callable[[str], str]:
         analyzer = pymorphy3.MorphAnalyzer(lang=language)
         return lambda word: analyzer.parse(word)[0].normal_form
     if name == "wordnet":
-        from nltk.stem import WordNetLemmatizer
-
-        lemmatizer = WordNetLemmatizer()
         try:
+            lemmatizer = WordNetMorphy(find_wordnet())
             lemmatizer.lemmatize("rooms")
-        except LookupError:
+        except (LookupError, OSError, KeyError):  # none found; or a folder without index.noun
             raise StageError(
                 "text.lemmatizer=wordnet needs NLTK's WordNet data, which is not installed: "
                 "run `python -m nltk.downloader wordnet omw-1.4` on a machine with internet, "
@@ -150,6 +151,159 @@ def make_lemmatizer(name: str, language: str = "en") -> Callable[[str], str]:
             ) from None
         return lemmatizer.lemmatize
     raise StageError(f"text.lemmatizer={name!r} is unknown; allowed: {', '.join(LEMMATIZERS)}")
+
+
+# WordNet lemmas as NLTK's `WordNetLemmatizer().lemmatize(word, pos="n")` gives them, without
+# NLTK's corpus reader: that reader loads all of WordNet (every index, the satellite adjectives,
+# the sense index and the OMW mapping; ~6-10 s per process), while morphy needs only the lemma
+# names of `index.<pos>` and the exception list `<pos>.exc` of the one part of speech asked for
+# (~0.1 s for nouns). The rules below are NLTK 3.10's `WordNetCorpusReader._morphy` (pinned in
+# pyproject.toml); tests/test_wordnet.py checks every token of the bundled sample and of the
+# 100k benchmark captions against NLTK itself.
+
+WORDNET_FILES = {"n": "noun", "v": "verb", "a": "adj", "r": "adv", "s": "adj"}
+MORPHOLOGICAL_SUBSTITUTIONS: dict[str, tuple[tuple[str, str], ...]] = {
+    "n": (
+        *(("s", ""), ("ses", "s"), ("ves", "f"), ("xes", "x"), ("zes", "z")),
+        *(("ches", "ch"), ("shes", "sh"), ("men", "man"), ("ies", "y")),
+    ),
+    "v": (
+        *(("s", ""), ("ies", "y"), ("es", "e"), ("es", "")),
+        *(("ed", "e"), ("ed", ""), ("ing", "e"), ("ing", "")),
+    ),
+    "a": (("er", ""), ("est", ""), ("er", "e"), ("est", "e")),
+    "r": (),
+}
+MORPHOLOGICAL_SUBSTITUTIONS["s"] = MORPHOLOGICAL_SUBSTITUTIONS["a"]
+
+
+class WordNetFiles:
+    """The WordNet folder NLTK would load (`corpora/wordnet`, or `wordnet/` in
+    `corpora/wordnet.zip`); `read(name)` gives one of its files as text (UTF-8, as NLTK reads)."""
+
+    def __init__(self, location: Path, member_prefix: str | None = None) -> None:
+        self.location = location  # the folder, or the zip file
+        self.member_prefix = member_prefix  # inside a zip: "wordnet/"; None for a folder
+
+    def __repr__(self) -> str:
+        inner = f"!{self.member_prefix}" if self.member_prefix else ""
+        return f"WordNetFiles({self.location}{inner})"
+
+    def read(self, name: str) -> str:
+        if self.member_prefix is None:
+            return (self.location / name).read_text(encoding="utf-8")
+        import zipfile
+
+        with zipfile.ZipFile(self.location) as archive:
+            return archive.read(self.member_prefix + name).decode("utf-8")
+
+
+def nltk_data_path() -> list[Path]:
+    """NLTK's default `nltk.data.path` (nltk/data.py, POSIX), computed without importing NLTK
+    (whose import pulls in scipy and scikit-learn: ~1 s): `NLTK_DATA`'s entries, ~/nltk_data,
+    then the interpreter's prefix and the system folders."""
+    paths = [os.path.expanduser(d) for d in os.environ.get("NLTK_DATA", "").split(os.pathsep) if d]
+    if "APPENGINE_RUNTIME" not in os.environ and os.path.expanduser("~/") != "~/":
+        paths.append(os.path.expanduser("~/nltk_data"))
+    paths += [os.path.join(sys.prefix, *sub, "nltk_data") for sub in ((), ("share",), ("lib",))]
+    paths += ["/usr/share/nltk_data", "/usr/local/share/nltk_data"]
+    paths += ["/usr/lib/nltk_data", "/usr/local/lib/nltk_data"]
+    return [Path(p) for p in paths]
+
+
+def find_wordnet() -> WordNetFiles:
+    """Where NLTK's `wordnet` corpus loader would read WordNet (`nltk.corpus.util.LazyCorpusLoader`
+    with `nltk.data.find`): a `corpora/wordnet` folder in the first data path that has one, else
+    `wordnet/` inside the first `corpora/wordnet.zip`. Anything else (a data path that is itself
+    a zip file, a `nltk.data.path` changed at run time, Windows) is left to NLTK's own `find`,
+    imported only then. LookupError if there is no WordNet."""
+    paths = nltk_data_path()
+    for root in paths:
+        folder = root / "corpora" / "wordnet"
+        if (folder / "index.noun").is_file():
+            return WordNetFiles(folder)
+    for root in paths:
+        archive = root / "corpora" / "wordnet.zip"
+        if archive.is_file():
+            return WordNetFiles(archive, "wordnet/")
+    import nltk.data
+
+    try:
+        pointer = nltk.data.find("corpora/wordnet")
+    except LookupError:
+        pointer = nltk.data.find("corpora/wordnet.zip/wordnet/")
+    if hasattr(pointer, "zipfile"):  # a ZipFilePathPointer
+        return WordNetFiles(Path(pointer.zipfile.filename), pointer.entry)
+    return WordNetFiles(Path(pointer.path))
+
+
+class WordNetMorphy:
+    """NLTK's `WordNetLemmatizer.lemmatize` reading only what morphy needs.
+
+    Per part of speech (loaded on first use): the lemma names of `index.<pos>` (lines that start
+    with a space are the licence) and the exceptions of `<pos>.exc` (inflected form -> base
+    forms; a later line for the same form wins, as in NLTK's dict). `morphy_all` is NLTK's
+    `_morphy`: the exception's base forms if the word is an exception, else the word with each
+    substitution rule applied once; the word itself first; kept if WordNet has the lemma for
+    that part of speech, in order, without repeats. `lemmatize` returns the shortest of those
+    (the first of equal length), or the word unchanged when there is none.
+    """
+
+    def __init__(self, files: WordNetFiles) -> None:
+        self.files = files
+        self._lemmas: dict[str, frozenset[str]] = {}
+        self._exceptions: dict[str, dict[str, list[str]]] = {}
+
+    def lemma_names(self, pos: str) -> frozenset[str]:
+        """Lemmas that WordNet has for `pos` (n, v, a, r; s, satellite adjectives, share a's)."""
+        tag = "a" if pos == "s" else pos
+        names = self._lemmas.get(tag)
+        if names is None:
+            text = self.files.read(f"index.{WORDNET_FILES[tag]}")
+            names = frozenset(
+                fields[0]
+                for line in text.splitlines()
+                if line and not line.startswith(" ")
+                for fields in (line.split(None, 2),)
+                if len(fields) > 1 and fields[1] == tag
+            )
+            self._lemmas[tag] = names
+        return names
+
+    def exceptions(self, pos: str) -> dict[str, list[str]]:
+        tag = "a" if pos == "s" else pos
+        table = self._exceptions.get(tag)
+        if table is None:
+            table = {}
+            for line in self.files.read(f"{WORDNET_FILES[tag]}.exc").splitlines():
+                terms = line.split()
+                if terms:
+                    table[terms[0]] = terms[1:]
+            self._exceptions[tag] = table
+        return table
+
+    def morphy_all(self, form: str, pos: str = "n") -> list[str]:
+        """NLTK's `WordNetCorpusReader._morphy(form, pos)`."""
+        exceptions = self.exceptions(pos)
+        if form in exceptions:
+            forms = exceptions[form]
+        else:
+            forms = [
+                form[: -len(old)] + new
+                for old, new in MORPHOLOGICAL_SUBSTITUTIONS[pos]
+                if form.endswith(old)
+            ]
+        names = self.lemma_names(pos)
+        found: list[str] = []
+        for candidate in [form, *forms]:
+            if candidate in names and candidate not in found:
+                found.append(candidate)
+        return found
+
+    def lemmatize(self, word: str, pos: str = "n") -> str:
+        """NLTK's `WordNetLemmatizer().lemmatize(word, pos)`."""
+        lemmas = self.morphy_all(word, pos)
+        return min(lemmas, key=len) if lemmas else word
 
 
 def stopword_set(cfg: TextConfig) -> frozenset[str]:
@@ -170,6 +324,7 @@ class CaptionPreprocessor:
         self._stopwords = stopword_set(cfg)
         self._strip = str.maketrans("", "", cfg.punctuation) if cfg.punctuation else None
         self._lemmas: dict[str, str] = {}
+        self._kept: dict[str, str | None] = {}
 
     @property
     def distinct_words(self) -> int:
@@ -188,12 +343,26 @@ class CaptionPreprocessor:
         if self._strip is not None:
             caption = caption.translate(self._strip)
         # The study split on single spaces; empty strings from double spaces are not words.
-        words = [w for w in caption.split(" ") if w][: self.cfg.max_words]
-        lemmas = (self.lemma(w) for w in words)
-        return " ".join(w for w in lemmas if w not in self._stopwords)
+        words = caption.split(" ")
+        if "" in words:
+            words = [w for w in words if w]
+        # word -> its lemma, or None for a lemma that is a stopword (one look-up per word)
+        kept = self._kept
+        out = []
+        for word in words[: self.cfg.max_words]:
+            lemma = kept.get(word, _UNSEEN)
+            if lemma is _UNSEEN:
+                lemma = self.lemma(word)
+                lemma = kept[word] = None if lemma in self._stopwords else lemma
+            if lemma is not None:
+                out.append(lemma)
+        return " ".join(out)
 
     def transform(self, captions: Iterable[str]) -> list[str]:
         return [self(c) for c in captions]
+
+
+_UNSEEN = object()
 
 
 class RoomTypeClassifier:
@@ -207,11 +376,25 @@ class RoomTypeClassifier:
             alternatives = sorted({k.strip().lower() for k in keywords}, key=len, reverse=True)
             body = "|".join(re.escape(k).replace(r"\ ", r"\s+") for k in alternatives)
             self._patterns.append((order, name, re.compile(rf"\b(?:{body})(?:e?s)?\b")))
+        self._cache: dict[str, str] = {}
+
+    # Room types of the texts seen so far: BLIP's first clauses repeat (about a third of them
+    # are distinct in the benchmark's captions); bounded, so a million distinct texts do not
+    # keep a million entries.
+    CACHE_SIZE = 200_000
 
     def __call__(self, caption: str) -> str:
         text = caption.lower()
         if self.cfg.scope == "first_clause":
             text = text.split(",", 1)[0]
+        name = self._cache.get(text)
+        if name is None:
+            name = self._classify(text)
+            if len(self._cache) < self.CACHE_SIZE:
+                self._cache[text] = name
+        return name
+
+    def _classify(self, text: str) -> str:
         best: tuple[int, int, int] | None = None
         best_name = self.cfg.default
         for order, name, pattern in self._patterns:

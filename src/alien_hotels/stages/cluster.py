@@ -51,7 +51,6 @@ def run(params: Params, paths: StagePaths = StagePaths()) -> dict:
         pd.Series(sources.get(chosen, [None] * len(texts)))[scored],
         silhouette_sample=cfg.silhouette_sample,
         random_state=cfg.random_state,
-        n_jobs=cfg.n_jobs,
     )
     yardsticks = {"hotel": texts["hotel_id"].tolist(), "chain": chain_ids(texts, paths)}
     yardsticks |= {f"room_type_{s}": v for s, v in sources.items()}

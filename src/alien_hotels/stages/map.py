@@ -23,6 +23,7 @@ def run(params: Params, paths: StagePaths = StagePaths()) -> pd.DataFrame:
     n_fit = len(embedding) if rows is None else len(rows)
     perplexity = mapping.perplexity_for(n_fit, params.map)  # warns once when lowered
     coords = mapping.embed_2d(embedding, params.map.updated(perplexity=perplexity))
+    trust = mapping.trustworthiness(embedding, coords, rows, params.map.random_state)
     table = (
         pd.DataFrame({"image_id": image_ids, "x": coords[:, 0], "y": coords[:, 1]})
         .merge(labels[LABEL_COLUMNS], on="image_id")
@@ -43,6 +44,8 @@ def run(params: Params, paths: StagePaths = StagePaths()) -> pd.DataFrame:
                 "perplexity": params.map.perplexity,
                 "perplexity_used": perplexity,
                 "perplexity_clamped": perplexity < params.map.perplexity,
+                # of the fitted rows (at most mapping.TRUSTWORTHINESS_ROWS, seeded), 5 neighbours
+                "trustworthiness": trust,
             }
         ),
         paths.cluster_metrics.parent / "map.json",
