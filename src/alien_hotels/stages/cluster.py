@@ -19,6 +19,7 @@ from alien_hotels.common import (
 from alien_hotels.config import Params
 from alien_hotels.reports import clusters_markdown
 from alien_hotels.stages.paths import StagePaths
+from alien_hotels.tables import ROOM_TYPE_SOURCES
 
 log = logging.getLogger("alien_hotels")
 
@@ -90,11 +91,6 @@ def run(params: Params, paths: StagePaths = StagePaths()) -> dict:
         scores["nmi_hotel"],
     )
     return metrics
-
-
-# text.ROOM_TYPE_SOURCES, in report order (repeated so this stage does not run text.py; a test
-# keeps both equal).
-ROOM_TYPE_SOURCES = ("captions", "image", "folder")
 
 
 def with_room_types(texts: pd.DataFrame, paths: StagePaths) -> tuple[pd.DataFrame, dict, str]:
