@@ -19,11 +19,11 @@ import torch
 import yaml
 from PIL import Image
 
-from alien_hotels.captioning import CAPTION_MODELS, CaptionConfig
 from alien_hotels.captioning.checkpoint import Checkpoint, config_key
+from alien_hotels.captioning.config import CAPTION_MODELS, CaptionConfig
 from alien_hotels.captioning.images import load_row
 from alien_hotels.config import ConfigError
-from alien_hotels.images import relative_image_path
+from alien_hotels.images.collect import relative_image_path
 from alien_hotels.testing.interrogator import (
     library_interrogator,
     save_tiny_models,

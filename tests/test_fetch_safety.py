@@ -15,7 +15,8 @@ from urllib.parse import quote
 import pytest
 from pydantic import ValidationError
 
-from alien_hotels.images import Downloader, FetchError, blocked_class, collect_images
+from alien_hotels.images.collect import collect_images
+from alien_hotels.images.fetch import Downloader, FetchError, blocked_class
 from alien_hotels.testing.imageserver import ImageServer, make_image
 from conftest import compose, url_sample
 

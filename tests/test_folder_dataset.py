@@ -14,10 +14,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from alien_hotels import folders
 from alien_hotels.common import StageError
 from alien_hotels.config import ConfigError, Params
-from alien_hotels.sampling import read_dataset, sample_hotels
+from alien_hotels.datasets import folder as folders
+from alien_hotels.datasets import read_dataset
+from alien_hotels.sampling import sample_hotels
 from alien_hotels.stages import images as images_stage
 from alien_hotels.stages import sample as sample_stage
 from alien_hotels.stages.paths import StagePaths
@@ -139,7 +140,7 @@ def test_ids_are_fixed_values_in_any_process():
     assert folders.hotel_id("Sea View Inn") == 2824415344222044
     assert folders.image_id("Sea View Inn/room 1.jpg", b"\0" * 20) == 1226324170635883
     code = (
-        "from alien_hotels.folders import hotel_id; import unicodedata as u; "
+        "from alien_hotels.datasets.folder import hotel_id; import unicodedata as u; "
         "print(hotel_id('東京ホテル'), hotel_id(u.normalize('NFD', 'Hôtel Étoile')))"
     )
     outs = set()

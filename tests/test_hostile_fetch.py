@@ -21,7 +21,9 @@ from pydantic import ValidationError
 
 import alien_hotels
 from alien_hotels.config import compose_params
-from alien_hotels.images import FetchError, collect_images, prepare_image
+from alien_hotels.images.collect import collect_images
+from alien_hotels.images.fetch import FetchError
+from alien_hotels.images.prepare import prepare_image
 from alien_hotels.testing.imageserver import ImageServer, blank_png, make_image
 from conftest import ROOT, compose, url_sample
 
@@ -144,7 +146,7 @@ import io, sys
 sys.path.insert(0, {str(ROOT / "tests")!r})
 from PIL import Image
 from conftest import compose
-from alien_hotels.images import prepare_image
+from alien_hotels.images.prepare import prepare_image
 from alien_hotels.testing.imageserver import blank_png
 cfg = compose().images.updated(max_decode_bytes=1 << 32)
 data = blank_png({SIDE}, {SIDE}, {kind!r})

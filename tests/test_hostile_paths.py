@@ -24,8 +24,8 @@ from PIL import Image
 from pydantic import BaseModel
 
 import alien_hotels
-from alien_hotels import images
 from alien_hotels.config import Params, compose_params, validate_params
+from alien_hotels.images.collect import collect_images
 from alien_hotels.stages import images as images_stage
 from alien_hotels.stages import sample as sample_stage
 from alien_hotels.stages.paths import StagePaths
@@ -324,7 +324,7 @@ def test_folder_symlinks_out_are_followed_only_when_asked(root: Root):
     assert sorted(sample["image_path"]) == sorted(INSIDE + OUTSIDE)
     assert stats.load["folder_skipped_external_symlinks"] == 0
     # What the images stage does with the flag (stages/images.py passes data's).
-    _, metrics = images.collect_images(
+    _, metrics = collect_images(
         sample,
         params.images,
         photos,
@@ -334,7 +334,7 @@ def test_folder_symlinks_out_are_followed_only_when_asked(root: Root):
     )
     assert metrics["ok"] == len(INSIDE + OUTSIDE)
     # ... and without it the images stage refuses them itself, whatever the sample says.
-    _, metrics = images.collect_images(
+    _, metrics = collect_images(
         sample, params.images, photos, root.paths.images_dir / "strict", progress=False
     )
     assert metrics["ok"] == len(INSIDE) and metrics["failed_by_reason"] == {"unsafe_path": 3}

@@ -12,13 +12,9 @@ import pytest
 from PIL import Image
 from pydantic import ValidationError
 
-from alien_hotels.images import (
-    EXTENSION_FORMAT,
-    Downloader,
-    FetchError,
-    collect_images,
-    prepare_image,
-)
+from alien_hotels.images.collect import collect_images
+from alien_hotels.images.fetch import Downloader, FetchError
+from alien_hotels.images.prepare import EXTENSION_FORMAT, prepare_image
 from alien_hotels.testing.imageserver import ImageServer, make_image, self_signed_cert
 from conftest import compose
 
@@ -285,7 +281,7 @@ def test_stored_images_are_what_the_loader_sees(img, fmt, extension, left, right
 
 
 def test_one_selector_for_the_manifest_rows_with_images():
-    from alien_hotels.images import usable_images
+    from alien_hotels.tables import usable_images
 
     manifest = pd.DataFrame(
         {

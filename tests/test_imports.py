@@ -3,7 +3,9 @@
 The stage entry points (`alien_hotels.stages.*`) choose the executor: the step modules
 (captioning, editing) offer the per-batch / per-image work and the local loop, the Ray drivers in
 `alien_hotels.distributed` import them, and nothing below a stage imports the Ray side. A cycle
-between modules is a layering mistake that lazy imports only hide.
+between modules, or between packages (`editing` <-> `methods`), is a layering mistake that lazy
+imports only hide. Stage hand-offs (the manifest format, shared names) come from
+`alien_hotels.tables`, so the download code (`images.fetch`) is the images stage's alone.
 """
 
 from __future__ import annotations
@@ -69,9 +71,9 @@ def test_only_stage_entry_points_import_the_ray_side():
             return True
         if importer == "alien_hotels.cli":
             return True
-        # `alien_hotels.distributed` itself holds only `RayConfig`, the `ray.*` params section
+        # `alien_hotels.distributed.config` holds only `RayConfig`, the `ray.*` params section
         # (no Ray import): the params schema validates it with every other section.
-        return importer == "alien_hotels.config" and imported == "alien_hotels.distributed"
+        return importer == "alien_hotels.config" and imported == "alien_hotels.distributed.config"
 
     wrong = sorted(
         f"{importer} imports {imported}"
@@ -82,8 +84,57 @@ def test_only_stage_entry_points_import_the_ray_side():
     assert not wrong, wrong
 
 
+def test_editing_never_imports_the_trained_methods():
+    """`methods` (textual inversion, imagic) builds on `editing`; the arrow never turns back."""
+    wrong = sorted(
+        f"{importer} imports {imported}"
+        for importer, targets in GRAPH.items()
+        if importer == "alien_hotels.editing" or importer.startswith("alien_hotels.editing.")
+        for imported in targets
+        if imported == "alien_hotels.methods" or imported.startswith("alien_hotels.methods.")
+    )
+    assert not wrong, wrong
+    assert "alien_hotels.editing.runner" in GRAPH["alien_hotels.methods.imagic"]  # sees them
+
+
+def test_only_the_images_stage_imports_the_downloader():
+    """Readers of the manifest take its format from `tables`: the download code stays out of
+    their import closure, so changing it makes only the `images` stage stale."""
+
+    def images_stage(module: str) -> bool:
+        return module.startswith("alien_hotels.images.") or module == "alien_hotels.stages.images"
+
+    importers = {m for m, targets in GRAPH.items() if "alien_hotels.images.fetch" in targets}
+    assert importers, "the graph should see images.collect import images.fetch"
+    assert all(images_stage(m) for m in importers), sorted(importers)
+    # The package itself imports nothing, so `images.config` (params validation) runs no fetch code.
+    assert not GRAPH["alien_hotels.images"], GRAPH["alien_hotels.images"]
+
+
+def package_of(module: str) -> str:
+    """`alien_hotels.editing.runner` -> `alien_hotels.editing`; a top-level module is its own."""
+    return ".".join(module.split(".")[:2])
+
+
+def test_no_cycles_between_packages():
+    """Collapsed to packages (captioning, editing, methods, images, datasets, stages, ...) and
+    top-level modules, the graph has no cycle either: one direction between any two of them."""
+    packages: dict[str, set[str]] = {}
+    for module, targets in GRAPH.items():
+        own = package_of(module)
+        packages.setdefault(own, set()).update(
+            package_of(t) for t in targets if package_of(t) != own
+        )
+    assert not strongly_connected(packages)
+
+
 def test_no_import_cycles():
     """Tarjan's strongly connected components: any with more than one module is a cycle."""
+    assert not strongly_connected(GRAPH)
+
+
+def strongly_connected(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one node (each a cycle), Tarjan's way."""
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []
@@ -94,7 +145,7 @@ def test_no_import_cycles():
         index[node] = low[node] = len(index)
         stack.append(node)
         on_stack.add(node)
-        for target in sorted(GRAPH[node]):
+        for target in sorted(graph.get(node, ())):
             if target not in index:
                 visit(target)
                 low[node] = min(low[node], low[target])
@@ -111,7 +162,7 @@ def test_no_import_cycles():
             if len(component) > 1:
                 cycles.append(sorted(component))
 
-    for module in sorted(GRAPH):
+    for module in sorted(graph):
         if module not in index:
             visit(module)
-    assert not cycles, cycles
+    return cycles

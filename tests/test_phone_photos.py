@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from alien_hotels import folders
+from alien_hotels.datasets import folder as folders
 from alien_hotels.stages import images as images_stage
 from alien_hotels.stages import sample as sample_stage
 from alien_hotels.stages.paths import StagePaths

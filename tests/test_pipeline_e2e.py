@@ -152,6 +152,28 @@ def test_editing_a_stages_code_makes_exactly_that_stage_stale(project):
     assert json.loads(run(["dvc", "status", "--json"], project).stdout) == {}
 
 
+def test_changing_the_downloader_makes_only_the_images_stage_stale(project):
+    """The stages that read the images manifest take its format from `tables.py`: one changed
+    line of the download code leaves them current; rerun, `images` writes the same outputs, so
+    nothing after it runs."""
+    fetch = project / "src/alien_hotels/images/fetch.py"
+    original = fetch.read_text()
+    lines = original.splitlines(keepends=True)
+    n = next(i for i, line in enumerate(lines) if line.startswith("# "))
+    lines[n] = "# a changed comment\n"
+    fetch.write_text("".join(lines))
+    try:
+        status = json.loads(run(["dvc", "status", "--json"], project).stdout or "{}")
+        assert set(status) == {"images"}, status
+        repro = run(["dvc", "repro"], project).stdout
+        ran = {line.split("'")[1] for line in repro.splitlines() if line.startswith("Running")}
+        assert ran == {"images"}, repro
+    finally:
+        fetch.write_text(original)
+    run(["dvc", "repro", "images"], project)
+    assert json.loads(run(["dvc", "status", "--json"], project).stdout) == {}
+
+
 def _code_changed(changes: list, name: str) -> bool:
     return any(
         name in change.get("changed deps", {})

@@ -16,7 +16,7 @@ import pytest
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from typer.testing import CliRunner
 
-from alien_hotels import clustering, roomtypes, text
+from alien_hotels import clustering, roomtypes
 from alien_hotels.common import StageError
 from alien_hotels.config import ConfigError, validate_params
 from alien_hotels.stages import cluster as cluster_stage
@@ -229,10 +229,6 @@ def test_config_checks_template_phrases_and_default():
     assert list(prompts) == list(compose().room_types.rules)
     assert prompts["bathroom"] == "a photo of a hotel bathroom"
     assert prompts["dining"] == "a photo of a hotel restaurant or dining room"
-
-
-def test_cluster_stage_knows_every_source():
-    assert cluster_stage.ROOM_TYPE_SOURCES == text.ROOM_TYPE_SOURCES
 
 
 # --- the stage without a model ------------------------------------------------------------------

@@ -2,7 +2,8 @@ import pandas as pd
 import pytest
 
 from alien_hotels.common import StageError
-from alien_hotels.sampling import read_dataset, sample_hotels
+from alien_hotels.datasets import read_dataset
+from alien_hotels.sampling import sample_hotels
 from conftest import ROOT, compose
 
 BUNDLED = str(ROOT / "data/bundled/hotels_sample.csv")

@@ -11,9 +11,11 @@ import yaml
 
 from alien_hotels.common import StageError
 from alien_hotels.datagen.hotels50k import generate
-from alien_hotels.sampling import SAMPLE_COLUMNS, read_dataset, sample_hotels
+from alien_hotels.datasets import read_dataset
+from alien_hotels.sampling import sample_hotels
 from alien_hotels.stages.paths import StagePaths
 from alien_hotels.stages.sample import run as run_sample
+from alien_hotels.tables import SAMPLE_COLUMNS
 from conftest import ROOT, compose
 
 

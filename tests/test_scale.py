@@ -17,7 +17,7 @@ from alien_hotels import clustering, mapping
 from alien_hotels.captioning import CAPTION_COLUMNS
 from alien_hotels.config import ConfigError, validate_params
 from alien_hotels.datagen.captions import CaptionVocabulary, pipeline_inputs, synthetic_captions
-from alien_hotels.sampling import SAMPLE_COLUMNS
+from alien_hotels.tables import SAMPLE_COLUMNS
 from conftest import compose
 
 ROOT = Path(__file__).resolve().parents[1]

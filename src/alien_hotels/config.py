@@ -15,17 +15,17 @@ from typing import Any, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from alien_hotels.captioning import CaptionConfig
+from alien_hotels.captioning.config import CaptionConfig
 from alien_hotels.cards import CardsConfig
 from alien_hotels.clustering import ClusterConfig
 from alien_hotels.common import Section
-from alien_hotels.distributed import RayConfig
+from alien_hotels.datasets.config import DataConfig
+from alien_hotels.distributed.config import RayConfig
 from alien_hotels.duplicates import DuplicatesConfig
 from alien_hotels.editing.config import EditConfig, check_recipe_name
 from alien_hotels.features import FeaturesConfig
-from alien_hotels.images import ImagesConfig
+from alien_hotels.images.config import ImagesConfig
 from alien_hotels.mapping import MapConfig
-from alien_hotels.sampling import DataConfig
 from alien_hotels.text import RoomTypesConfig, TextConfig
 
 DEFAULT_PARAMS = Path("params.yaml")

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from alien_hotels import modelhub
-from alien_hotels.captioning import CaptionConfig
+from alien_hotels.captioning.config import CaptionConfig
 from alien_hotels.common import StageError, atomic_path
 
 log = logging.getLogger(__name__)

@@ -42,7 +42,7 @@ EXTRA_INSTALL = {
 
 
 def _usable_images(manifest: Path) -> int:
-    """Rows of the images manifest with status `ok` and a path (as images.usable_images counts
+    """Rows of the images manifest with status `ok` and a path (as tables.usable_images counts
     them; read with csv so this module imports no stage code)."""
     import csv
 

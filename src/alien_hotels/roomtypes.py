@@ -22,14 +22,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from alien_hotels.captioning import CaptionConfig
+from alien_hotels.captioning.config import CaptionConfig
 from alien_hotels.common import StageError
 from alien_hotels.embeddings import ClipEncoder, batches
-from alien_hotels.text import ROOM_TYPE_SOURCES, RoomTypeClassifier, RoomTypesConfig
+from alien_hotels.tables import ROOM_TYPE_FOLDER, ROOM_TYPE_SOURCES
+from alien_hotels.text import RoomTypeClassifier, RoomTypesConfig
 
 log = logging.getLogger(__name__)
 
-FOLDER_COLUMN = "room_type_folder"  # written by the sample stage for data=folder trees
 # Rows whose chosen source gave no label (an unreadable image, a photo outside any room-type
 # folder): shown under this name, left out of the agreement scores.
 UNLABELLED = "unlabelled"
@@ -40,7 +40,7 @@ ROOM_TYPE_COLUMNS = [
     "room_type_captions",
     "room_type_image",
     "room_type_image_prob",
-    "room_type_folder",
+    ROOM_TYPE_FOLDER,
 ]
 
 
@@ -58,9 +58,9 @@ def source_column(source: str) -> str:
 
 def folder_labels(sample: pd.DataFrame) -> pd.Series:
     """`room_type_folder` per image of the sample, stripped; NaN where empty or absent."""
-    if FOLDER_COLUMN not in sample.columns:
+    if ROOM_TYPE_FOLDER not in sample.columns:
         return pd.Series(np.nan, index=sample.index, dtype=object)
-    labels = sample[FOLDER_COLUMN].astype("string").str.strip()
+    labels = sample[ROOM_TYPE_FOLDER].astype("string").str.strip()
     return labels.where(labels.notna() & (labels != ""), None).astype(object)
 
 
@@ -97,7 +97,7 @@ def resolve_sources(
         if chosen == "folder" and not has_folder:
             raise StageError(
                 f"room_types.source=folder: the sample has no room-type folder names (column "
-                f"{FOLDER_COLUMN}, written by data=folder for a <hotel>/<room type>/ tree); use "
+                f"{ROOM_TYPE_FOLDER}, written by data=folder for a <hotel>/<room type>/ tree); use "
                 "room_types.source=auto, captions or image"
             )
         if chosen == "image" and not has_images:

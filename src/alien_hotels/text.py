@@ -34,9 +34,6 @@ class TextConfig(Section):
     extra_stopwords: list[str]
 
 
-ROOM_TYPE_SOURCES = ("captions", "image", "folder")
-
-
 class ImageRoomTypesConfig(Section):
     """`room_types.image.*`: CLIP zero-shot room types from the photos (`alien_hotels.roomtypes`).
 

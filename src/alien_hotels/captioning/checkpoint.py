@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from alien_hotels.captioning import CaptionConfig
+from alien_hotels.captioning.config import CaptionConfig
 
 # Settings that do not change what is computed.
 OPERATIONAL = {

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from alien_hotels.captioning import CAPTION_COLUMNS, FAILURE_COLUMNS, CaptionConfig
+from alien_hotels.captioning import CAPTION_COLUMNS, FAILURE_COLUMNS
+from alien_hotels.captioning.config import CaptionConfig
 from alien_hotels.common import StageError
 
 log = logging.getLogger("alien_hotels.captioning")

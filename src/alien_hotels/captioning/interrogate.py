@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from alien_hotels.captioning import CaptionConfig
+from alien_hotels.captioning.config import CaptionConfig
 from alien_hotels.captioning.fastchain import ChainJob, ChainStats, FastChain
 from alien_hotels.captioning.libcompat import check_private_apis
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alien_hotels import modelhub
-from alien_hotels.captioning import CAPTION_MODELS, CaptionConfig
+from alien_hotels.captioning.config import CAPTION_MODELS, CaptionConfig
 from alien_hotels.common import StageError
 from alien_hotels.modelhub import Located, ModelRef
 

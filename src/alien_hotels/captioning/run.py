@@ -27,11 +27,12 @@ from typing import Any
 
 import pandas as pd
 
-from alien_hotels.captioning import CAPTION_COLUMNS, FAILURE_COLUMNS, CaptionConfig
+from alien_hotels.captioning import CAPTION_COLUMNS, FAILURE_COLUMNS
 from alien_hotels.captioning.checkpoint import Checkpoint, config_key
+from alien_hotels.captioning.config import CaptionConfig
 from alien_hotels.captioning.images import Loaded, load_row, prefetch
 from alien_hotels.common import StageError
-from alien_hotels.images import usable_images
+from alien_hotels.tables import usable_images
 
 log = logging.getLogger("alien_hotels.captioning")
 
@@ -41,6 +42,24 @@ class CaptionRun:
     captions: pd.DataFrame
     failures: pd.DataFrame
     metrics: dict
+
+
+@dataclass(frozen=True)
+class _Done:
+    """What one run went through, for `_collect`: the selected manifest rows (ids and paths as
+    the checkpoint keys them), the rows left out, the weights and where they ran, the counts."""
+
+    rows: pd.DataFrame
+    ids: list[str]
+    paths: list[str]
+    checkpoint: Checkpoint
+    skipped: dict[str, int]
+    device: str
+    dtype: str
+    weights: Any
+    computed: int
+    already: int
+    wall: float
 
 
 def caption_images(
@@ -87,9 +106,10 @@ def caption_images(
         if todo:
             computed = captioner.run(root, ids, paths, todo, checkpoint, already)
         wall = time.perf_counter() - started
-    run = _collect(
-        rows, ids, paths, checkpoint, cfg, skipped, device, dtype, weights, computed, already, wall
+    done = _Done(
+        rows, ids, paths, checkpoint, skipped, device, dtype, weights, computed, already, wall
     )
+    run = _collect(done, cfg)
     run.metrics.update(captioner.metrics())
     return run
 
@@ -191,9 +211,14 @@ class LocalCaptioner:
         return computed
 
 
-def _collect(
-    rows, ids, paths, checkpoint, cfg, skipped, device, dtype, weights, computed, already, wall
-):
+def _collect(run: _Done, cfg: CaptionConfig) -> CaptionRun:
+    rows, ids, paths, checkpoint, weights = (
+        run.rows,
+        run.ids,
+        run.paths,
+        run.checkpoint,
+        run.weights,
+    )
     done = [checkpoint.rows[i] for i in ids]
     ok = [i for i, row in enumerate(done) if row["status"] == "ok"]
     failed = [i for i, row in enumerate(done) if row["status"] != "ok"]
@@ -227,11 +252,11 @@ def _collect(
         "ok": len(ok),
         "failed": len(failed),
         "failed_by_reason": dict(sorted(Counter(done[i]["reason"] for i in failed).items())),
-        "not_in_manifest_as_ok": skipped,
+        "not_in_manifest_as_ok": run.skipped,
         "seconds_per_image": sum(seconds) / len(seconds) if seconds else None,
-        "computed_this_run": computed,
-        "resumed_from_checkpoint": already,
-        "wall_seconds": wall,
+        "computed_this_run": run.computed,
+        "resumed_from_checkpoint": run.already,
+        "wall_seconds": run.wall,
         "mode": cfg.mode,
         "chain": cfg.chain,
         # Flavor-chain steps, near-tie steps the library decided on the band, candidates it
@@ -248,8 +273,8 @@ def _collect(
         "clip_model": cfg.clip_model_name,
         "clip_weights": weights.clip.label,
         "torch_threads": cfg.n_jobs,
-        "device": device,
-        "dtype": dtype,
+        "device": run.device,
+        "dtype": run.dtype,
         "batch_size": cfg.batch_size,
         "checkpoint": str(checkpoint.path),
     }

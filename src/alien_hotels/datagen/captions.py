@@ -28,7 +28,7 @@ import pandas as pd
 
 from alien_hotels.captioning import CAPTION_COLUMNS
 from alien_hotels.common import StageError
-from alien_hotels.sampling import SAMPLE_COLUMNS
+from alien_hotels.tables import SAMPLE_COLUMNS
 
 BUNDLED_SAMPLE = Path("data/bundled/hotels_sample.csv")
 IMAGES_PER_HOTEL = 22  # Hotels-50K: about 1.1M training images of 50k hotels

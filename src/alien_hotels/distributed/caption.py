@@ -16,12 +16,12 @@ from contextlib import ExitStack
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from alien_hotels.captioning import CaptionConfig
 from alien_hotels.captioning.checkpoint import Checkpoint
+from alien_hotels.captioning.config import CaptionConfig
 from alien_hotels.captioning.images import load_row, prefetch
 from alien_hotels.captioning.run import caption_batch, load_engine
 from alien_hotels.common import StageError
-from alien_hotels.distributed import RayConfig
+from alien_hotels.distributed.config import RayConfig
 from alien_hotels.distributed.pool import ActorPool, Worker, ray_session
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
-from alien_hotels.distributed import RayConfig
+from alien_hotels.distributed.config import RayConfig
 from alien_hotels.distributed.pool import ActorPool, Worker, ray_session
 from alien_hotels.editing import runner
 from alien_hotels.editing.config import EditConfig

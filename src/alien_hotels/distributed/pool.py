@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from alien_hotels.common import StageError
-from alien_hotels.distributed import RayConfig
+from alien_hotels.distributed.config import RayConfig
 
 log = logging.getLogger("alien_hotels.distributed")
 

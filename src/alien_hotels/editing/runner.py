@@ -32,13 +32,12 @@ from tqdm.auto import tqdm
 
 from alien_hotels import modelhub
 from alien_hotels.common import StageError, remove_partial_writes
-from alien_hotels.editing import imaging, models
+from alien_hotels.editing import embedding, imaging, models
 from alien_hotels.editing.config import EditConfig, RecipeConfig
 from alien_hotels.editing.scores import Scorer, success
 from alien_hotels.imageio import ImageFailure, load_rgb
-from alien_hotels.images import usable_images
-from alien_hotels.methods import textual_inversion
 from alien_hotels.modelhub import Located
+from alien_hotels.tables import EMBEDDING_PATH, usable_images
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +87,8 @@ class Models:
 def check_weights(name: str, recipe: RecipeConfig, cfg: EditConfig) -> dict[str, Located]:
     """Fail before any work when a needed model is missing; config key -> checked weights."""
     found = models.check_recipe(name, recipe, cfg)
-    if textual_inversion.uses_token(recipe, cfg):
-        textual_inversion.check_embedding(name, textual_inversion.EMBEDDING_PATH, cfg)
+    if embedding.uses_token(recipe, cfg):
+        embedding.check_embedding(name, EMBEDDING_PATH, cfg)
     return found
 
 
@@ -130,13 +129,13 @@ def load_models(name: str, recipe: RecipeConfig, cfg: EditConfig) -> Models:
     )
     mask = found.get(f"{key}.mask.model_id")
     pipeline = found[f"{key}.model_id"].path
-    embedding = textual_inversion.EMBEDDING_PATH
-    uses_token = textual_inversion.uses_token(recipe, cfg)
+    learned = EMBEDDING_PATH
+    uses_token = embedding.uses_token(recipe, cfg)
 
     def load_pipe() -> Any:
         pipe = models.load_pipeline(recipe, key, cfg, pipeline)
         if uses_token:  # the prompt names the learned token: load it into the pipeline
-            textual_inversion.attach(pipe, embedding, cfg)
+            embedding.attach(pipe, learned, cfg)
         return pipe
 
     return Models(
@@ -144,7 +143,7 @@ def load_models(name: str, recipe: RecipeConfig, cfg: EditConfig) -> Models:
         segmenter(mask.path) if mask else None,
         scorer,
         str(dtype).removeprefix("torch."),
-        key_extra=f"|ti:{imaging.file_md5(embedding)}" if uses_token else "",
+        key_extra=f"|ti:{imaging.file_md5(learned)}" if uses_token else "",
     )
 
 

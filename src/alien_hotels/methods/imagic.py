@@ -27,13 +27,12 @@ from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 from alien_hotels.editing import imaging, models
-from alien_hotels.editing.config import EditConfig
+from alien_hotels.editing.config import EditConfig, ImagicConfig
 from alien_hotels.editing.runner import SCORE_KEYS, load_scorer
 from alien_hotels.editing.scores import success
 from alien_hotels.imageio import ImageFailure, load_rgb
-from alien_hotels.images import usable_images
 from alien_hotels.methods import training
-from alien_hotels.methods.config import ImagicConfig
+from alien_hotels.tables import usable_images
 
 log = logging.getLogger(__name__)
 

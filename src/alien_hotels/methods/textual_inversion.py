@@ -24,21 +24,17 @@ from tqdm.auto import tqdm
 
 from alien_hotels.common import StageError, atomic_path
 from alien_hotels.editing import imaging
-from alien_hotels.editing.config import EditConfig, RecipeConfig
+from alien_hotels.editing.config import EditConfig, TextualInversionConfig
 from alien_hotels.imageio import ImageFailure, load_rgb
 from alien_hotels.methods import training
-from alien_hotels.methods.config import TextualInversionConfig
 
 log = logging.getLogger(__name__)
 
 KEY = "edit.textual_inversion"
-EMBEDDING_FILE = "learned_embeds.safetensors"
 CHECKPOINT_FILE = "checkpoint.pt"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 VERSION = "ti-v1"
 PROBE_SIZE = 16
-# Where the stage writes the embedding and the edit stages read it (dvc.yaml declares both).
-EMBEDDING_PATH = Path("data/textual_inversion") / EMBEDDING_FILE
 
 
 @dataclass
@@ -285,34 +281,3 @@ def loss_metrics(result: TrainResult, cfg: TextualInversionConfig) -> dict[str, 
         "probe_loss_start": None if result.probe_start is None else round(result.probe_start, 6),
         "probe_loss_end": None if result.probe_end is None else round(result.probe_end, 6),
     }
-
-
-def uses_token(recipe: RecipeConfig, cfg: EditConfig) -> bool:
-    token = cfg.textual_inversion.placeholder_token
-    return token in recipe.prompt or token in recipe.negative_prompt
-
-
-def check_embedding(name: str, path: Path, cfg: EditConfig) -> None:
-    """A recipe using the token needs a learned embedding (checked before any image is edited)."""
-    token = cfg.textual_inversion.placeholder_token
-    if not path.is_file() or _is_empty(path):
-        raise StageError(
-            f"edit.recipes.{name}: the prompt uses {token!r} but {path} holds no learned "
-            "embedding; set edit.textual_inversion.reference_dir and run "
-            "`dvc repro textual_inversion` first"
-        )
-
-
-def _is_empty(path: Path) -> bool:
-    import json
-    import struct
-
-    raw = path.read_bytes()
-    size = struct.unpack("<Q", raw[:8])[0] if len(raw) >= 8 else 0
-    header = json.loads(raw[8 : 8 + size] or b"{}")
-    return not [k for k in header if k != "__metadata__"]
-
-
-def attach(pipe: Any, path: Path, cfg: EditConfig) -> None:
-    """Load the learned token into an edit pipeline (its tokenizer and text encoder)."""
-    pipe.load_textual_inversion(str(path), token=cfg.textual_inversion.placeholder_token)

@@ -40,7 +40,7 @@ def run(params: Params, paths: StagePaths = StagePaths()) -> pd.DataFrame:
         n_images = len(sample)
     else:
         from alien_hotels.captioning.run import LocalCaptioner, caption_images
-        from alien_hotels.images import read_manifest
+        from alien_hotels.tables import read_manifest
 
         manifest = read_manifest(paths.images_manifest)
         # The executor is chosen here, the stage entry point: the captioning code below never

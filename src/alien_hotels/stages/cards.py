@@ -10,8 +10,8 @@ from pathlib import Path
 from alien_hotels import cards, features
 from alien_hotels.common import write_json
 from alien_hotels.config import Params
-from alien_hotels.images import read_manifest, usable_images
 from alien_hotels.stages.paths import StagePaths
+from alien_hotels.tables import read_manifest, usable_images
 
 log = logging.getLogger("alien_hotels")
 

@@ -21,6 +21,7 @@ from alien_hotels.common import (
 from alien_hotels.config import Params
 from alien_hotels.reports import clusters_markdown
 from alien_hotels.stages.paths import StagePaths
+from alien_hotels.tables import ROOM_TYPE_SOURCES
 
 log = logging.getLogger("alien_hotels")
 
@@ -268,11 +269,6 @@ def cluster_terms(
             }
         )
     return pd.DataFrame(rows, columns=["cluster", "size", "label", "top_terms", "room_types"])
-
-
-# text.ROOM_TYPE_SOURCES, in report order (repeated so this stage does not run text.py; a test
-# keeps both equal).
-ROOM_TYPE_SOURCES = ("captions", "image", "folder")
 
 
 def with_room_types(texts: pd.DataFrame, paths: StagePaths) -> tuple[pd.DataFrame, dict, str]:

@@ -15,8 +15,8 @@ from alien_hotels import duplicates
 from alien_hotels.common import read_csv, write_csv, write_json
 from alien_hotels.config import Params
 from alien_hotels.duplicates import DuplicatesConfig
-from alien_hotels.images import read_manifest, usable_images
 from alien_hotels.stages.paths import StagePaths
+from alien_hotels.tables import read_manifest, usable_images
 
 log = logging.getLogger("alien_hotels")
 

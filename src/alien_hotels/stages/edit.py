@@ -8,8 +8,8 @@ import logging
 from alien_hotels.common import StageError, atomic_path, write_csv, write_json
 from alien_hotels.config import Params
 from alien_hotels.editing import imaging, report, runner
-from alien_hotels.images import read_manifest, usable_images
 from alien_hotels.stages.paths import StagePaths
+from alien_hotels.tables import read_manifest, usable_images
 
 log = logging.getLogger("alien_hotels")
 

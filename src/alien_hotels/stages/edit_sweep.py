@@ -7,8 +7,8 @@ import pandas as pd
 from alien_hotels.common import write_json, write_report_csv
 from alien_hotels.config import Params
 from alien_hotels.editing import report, runner
-from alien_hotels.images import read_manifest
 from alien_hotels.stages.paths import StagePaths
+from alien_hotels.tables import read_manifest
 
 
 def run(params: Params, paths: StagePaths = StagePaths()) -> pd.DataFrame:

@@ -11,8 +11,8 @@ import pandas as pd
 from alien_hotels import features
 from alien_hotels.common import StageError, read_csv, rounded, write_json
 from alien_hotels.config import Params
-from alien_hotels.images import read_manifest, usable_images
 from alien_hotels.stages.paths import StagePaths
+from alien_hotels.tables import read_manifest, usable_images
 
 log = logging.getLogger("alien_hotels")
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from alien_hotels import images
 from alien_hotels.common import read_csv, write_csv, write_json, write_report_csv
 from alien_hotels.config import Params
+from alien_hotels.images.collect import collect_images
 from alien_hotels.stages.paths import StagePaths
 
 REPORT_COLUMNS = ["path", "reason", "detail", "stage", "image_id", "url"]
@@ -14,7 +14,7 @@ REPORT_COLUMNS = ["path", "reason", "detail", "stage", "image_id", "url"]
 
 def run(params: Params, paths: StagePaths = StagePaths()) -> dict:
     sample = read_csv(paths.sample, ["image_id", "hotel_id"], what="sample table")
-    manifest, metrics = images.collect_images(
+    manifest, metrics = collect_images(
         sample,
         params.images,
         params.data.images_dir,

@@ -7,9 +7,9 @@ import logging
 from alien_hotels.common import atomic_path, write_csv, write_json, write_report_csv
 from alien_hotels.config import Params
 from alien_hotels.editing import report
-from alien_hotels.images import read_manifest
 from alien_hotels.methods import imagic
 from alien_hotels.stages.paths import StagePaths
+from alien_hotels.tables import read_manifest
 
 log = logging.getLogger("alien_hotels")
 

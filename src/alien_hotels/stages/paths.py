@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from alien_hotels.tables import EMBEDDING_PATH
+
 
 @dataclass(frozen=True)
 class StagePaths:
@@ -47,8 +49,7 @@ class StagePaths:
     sweep_table: Path = Path("plots/edit_tradeoff.csv")
     sweep_plot: Path = Path("reports/edit_tradeoff.png")
     sweep_metrics: Path = Path("metrics/edit_sweep.json")
-    # methods.textual_inversion.EMBEDDING_PATH: where the edit stages read it (tested equal)
-    ti_embedding: Path = Path("data/textual_inversion/learned_embeds.safetensors")
+    ti_embedding: Path = EMBEDDING_PATH  # the edit stages read it there (editing.embedding)
     ti_checkpoints: Path = Path("data/checkpoints/textual_inversion")
     ti_loss_plot: Path = Path("plots/textual_inversion_loss.csv")
     ti_metrics: Path = Path("metrics/textual_inversion.json")

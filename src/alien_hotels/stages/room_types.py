@@ -10,17 +10,15 @@ import pandas as pd
 from alien_hotels import roomtypes
 from alien_hotels.common import StageError, read_csv, write_csv, write_json
 from alien_hotels.config import Params
-from alien_hotels.images import read_manifest, usable_images
 from alien_hotels.stages.paths import StagePaths
+from alien_hotels.tables import ROOM_TYPE_FOLDER, read_manifest, usable_images
 
 log = logging.getLogger("alien_hotels")
 
 
 def run(params: Params, paths: StagePaths = StagePaths()) -> pd.DataFrame:
     cfg = params.room_types
-    sample = read_csv(
-        paths.sample, ["image_id"], what="sample table", usecols=[roomtypes.FOLDER_COLUMN]
-    )
+    sample = read_csv(paths.sample, ["image_id"], what="sample table", usecols=[ROOM_TYPE_FOLDER])
     captions = read_csv(paths.captions, ["image_id", "caption"], what="captions table", usecols=[])
     # The images the text half can cluster: captioned, in the sample (as `preprocess` joins them).
     table = captions[["image_id", "caption"]].merge(
@@ -61,7 +59,7 @@ def run(params: Params, paths: StagePaths = StagePaths()) -> pd.DataFrame:
     else:
         out["room_type_image"] = None
         out["room_type_image_prob"] = float("nan")
-    out["room_type_folder"] = folder.to_numpy() if "folder" in sources.computed else None
+    out[ROOM_TYPE_FOLDER] = folder.to_numpy() if "folder" in sources.computed else None
     out["room_type"] = roomtypes.choose(out, sources.chosen)
     out["room_type_source"] = sources.chosen
     out = out[roomtypes.ROOM_TYPE_COLUMNS]

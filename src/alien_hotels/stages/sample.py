@@ -6,7 +6,7 @@ import logging
 
 import pandas as pd
 
-from alien_hotels import sampling
+from alien_hotels import datasets, sampling
 from alien_hotels.common import write_csv, write_json
 from alien_hotels.config import Params
 from alien_hotels.stages.paths import StagePaths
@@ -17,7 +17,7 @@ SHOWN = 5  # skipped files named in the log; reports/skipped.csv has them all
 
 
 def run(params: Params, paths: StagePaths = StagePaths()) -> sampling.SampleStats:
-    dataset = sampling.read_dataset(params.data)
+    dataset = datasets.read_dataset(params.data)
     sample, stats = sampling.sample_hotels(dataset, params.data)
     write_csv(sample, paths.sample)
     # data=folder: the files left out, by path; the images stage adds its failures and writes

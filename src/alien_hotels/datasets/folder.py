@@ -46,13 +46,13 @@ from pathlib import Path, PurePosixPath
 import pandas as pd
 
 from alien_hotels.common import StageError
+from alien_hotels.datasets.config import DataConfig
+from alien_hotels.datasets.dataset import SET_ASIDE, Dataset, no_drops
 from alien_hotels.imageio import register_plugins
+from alien_hotels.tables import PATH_COLUMN, ROOM_TYPE_FOLDER, SAMPLE_COLUMNS
 
 log = logging.getLogger(__name__)
 ID_BITS = 52
-# Room type column of the sample (read by `room_types.source=folder`); empty without that level.
-ROOM_TYPE_COLUMN = "room_type_folder"
-PATH_COLUMN = "image_path"  # the image's path in the tree, relative to data.path (POSIX)
 SOURCE = "folder"  # the sample's `source`: keeps data/images paths free of folder names
 # Suffixes the images stage keeps for the stored copy; any other format is stored as JPEG.
 STORED_SUFFIXES = {"jpg", "jpeg", "png", "webp"}
@@ -219,7 +219,7 @@ def scan(
             counts["top_level_images"] += _is_image(entry.name, suffixes)
             named.append((shown_name, "top_level_file", "not in a hotel folder"))
     named.extend((path, "external_symlink", EXTERNAL_DETAIL) for path in fence.refused)
-    frame = pd.DataFrame(rows, columns=["hotel_name", PATH_COLUMN, ROOM_TYPE_COLUMN])
+    frame = pd.DataFrame(rows, columns=["hotel_name", PATH_COLUMN, ROOM_TYPE_FOLDER])
     frame.insert(0, "hotel_id", frame["hotel_name"].map(hotel_id).astype("int64"))
     stats = {
         "folder_hotel_folders": counts["hotel_folders"],
@@ -472,3 +472,24 @@ def _check_unique_images(rows: pd.DataFrame, root: Path) -> None:
     raise StageError(
         f"files of {root} get the same image_id: {sorted(rows.loc[repeated, PATH_COLUMN])}"
     )
+
+
+def load(cfg: DataConfig) -> Dataset:
+    """The image files of the tree `cfg.path` (names only); ids are made for the chosen hotels."""
+    follow = cfg.follow_external_symlinks
+    skipped: Skipped = []
+    rows, counts = scan(cfg.path, follow, skipped)  # an error when the tree has no image
+
+    def finish(sample: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
+        out, extra = identify(sample, cfg.path, follow, skipped)
+        columns = [*SAMPLE_COLUMNS, PATH_COLUMN, ROOM_TYPE_FOLDER]
+        return out[columns], extra
+
+    dropped = {
+        **no_drops(),
+        "rows_read": len(rows),
+        **counts,
+        "folder_skipped_unreadable": 0,
+        SET_ASIDE: 0,
+    }
+    return Dataset(rows, dropped, what=cfg.path, finish=finish, skipped=skipped)
