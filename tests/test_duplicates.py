@@ -513,11 +513,13 @@ def test_stage_without_photos_reports_text_duplicates(tmp_path):
 
 
 def test_bundled_sample_captions(tmp_path):
-    """The committed sample's captions: one pair of identical captions, within one hotel."""
-    captions = ROOT / "data/processed/captions.csv"
-    sample = ROOT / "data/interim/sample.csv"
-    if not (captions.is_file() and sample.is_file()):
-        pytest.skip("the bundled sample's captions are not checked out")
+    """The bundled sample's captions (git-tracked): every pair of identical captions is found."""
+    bundled = pd.read_csv(ROOT / "data/bundled/hotels_sample.csv")
+    sample, captions = tmp_path / "sample.csv", tmp_path / "captions.csv"
+    bundled[["image_id", "hotel_id"]].to_csv(sample, index=False)
+    bundled.rename(columns={"description": "caption"})[["image_id", "caption"]].to_csv(
+        captions, index=False
+    )
     result = stage.find(
         default_cfg(),
         manifest=tmp_path / "none.csv",
@@ -527,5 +529,10 @@ def test_bundled_sample_captions(tmp_path):
         metrics=tmp_path / "dup.json",
         root=tmp_path,
     )
+    normalised = bundled["description"].dropna().str.lower().str.split().str.join(" ")
+    normalised = normalised[normalised != ""]
+    repeated = normalised[normalised.duplicated(keep=False)]
+    assert result["text"]["groups"] == repeated.nunique() >= 1
+    assert result["text"]["images_in_groups"] == len(repeated)
     print(f"bundled sample: {result['text']}")
     assert result["text"]["groups"] >= 1

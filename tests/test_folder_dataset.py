@@ -548,6 +548,18 @@ def test_exp_run_data_folder_to_map_and_edits(project: Path, tmp_path: Path):
     # the room types the clusters are scored against are the folders (room_types.source=auto)
     clustering = json.loads((project / "metrics/clustering.json").read_text())
     assert clustering["room_type_source"] == "folder" and "nmi_room_type_folder" in clustering
+    # the finding with its uncertainty, retrieval, duplicates and cards exist for a folder run
+    for yardstick in ("hotel", "room_type_folder", "room_type_captions"):
+        measured = clustering["uncertainty"][yardstick]
+        assert measured["ami_low"] <= clustering[f"ami_{yardstick}"] <= measured["ami_high"]
+        assert measured["nmi_chance"] is not None and measured["ami_seed_sd"] is not None
+    assert clustering["retrieval"]["hotel"]["queries"] == len(ok)
+    duplicates = json.loads((project / "metrics/duplicates.json").read_text())
+    assert duplicates["perceptual"]["n_images"] == len(ok)
+    cards = sorted((project / "reports/clusters").glob("*.jpg"))
+    assert [c.stem for c in cards] == [str(c) for c in sorted(set(clusters["cluster"]))]
+    index = (project / "reports/cluster_cards.md").read_text()
+    assert all(f"(clusters/{c.name})" in index for c in cards)
     room_types = pd.read_csv(project / "data/processed/room_types.csv").set_index("image_id")
     pool = sample.loc[sample["image_path"] == "Sea View Inn/Pool/p1.webp", "image_id"].item()
     assert room_types.loc[pool, "room_type"] == "Pool"
