@@ -20,6 +20,10 @@ CONTRACT_KEYS = {
     "nmi_hotel",
     "ari_room_type",
     "nmi_room_type",
+    "ami_hotel",
+    "ami_room_type",
+    "uncertainty",
+    "retrieval",
     "inertia_at_k",
     "k_swept",
 }
@@ -43,6 +47,9 @@ def test_repro_contract(project):
     assert elbow["k"].tolist() == list(range(1, 30)) and metrics["k_swept"] == "1..29"
     assert 6 <= metrics["k"] <= 14, metrics["k"]
     assert metrics["nmi_room_type"] > metrics["nmi_hotel"]
+    # the finding beyond its noise: the room-type interval lies above the hotel one
+    room, hotel = metrics["uncertainty"]["room_type_captions"], metrics["uncertainty"]["hotel"]
+    assert room["ami_low"] > hotel["ami_high"] and hotel["nmi_chance"] < metrics["nmi_hotel"]
 
     clusters = pd.read_csv(project / "data/processed/clusters.csv")
     assert list(clusters.columns[:8]) == [
@@ -201,11 +208,11 @@ def test_experiment_reruns_only_what_changed(project):
     lines = table.splitlines()
     assert lines and max(len(line) for line in lines) <= 120, table
     header = " ".join(lines[:4])
-    for column in ("Experiment", "nmi_room_type", "nmi_hotel", "silhouette", "text.max_words"):
+    for column in ("Experiment", "ami_room_type", "ami_hotel", "silhouette", "text.max_words"):
         assert column in header, table
     assert "cluster.k_max" not in table and "src/alien_hotels" not in table  # unchanged, deps
     csv = [row.split(",") for row in run(["alien-hotels", "exps", "--csv"], project).stdout.split()]
-    assert csv[0][0] == "Experiment" and "k" in csv[0] and "nmi_room_type" in csv[0], csv
+    assert csv[0][0] == "Experiment" and "k" in csv[0] and "ami_room_type" in csv[0], csv
     max_words = csv[0].index("text.max_words")
     assert {row[max_words] for row in csv[1:]} == {"14", "20"}, csv
 

@@ -242,10 +242,16 @@ def project(tmp_path_factory) -> Path:
 
 
 def declared_plots(repo: Path) -> tuple[set[str], set[str]]:
-    """The top-level plots of dvc.yaml: vega plot names, image files."""
+    """The top-level plots of dvc.yaml: vega plot names, image files (that exist in `repo`)."""
     plots = yaml.safe_load((repo / "dvc.yaml").read_text())["plots"]
     vega = {name for entry in plots if isinstance(entry, dict) for name in entry}
-    images = {entry for entry in plots if isinstance(entry, str)}
+    # an image plot that is a folder (the cluster cards) draws its files: none without photos
+    images = {
+        entry
+        for entry in plots
+        if isinstance(entry, str)
+        and ((repo / entry).is_file() or any((repo / entry).glob("*.jpg")))
+    }
     return vega, images
 
 

@@ -39,6 +39,7 @@ from alien_hotels.common import (
     atomic_path,
     markdown_cell,
     remove_partial_writes,
+    require_columns,
     write_text,
 )
 
@@ -115,13 +116,7 @@ def _read_strings(path: Path, required: Sequence[str], what: str) -> pd.DataFram
         df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[])
     except pd.errors.EmptyDataError:
         raise StageError(f"{what} is empty: {path}") from None
-    missing = [col for col in required if col not in df.columns]
-    if missing:
-        raise StageError(
-            f"{what} {path} lacks column(s) {', '.join(missing)}; "
-            f"it has: {', '.join(map(str, df.columns))}"
-        )
-    return df
+    return require_columns(df, required, what, path)
 
 
 def _cluster_ids(values: pd.Series, path: Path, what: str) -> np.ndarray:

@@ -15,7 +15,7 @@ import logging
 import os
 import re
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Self
@@ -156,6 +156,13 @@ def read_csv(
         )
     except pd.errors.EmptyDataError:
         raise StageError(f"{what} is empty: {path}") from None
+    return require_columns(df, required, what, path)
+
+
+def require_columns(
+    df: pd.DataFrame, required: Sequence[str], what: str, path: object
+) -> pd.DataFrame:
+    """`df`, or a `StageError` naming the columns it lacks and the ones it has."""
     missing = [col for col in required if col not in df.columns]
     if missing:
         raise StageError(

@@ -279,31 +279,33 @@ def hamming_pairs(
 
     Tiled: block_size^2 comparisons at a time, so memory stays flat at any n.
     """
-    n = len(words)
-    found_i, found_j = [], []
-    for i0, i1, j0, j1 in _tiles(n, block_size):
-        m_i = None if mirrored is None else mirrored[i0:i1]
-        m_j = None if mirrored is None else mirrored[j0:j1]
-        close = hamming_distance(words[i0:i1], words[j0:j1], m_i, m_j) <= max_distance
-        if i0 == j0:
-            close = np.triu(close, k=1)
-        i, j = np.nonzero(close)
-        found_i.append(i + i0)
-        found_j.append(j + j0)
-    return _concat(found_i), _concat(found_j)
+
+    def close(a: slice, b: slice) -> np.ndarray:
+        m_a = None if mirrored is None else mirrored[a]
+        m_b = None if mirrored is None else mirrored[b]
+        return hamming_distance(words[a], words[b], m_a, m_b) <= max_distance
+
+    return _close_pairs(len(words), block_size, close)
 
 
 def cosine_pairs(
     vectors: np.ndarray, min_cosine: float, block_size: int = 1024
 ) -> tuple[np.ndarray, np.ndarray]:
     """Index pairs (i < j) of rows of `vectors` (L2-normalised) with cosine >= `min_cosine`."""
-    n = len(vectors)
+    return _close_pairs(
+        len(vectors), block_size, lambda a, b: vectors[a] @ vectors[b].T >= min_cosine
+    )
+
+
+def _close_pairs(n: int, block_size: int, close) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs (i < j) of `n` rows where `close(rows_a, rows_b)` (a boolean block) holds,
+    a tile of block_size^2 at a time."""
     found_i, found_j = [], []
     for i0, i1, j0, j1 in _tiles(n, block_size):
-        close = vectors[i0:i1] @ vectors[j0:j1].T >= min_cosine
+        hits = close(slice(i0, i1), slice(j0, j1))
         if i0 == j0:
-            close = np.triu(close, k=1)
-        i, j = np.nonzero(close)
+            hits = np.triu(hits, k=1)
+        i, j = np.nonzero(hits)
         found_i.append(i + i0)
         found_j.append(j + j0)
     return _concat(found_i), _concat(found_j)
