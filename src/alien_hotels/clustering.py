@@ -482,3 +482,23 @@ def elbow_table(inertia: dict[int, float], k: int) -> pd.DataFrame:
             "chosen": [int(kk == k) for kk in ks],
         }
     )
+
+
+def cluster_terms(
+    assigned: pd.DataFrame, top_terms: dict[int, list[str]], names: dict[int, str]
+) -> pd.DataFrame:
+    """`data/processed/cluster_terms.csv`: a row per cluster (size, label, terms, room types),
+    read by the cards stage."""
+    rows = []
+    for cluster, group in assigned.groupby("cluster", sort=True):
+        shares = group["room_type"].astype(str).value_counts(normalize=True).head(4)
+        rows.append(
+            {
+                "cluster": int(cluster),
+                "size": len(group),
+                "label": names[int(cluster)],
+                "top_terms": ", ".join(top_terms.get(int(cluster), [])),
+                "room_types": ", ".join(f"{n} {v:.0%}" for n, v in shares.items()),
+            }
+        )
+    return pd.DataFrame(rows, columns=["cluster", "size", "label", "top_terms", "room_types"])

@@ -583,3 +583,22 @@ def keep_one_per_group(
     for key in sorted(set(keys)):
         best.setdefault(group_of.get(key, key), key)
     return np.array([best[group_of.get(k, k)] == k for k in keys], dtype=bool)
+
+
+def representatives(image_ids: pd.Series, table: pd.DataFrame) -> np.ndarray:
+    """Per row of `image_ids`, the row of its duplicate group's representative: the group's first
+    row here. Groups of every kind are joined (an image in an exact and a perceptual group joins
+    both); a row in no group is its own. `table`: image_id, group, kind (duplicates.csv)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    positions = np.arange(len(image_ids))
+    row_of = pd.Series(positions, index=image_ids.astype(str).to_numpy())
+    row_of = row_of[~row_of.index.duplicated()]
+    table = table.assign(row=table["image_id"].astype(str).map(row_of)).dropna(subset=["row"])
+    first = table.groupby(["kind", "group"])["row"].transform("min").astype(int).to_numpy()
+    rows = table["row"].astype(int).to_numpy()
+    graph = coo_matrix((np.ones(len(rows)), (rows, first)), shape=(len(positions),) * 2)
+    _, component = connected_components(graph, directed=False)
+    # the first row of each component (components are numbered in no useful order)
+    return pd.Series(positions).groupby(component).transform("min").to_numpy()

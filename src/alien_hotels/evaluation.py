@@ -300,3 +300,102 @@ def seed_spread(
         return None, None
     ref_codes = codes(ref[mask])
     return spread([float(adjusted_mutual_info_score(ref_codes, run[mask])) for run in runs])
+
+
+# --- the cluster stage's measurements ----------------------------------------------------------
+
+
+def measure(
+    embedding: np.ndarray,
+    labels: np.ndarray,
+    scored: np.ndarray,
+    k: int,
+    yardsticks: dict[str, list],
+    chosen: str,
+    cluster: ClusterConfig,
+    seed_texts: Sequence[str] | None = None,
+    features: FeaturesConfig | None = None,
+) -> dict:
+    """The cluster metrics' finding: NMI, AMI and ARI per yardstick at the top level
+    (`ami_room_type`: the `chosen` room-type source's); per yardstick its chance level, interval
+    and seed spread (`uncertainty`); hotel and chain retrieval (`retrieval`). `scored`: the rows
+    scored (all, or the duplicates' representatives); `seed_texts` and `features`: refit TF-IDF
+    + SVD per seed (None: embeddings, k-means only)."""
+    rows = np.flatnonzero(scored)
+    sample = seeded_rows(len(rows), cluster.uncertainty_sample, cluster.random_state)
+    sample_rows = rows if sample is None else rows[sample]
+    runs = seed_reruns(embedding, seed_texts, k, cluster, features, sample_rows)
+    out: dict = {}
+    uncertainty: dict = {}
+    for name, values in yardsticks.items():
+        found = agreement(
+            pd.Series(values)[scored].tolist(),
+            labels[scored],
+            n_permutations=cluster.n_permutations,
+            n_bootstrap=cluster.n_bootstrap,
+            confidence=cluster.confidence,
+            sample=cluster.uncertainty_sample,
+            random_state=cluster.random_state,
+        )
+        if found is None:
+            continue
+        out |= {f"nmi_{name}": found.nmi, f"ami_{name}": found.ami, f"ari_{name}": found.ari}
+        mean, sd = seed_spread(runs, values, sample_rows)
+        uncertainty[name] = {
+            "n": found.n,
+            "ami_low": found.ami_low,
+            "ami_high": found.ami_high,
+            "nmi_chance": found.nmi_chance,
+            "nmi_chance_p99": found.nmi_chance_p99,
+            "ami_seed_mean": mean,
+            "ami_seed_sd": sd,
+        }
+    out["ami_room_type"] = out.get(f"ami_room_type_{chosen}")
+    found_retrieval: dict = {}
+    for name in ("hotel", "chain") if cluster.retrieval_queries != 0 else ():
+        found = retrieval(
+            embedding[scored],
+            pd.Series(yardsticks[name])[scored].tolist(),
+            queries=cluster.retrieval_queries,
+            random_state=cluster.random_state,
+        )
+        if found is not None:
+            found_retrieval[name] = {
+                "queries": found.queries,
+                "top1": found.top1,
+                "top10": found.top10,
+                "top1_chance": found.top1_chance,
+                "top10_chance": found.top10_chance,
+            }
+    return {
+        **out,
+        "uncertainty_rows": len(sample_rows),
+        "n_permutations": cluster.n_permutations,
+        "n_bootstrap": cluster.n_bootstrap,
+        "confidence": cluster.confidence,
+        "n_seeds": len(runs),
+        "uncertainty": uncertainty,
+        "retrieval": found_retrieval,
+    }
+
+
+def duplicates_view(
+    yardsticks: dict[str, list], labels: np.ndarray, kept: np.ndarray, dropped: bool, chosen: str
+) -> dict:
+    """The scores of the other view: with the copies when they were dropped (every row), or
+    without them (the representatives, `kept`)."""
+    rows = np.ones(len(labels), dtype=bool) if dropped else kept
+    ami = {}
+    for name in ("hotel", f"room_type_{chosen}"):
+        found = agreement(
+            pd.Series(yardsticks[name])[rows].tolist(),
+            labels[rows],
+            n_permutations=0,
+            n_bootstrap=0,
+            confidence=0.95,
+            sample=None,
+            random_state=0,
+        )
+        ami[f"ami_{name}"] = None if found is None else found.ami
+    key = "with_duplicates" if dropped else "without_duplicates"
+    return {key: {"n_docs": int(rows.sum()), **ami}}

@@ -7,12 +7,11 @@ import logging
 import numpy as np
 import pandas as pd
 
-from alien_hotels import clustering, evaluation, features
+from alien_hotels import clustering, duplicates, evaluation, features
 from alien_hotels.common import (
     StageError,
     read_csv,
     rounded,
-    seeded_rows,
     write_csv,
     write_json,
     write_report_csv,
@@ -55,17 +54,21 @@ def run(params: Params, paths: StagePaths = StagePaths()) -> dict:
     )
     yardsticks = {"hotel": texts["hotel_id"].tolist(), "chain": chain_ids(texts, paths)}
     yardsticks |= {f"room_type_{s}": v for s, v in sources.items()}
-    finding = measure_finding(params, embedding, texts, labels, scored, k, yardsticks, chosen)
+    # tfidf features are refitted per seed (SVD + k-means); embeddings only rerun k-means.
+    tfidf = params.features.kind == "tfidf"
+    finding = evaluation.measure(
+        embedding,
+        labels,
+        scored,
+        k,
+        yardsticks,
+        chosen,
+        cfg,
+        seed_texts=texts["text"].fillna("").astype(str).tolist() if tfidf else None,
+        features=params.features if tfidf else None,
+    )
     if not kept.all():  # the other view: with the copies when they were dropped, or without
-        other = np.ones(len(texts), dtype=bool) if cfg.drop_duplicates else kept
-        finding["with_duplicates" if cfg.drop_duplicates else "without_duplicates"] = {
-            "n_docs": int(other.sum()),
-            **{
-                f"ami_{name}": ami(values, labels, other)
-                for name, values in yardsticks.items()
-                if name in ("hotel", f"room_type_{chosen}")
-            },
-        }
+        finding |= evaluation.duplicates_view(yardsticks, labels, kept, cfg.drop_duplicates, chosen)
     top_terms = clustering.class_tfidf_terms(
         texts["text"].fillna("").astype(str),
         labels,
@@ -78,6 +81,7 @@ def run(params: Params, paths: StagePaths = StagePaths()) -> dict:
     assigned = texts.assign(cluster=labels, cluster_label=[names[int(c)] for c in labels])
 
     swept = sorted(sweep.inertia)
+    scored_sources = {s: pd.Series(v)[scored].tolist() for s, v in sources.items()}
     # Headline numbers only: the inertia of every k is the elbow plot (plots/elbow.csv), not 29
     # metric columns in `dvc exp show`.
     metrics = rounded(
@@ -89,7 +93,7 @@ def run(params: Params, paths: StagePaths = StagePaths()) -> dict:
             **scores,
             # Which source `ari/nmi_room_type` used, and the agreement with every source of
             # the run side by side (captions ones are circular: same words as the clusters).
-            **clustering.room_type_agreement(labels[scored], _subset(sources, scored), chosen),
+            **clustering.room_type_agreement(labels[scored], scored_sources, chosen),
             # The final model's inertia on all rows (below the sweep's value when refined).
             "inertia_at_k": final.inertia,
             "k_swept": f"{swept[0]}..{swept[-1]}",
@@ -103,7 +107,7 @@ def run(params: Params, paths: StagePaths = StagePaths()) -> dict:
     elbow = clustering.elbow_table(sweep.inertia, k)
     report = clusters_markdown(assigned, top_terms, names, metrics)
     write_csv(assigned.drop(columns=["text"]), paths.labels)  # read by `map`: exact values
-    write_csv(cluster_terms(assigned, top_terms, names), paths.cluster_terms)
+    write_csv(clustering.cluster_terms(assigned, top_terms, names), paths.cluster_terms)
     write_report_csv(elbow, paths.elbow_plot, plotted=True)
     write_text(report, paths.clusters_report)
     write_json(metrics, paths.cluster_metrics)
@@ -119,104 +123,6 @@ def run(params: Params, paths: StagePaths = StagePaths()) -> dict:
     return metrics
 
 
-def measure_finding(
-    params: Params,
-    embedding: np.ndarray,
-    texts: pd.DataFrame,
-    labels: np.ndarray,
-    scored: np.ndarray,
-    k: int,
-    yardsticks: dict[str, list],
-    chosen: str,
-) -> dict:
-    """AMI per yardstick at the top level; per yardstick its chance level, bootstrap interval and
-    seed spread (`uncertainty`); hotel and chain retrieval (`retrieval`). See evaluation.py."""
-    cfg = params.cluster
-    rows = np.flatnonzero(scored)
-    sample = seeded_rows(len(rows), cfg.uncertainty_sample, cfg.random_state)
-    sample_rows = rows if sample is None else rows[sample]
-    # tfidf features are refitted per seed (SVD + k-means); embeddings only rerun k-means.
-    tfidf = params.features.kind == "tfidf"
-    runs = evaluation.seed_reruns(
-        embedding,
-        texts["text"].fillna("").astype(str).tolist() if tfidf else None,
-        k,
-        cfg,
-        params.features if tfidf else None,
-        sample_rows,
-    )
-    out: dict = {}
-    uncertainty: dict = {}
-    for name, values in yardsticks.items():
-        found = evaluation.agreement(
-            pd.Series(values)[scored].tolist(),
-            labels[scored],
-            n_permutations=cfg.n_permutations,
-            n_bootstrap=cfg.n_bootstrap,
-            confidence=cfg.confidence,
-            sample=cfg.uncertainty_sample,
-            random_state=cfg.random_state,
-        )
-        if found is None:
-            continue
-        out |= {f"nmi_{name}": found.nmi, f"ami_{name}": found.ami, f"ari_{name}": found.ari}
-        mean, sd = evaluation.seed_spread(runs, values, sample_rows)
-        uncertainty[name] = {
-            "n": found.n,
-            "ami_low": found.ami_low,
-            "ami_high": found.ami_high,
-            "nmi_chance": found.nmi_chance,
-            "nmi_chance_p99": found.nmi_chance_p99,
-            "ami_seed_mean": mean,
-            "ami_seed_sd": sd,
-        }
-    out["ami_room_type"] = out.get(f"ami_room_type_{chosen}")
-    retrieval: dict = {}
-    for name in ("hotel", "chain") if cfg.retrieval_queries != 0 else ():
-        found = evaluation.retrieval(
-            embedding[scored],
-            pd.Series(yardsticks[name])[scored].tolist(),
-            queries=cfg.retrieval_queries,
-            random_state=cfg.random_state,
-        )
-        if found is not None:
-            retrieval[name] = {
-                "queries": found.queries,
-                "top1": found.top1,
-                "top10": found.top10,
-                "top1_chance": found.top1_chance,
-                "top10_chance": found.top10_chance,
-            }
-    return {
-        **out,
-        "uncertainty_rows": len(sample_rows),
-        "n_permutations": cfg.n_permutations,
-        "n_bootstrap": cfg.n_bootstrap,
-        "confidence": cfg.confidence,
-        "n_seeds": len(runs),
-        "uncertainty": uncertainty,
-        "retrieval": retrieval,
-    }
-
-
-def ami(values: list, labels: np.ndarray, rows: np.ndarray) -> float | None:
-    """AMI of `labels` against `values` on `rows` (their labelled ones); None below 2."""
-    found = evaluation.agreement(
-        pd.Series(values)[rows].tolist(),
-        labels[rows],
-        n_permutations=0,
-        n_bootstrap=0,
-        confidence=0.95,
-        sample=None,
-        random_state=0,
-    )
-    return None if found is None else found.ami
-
-
-def _subset(sources: dict[str, list], rows: np.ndarray) -> dict[str, list]:
-    return {s: pd.Series(v)[rows].tolist() for s, v in sources.items()}
-
-
 def chain_ids(texts: pd.DataFrame, paths: StagePaths) -> list:
     """The sample's `chain_id` per row of `texts`; None where unknown (Hotels-50K's -1, a folder
     dataset's empty column)."""
@@ -229,46 +135,12 @@ def chain_ids(texts: pd.DataFrame, paths: StagePaths) -> list:
 
 
 def duplicate_representatives(image_ids: pd.Series, paths: StagePaths) -> np.ndarray:
-    """Per row, the row of its duplicate group's representative: the group's first row here.
-    Groups of every kind are joined (an image in an exact and a perceptual group joins both).
-    A row in no group, or no duplicates table (a run outside DVC), is its own."""
-    positions = np.arange(len(image_ids))
+    """Per row, the row of its duplicate group's representative (duplicates.representatives);
+    every row its own without a duplicates table (a run outside DVC)."""
     if not paths.duplicates.is_file():
-        return positions
+        return np.arange(len(image_ids))
     table = read_csv(paths.duplicates, ["image_id", "group", "kind"], what="duplicates table")
-    row_of = pd.Series(positions, index=image_ids.astype(str).to_numpy())
-    row_of = row_of[~row_of.index.duplicated()]
-    table = table.assign(row=table["image_id"].astype(str).map(row_of)).dropna(subset=["row"])
-    first = table.groupby(["kind", "group"])["row"].transform("min").astype(int).to_numpy()
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    rows = table["row"].astype(int).to_numpy()
-    graph = coo_matrix((np.ones(len(rows)), (rows, first)), shape=(len(positions),) * 2)
-    _, component = connected_components(graph, directed=False)
-    # the first row of each component (components are numbered in no useful order)
-    lowest = pd.Series(positions).groupby(component).transform("min").to_numpy()
-    return lowest
-
-
-def cluster_terms(
-    assigned: pd.DataFrame, top_terms: dict[int, list[str]], names: dict[int, str]
-) -> pd.DataFrame:
-    """`data/processed/cluster_terms.csv`: a row per cluster (size, label, terms, room types),
-    read by the cards stage."""
-    rows = []
-    for cluster, group in assigned.groupby("cluster", sort=True):
-        shares = group["room_type"].astype(str).value_counts(normalize=True).head(4)
-        rows.append(
-            {
-                "cluster": int(cluster),
-                "size": len(group),
-                "label": names[int(cluster)],
-                "top_terms": ", ".join(top_terms.get(int(cluster), [])),
-                "room_types": ", ".join(f"{n} {v:.0%}" for n, v in shares.items()),
-            }
-        )
-    return pd.DataFrame(rows, columns=["cluster", "size", "label", "top_terms", "room_types"])
+    return duplicates.representatives(image_ids, table)
 
 
 def with_room_types(texts: pd.DataFrame, paths: StagePaths) -> tuple[pd.DataFrame, dict, str]:
