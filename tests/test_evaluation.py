@@ -80,6 +80,26 @@ def test_fast_nmi_equals_scikit_learn():
         assert evaluation.nmi_from_codes(a, b) == pytest.approx(normalized_mutual_info_score(a, b))
 
 
+def test_fast_ami_equals_scikit_learn_bit_for_bit():
+    """The interval's AMI must be scikit-learn's exactly: the tracked metrics' bytes rest on it.
+    Codes with gaps (a half-sample lacks some labels), single-label sides, near-perfect and
+    random agreement."""
+    rng = np.random.default_rng(5)
+    cases = [
+        (np.zeros(5, int), np.zeros(5, int)),  # one label each: 1.0
+        (np.zeros(6, int), np.arange(6) % 3),  # one side single: 0.0
+        (np.array([0, 0, 5, 5, 9]), np.array([2, 2, 0, 0, 7])),  # gaps, a perfect match
+    ]
+    for i in range(300):
+        n, ka, kb = int(rng.integers(2, 300)), int(rng.integers(1, 50)), int(rng.integers(1, 12))
+        a, b = rng.integers(0, ka, n), rng.integers(0, kb, n)
+        if i % 3 == 0:
+            b = (a + rng.integers(0, 2, n)) % kb
+        cases.append((a, b))
+    for a, b in cases:
+        assert evaluation.ami_from_codes(a, b) == adjusted_mutual_info_score(a, b), (a, b)
+
+
 def test_results_are_the_same_for_the_same_seed_and_differ_for_another():
     reference, labels = planted(flipped=0.5, seed=5)
     one = evaluation.agreement(reference, labels, **SETTINGS)
@@ -182,7 +202,11 @@ def test_retrieval_of_random_features_sits_at_chance():
     assert found.top10 == pytest.approx(found.top10_chance, abs=0.06)
 
 
-def test_retrieval_ranks_equal_a_brute_force_ranking_with_ties_by_row():
+@pytest.mark.parametrize("score_buffer", [None, 1, 7 * 60])
+def test_retrieval_ranks_equal_a_brute_force_ranking_with_ties_by_row(score_buffer, monkeypatch):
+    """Also with a score buffer of one query (or 7) at a time: the blocks reuse one buffer."""
+    if score_buffer is not None:
+        monkeypatch.setattr(evaluation, "SCORE_BUFFER", score_buffer)
     rng = np.random.default_rng(10)
     ref = rng.integers(0, 5, 60)
     x = on_grid(rng.integers(-2, 3, size=(60, 3)).astype(float) / 2)  # many exact ties

@@ -338,3 +338,27 @@ def test_spreadsheet_rule(tmp_path):
     plot = pd.read_csv(tmp_path / "plot.csv")
     assert plot["name"].tolist()[1] == "\u2039b\u203aInn\u2039/b\u203a"
     assert pd.read_csv(tmp_path / "hand_off.csv").equals(table)
+
+
+@pytest.mark.parametrize("dtype", [object, "string"])
+@pytest.mark.parametrize("plotted", [False, True])
+def test_report_cells_equal_the_rule_cell_by_cell(dtype, plotted):
+    """The vectorised column rule is `spreadsheet_safe` (and the look-alikes) of each cell; cells
+    that are not text (missing, numbers in an object column) keep their value."""
+    from alien_hotels.common import PLOT_LOOKALIKES, report_cells, spreadsheet_safe
+
+    cells = [FORMULA, "+1", "-x", "@a", "\tx", "\rx", "<b>", " =x", "Inn", "", None, "\uff1dx"]
+    if dtype is object:
+        cells += [np.nan, 3, -1.5]
+    column = pd.Series(cells, dtype=dtype)
+
+    def one(value):
+        if plotted and isinstance(value, str):
+            value = value.translate(PLOT_LOOKALIKES)
+        return spreadsheet_safe(value)
+
+    got = report_cells(column, plotted=plotted)
+    expected = [one(v) for v in column]
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected, strict=True):
+        assert (pd.isna(g) and pd.isna(e)) or g == e, (g, e)

@@ -22,6 +22,7 @@ from alien_hotels.config import ConfigError, validate_params
 from alien_hotels.stages import cluster as cluster_stage
 from alien_hotels.stages import room_types as room_types_stage
 from alien_hotels.stages.paths import StagePaths
+from alien_hotels.text import RoomTypeClassifier
 from conftest import ROOT, compose
 
 CAPTIONS = [
@@ -249,10 +250,12 @@ def test_bundled_sample_uses_captions_and_loads_no_model(tmp_path, monkeypatch):
     assert set(texts["image_id"]) <= set(table["image_id"]) and len(table) == 313
     assert (table["room_type_source"] == "captions").all()
     assert table["room_type_image"].isna().all() and table["room_type_folder"].isna().all()
-    merged = texts.merge(table, on="image_id", suffixes=("_texts", ""))
-    # the same rules as preprocess, so the caption labels are texts.csv's room types
-    assert (merged["room_type"] == merged["room_type_texts"]).all()
-    assert (merged["room_type_captions"] == merged["room_type_texts"]).all()
+    merged = texts.merge(table, on="image_id")
+    # the caption keyword rules, applied to each caption; texts.csv leaves room types to this stage
+    classify = RoomTypeClassifier(params.room_types)
+    assert (merged["room_type_captions"] == merged["caption"].map(classify)).all()
+    assert (merged["room_type"] == merged["room_type_captions"]).all()
+    assert "room_type" not in texts.columns
     metrics = json.loads(paths.room_types_metrics.read_text())
     assert metrics == {
         "source": "captions",

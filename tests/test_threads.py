@@ -7,12 +7,13 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
 from alien_hotels import common
-from alien_hotels.common import _cgroup_cpu_quota, available_cores, resolve_n_jobs
+from alien_hotels.common import _cgroup_cpu_quota, available_cores, beside, resolve_n_jobs
 from conftest import ROOT, subprocess_env
 
 
@@ -93,6 +94,18 @@ def test_resolve_n_jobs():
     for bad in (0, -1, True, 2.0):
         with pytest.raises(ValueError, match="n_jobs"):
             resolve_n_jobs(bad)
+
+
+def test_beside_runs_on_a_thread_of_its_own_only_with_two_cores():
+    caller = threading.get_ident()
+    on_one = beside(threading.get_ident, n_jobs=1)
+    assert on_one.done() and on_one.result() == caller  # at once, on the caller's thread
+    on_two = beside(threading.get_ident, n_jobs=2)
+    assert on_two.result() != caller
+    for n_jobs in (1, 2):  # an error reaches the caller at .result()
+        failed = beside(int, "not a number", n_jobs=n_jobs)
+        with pytest.raises(ValueError, match="not a number"):
+            failed.result()
 
 
 def openmp_spin_count(env: dict[str, str]) -> str:

@@ -16,15 +16,17 @@ import os
 import re
 import secrets
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Self, TypeVar
 
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Columns that hold names or free text: read as strings, only an empty cell is missing. A photo
 # folder named `NA`, `None` or `101` stays that name (pandas' defaults read NaN and 101.0).
@@ -264,11 +266,23 @@ def write_report_csv(df: pd.DataFrame, target: str | Path, *, plotted: bool = Fa
     text_columns = df.select_dtypes(include=["object", "string"]).columns
     safe = df.copy()
     for column in text_columns:
-        cells = safe[column]
-        if plotted:
-            cells = cells.map(lambda v: v.translate(PLOT_LOOKALIKES) if isinstance(v, str) else v)
-        safe[column] = cells.map(spreadsheet_safe)
+        safe[column] = report_cells(safe[column], plotted=plotted)
     write_csv(safe, target)
+
+
+def report_cells(cells: pd.Series, *, plotted: bool = False) -> pd.Series:
+    """`spreadsheet_safe` (and for `plotted`, `PLOT_LOOKALIKES`) over a column, vectorised: the
+    `.str` methods give NaN for a cell that is not text, which keeps its value."""
+    if plotted:
+        translated = cells.str.translate(PLOT_LOOKALIKES)
+        cells = translated.where(translated.notna(), cells)
+    starts = cells.str.startswith(FORMULA_STARTS).to_numpy(dtype=object, na_value=False)
+    formula = starts.astype(bool)
+    if not formula.any():
+        return cells
+    cells = cells.astype(object)
+    cells[formula] = "'" + cells[formula].astype(str)
+    return cells
 
 
 def available_cores() -> int:
@@ -328,6 +342,27 @@ def _cgroup_cpu_quota(
             if quota > 0 and period > 0:
                 limits.append(quota / period)
     return min(limits) if limits else None
+
+
+def beside(fn: Callable[..., T], *args: Any, n_jobs: int | None) -> Future[T]:
+    """`fn(*args)` on a thread of its own when `n_jobs` (null: the cores available) allows two,
+    so it overlaps the caller's single-threaded work (plots, CSV, Python loops); at once, on
+    the caller's thread, otherwise. `.result()` gives its value or raises its error.
+
+    Only for work whose result does not depend on threads, and while the caller sets no
+    `threadpool_limits` of its own (they are process-wide)."""
+    if resolve_n_jobs(n_jobs) < 2:
+        done: Future[T] = Future()
+        try:
+            done.set_result(fn(*args))
+        except Exception as exc:  # raised at .result(), as from the thread
+            done.set_exception(exc)
+        return done
+    pool = ThreadPoolExecutor(1, thread_name_prefix=getattr(fn, "__name__", "beside"))
+    try:
+        return pool.submit(fn, *args)
+    finally:
+        pool.shutdown(wait=False)  # the thread ends with its task
 
 
 def resolve_n_jobs(value: int | None) -> int:

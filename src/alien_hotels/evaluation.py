@@ -19,13 +19,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from alien_hotels.common import seeded_rows
+from alien_hotels.common import beside, seeded_rows
 
 if TYPE_CHECKING:
     from alien_hotels.clustering import ClusterConfig
     from alien_hotels.features import FeaturesConfig
 
-# Cosine scores of a block of queries against every row at a time: 512 x 100k float64 = 400 MB.
+# Cosine scores of a block of queries against every row at a time, in one reused buffer of at
+# most this many float64 (256 MB; 512 queries x 65k rows): a fresh 400 MB block per step cost
+# more in page faults than its matrix product.
+SCORE_BUFFER = 2**25
 QUERY_BLOCK = 512
 
 
@@ -38,6 +41,51 @@ def known(reference: Sequence) -> np.ndarray:
 def codes(values: Sequence) -> np.ndarray:
     """Integer codes of labels (compared as strings, so 3 and "3" are one label)."""
     return pd.factorize(pd.Series(list(values), dtype=object).astype(str), sort=True)[0]
+
+
+def ami_from_codes(a: np.ndarray, b: np.ndarray) -> float:
+    """scikit-learn's `adjusted_mutual_info_score` (arithmetic normaliser) from integer codes:
+    its formulas in its order of operations, from a `bincount` contingency table, without its
+    input validation and sparse table (~80% of its time at the interval's hundreds of calls).
+    tests/test_evaluation.py checks it equals scikit-learn's, bit for bit."""
+    from sklearn.metrics.cluster._expected_mutual_info_fast import (  # scikit-learn is pinned
+        expected_mutual_information,
+    )
+
+    n = len(a)
+    n_b = int(b.max()) + 1
+    joint = np.bincount(a * n_b + b, minlength=(int(a.max()) + 1) * n_b).reshape(-1, n_b)
+    joint = joint[joint.sum(axis=1) > 0][:, joint.sum(axis=0) > 0]  # labels present only
+    rows, cols = joint.shape
+    if rows == cols == 1:
+        return 1.0  # scikit-learn: two single-label partitions agree perfectly
+    if rows == 1 or cols == 1:
+        return 0.0
+    pi, pj = joint.sum(axis=1), joint.sum(axis=0)
+    nzx, nzy = np.nonzero(joint)
+    nz_val = joint[nzx, nzy]
+    total = joint.sum()
+    cell = nz_val / total
+    outer = pi.take(nzx).astype(np.int64, copy=False) * pj.take(nzy).astype(np.int64, copy=False)
+    log_outer = -np.log(outer) + np.log(pi.sum()) + np.log(pj.sum())
+    mi = cell * (np.log(nz_val) - np.log(total)) + cell * log_outer
+    mi = np.where(np.abs(mi) < np.finfo(mi.dtype).eps, 0.0, mi)
+    mi = float(np.clip(mi.sum(), 0.0, None))
+    emi = expected_mutual_information(joint, n)
+    normalizer = np.mean([_entropy(pi), _entropy(pj)])
+    tiny = np.finfo("float64").eps
+    denominator = min(normalizer - emi, -tiny) if normalizer < emi else max(normalizer - emi, tiny)
+    numerator = min(mi - emi, -tiny) if mi < emi else max(mi - emi, tiny)
+    return float(numerator / denominator)
+
+
+def _entropy(counts: np.ndarray) -> float:
+    """scikit-learn's entropy of a labelling, from its label counts (all above 0)."""
+    if counts.size == 1:
+        return 0.0
+    pi = counts.astype(np.float64)
+    total = np.sum(pi)
+    return float(-np.sum((pi / total) * (np.log(pi) - np.log(total))))
 
 
 def nmi_from_codes(a: np.ndarray, b: np.ndarray) -> float:
@@ -124,7 +172,7 @@ def agreement(
         # excluded its own estimate (hotel AMI 0.155). docs/finding.md.
         half = len(ref) // 2
         draws = (rng.permutation(len(ref))[:half] for _ in range(n_bootstrap))
-        amis = [float(adjusted_mutual_info_score(ref[d], lab[d])) for d in draws]
+        amis = [ami_from_codes(ref[d], lab[d]) for d in draws]
         tail = (1 - confidence) / 2
         low, high = float(np.quantile(amis, tail)), float(np.quantile(amis, 1 - tail))
     return Agreement(int(mask.sum()), nmi, ami, ari, chance, chance_p99, low, high)
@@ -199,10 +247,14 @@ def retrieval(
     inverse = 1.0 / norms  # the query's own norm does not change its ranking
     members = np.argsort(ref, kind="stable")  # rows by label, then row order
     starts = np.searchsorted(ref[members], np.arange(len(sizes)))
+    block = max(1, min(QUERY_BLOCK, SCORE_BUFFER // n))
+    score_buffer = np.empty((block, n))
+    flag_buffer = np.empty((block, n), dtype=bool)
     ranks = np.empty(len(askable), dtype=np.int64)
-    for start in range(0, len(askable), QUERY_BLOCK):
-        q = askable[start : start + QUERY_BLOCK]
-        scores = x[q] @ x.T
+    for start in range(0, len(askable), block):
+        q = askable[start : start + block]
+        scores, flags = score_buffer[: len(q)], flag_buffer[: len(q)]
+        np.matmul(x[q], x.T, out=scores)
         scores *= inverse
         scores[np.arange(len(q)), q] = -np.inf  # leave the query out
         # Each query's same-label rows, flattened: (query in block, row).
@@ -221,8 +273,8 @@ def retrieval(
         # label: `best` is their maximum and `first` the earliest at it). So: the rows at or
         # above `best`, less the ties from `first` on.
         b = best[:, None]
-        at_least = np.count_nonzero(scores >= b, axis=1)
-        tied = scores == b
+        at_least = np.count_nonzero(np.greater_equal(scores, b, out=flags), axis=1)
+        tied = np.equal(scores, b, out=flags)
         later = [np.count_nonzero(tied[i, first[i] :]) for i in range(len(q))]
         ranks[start : start + len(q)] = at_least - np.asarray(later)
     positives = sizes[ref[askable]] - 1
@@ -321,6 +373,10 @@ def measure(
     and seed spread (`uncertainty`); hotel and chain retrieval (`retrieval`). `scored`: the rows
     scored (all, or the duplicates' representatives); `seed_texts` and `features`: refit TF-IDF
     + SVD per seed (None: embeddings, k-means only)."""
+    # Retrieval is BLAS (exact, any thread count) and the intervals mostly Python: side by side.
+    retrievals = beside(
+        _retrievals, embedding[scored], yardsticks, scored, cluster, n_jobs=cluster.n_jobs
+    )
     rows = np.flatnonzero(scored)
     sample = seeded_rows(len(rows), cluster.uncertainty_sample, cluster.random_state)
     sample_rows = rows if sample is None else rows[sample]
@@ -351,10 +407,26 @@ def measure(
             "ami_seed_sd": sd,
         }
     out["ami_room_type"] = out.get(f"ami_room_type_{chosen}")
+    return {
+        **out,
+        "uncertainty_rows": len(sample_rows),
+        "n_permutations": cluster.n_permutations,
+        "n_bootstrap": cluster.n_bootstrap,
+        "confidence": cluster.confidence,
+        "n_seeds": len(runs),
+        "uncertainty": uncertainty,
+        "retrieval": retrievals.result(),
+    }
+
+
+def _retrievals(
+    embedding: np.ndarray, yardsticks: dict[str, list], scored: np.ndarray, cluster: ClusterConfig
+) -> dict[str, dict]:
+    """`retrieval` of the hotel and of the chain, for `measure`."""
     found_retrieval: dict = {}
     for name in ("hotel", "chain") if cluster.retrieval_queries != 0 else ():
         found = retrieval(
-            embedding[scored],
+            embedding,
             pd.Series(yardsticks[name])[scored].tolist(),
             queries=cluster.retrieval_queries,
             random_state=cluster.random_state,
@@ -367,16 +439,7 @@ def measure(
                 "top1_chance": found.top1_chance,
                 "top10_chance": found.top10_chance,
             }
-    return {
-        **out,
-        "uncertainty_rows": len(sample_rows),
-        "n_permutations": cluster.n_permutations,
-        "n_bootstrap": cluster.n_bootstrap,
-        "confidence": cluster.confidence,
-        "n_seeds": len(runs),
-        "uncertainty": uncertainty,
-        "retrieval": found_retrieval,
-    }
+    return found_retrieval
 
 
 def duplicates_view(

@@ -32,6 +32,8 @@ from alien_hotels.common import (
 
 log = logging.getLogger(__name__)
 
+EXACT_NEIGHBOUR_ROWS = 10_000  # t-SNE affinities from exact neighbours up to here, then Annoy
+SKLEARN_EXAGGERATION_ITER = 250  # scikit-learn's early exaggeration: not a parameter there
 OTHER_PREFIX = "~ "  # sorts after names, so the lumped group comes last in legends
 COLOR_BY = {"cluster": "cluster label", "hotel": "hotel", "room_type": "room type"}
 
@@ -41,7 +43,14 @@ class MapConfig(Section):
 
     method: Literal["opentsne", "sklearn"]
     perplexity: float = Field(gt=0)
+    # Iterations after the early-exaggeration phase (`early_exaggeration_iter` iterations first).
+    # scikit-learn's phase is fixed at 250 iterations: method=sklearn runs 250 + n_iter.
     n_iter: int = Field(ge=50)
+    early_exaggeration_iter: int = Field(ge=0)
+    # Barnes-Hut's accuracy (openTSNE's theta, scikit-learn's angle): larger is faster and
+    # coarser. The default schedule and theta keep trustworthiness at least that of openTSNE's
+    # own defaults (250 + 500 iterations, theta 0.5) in 0.5x its time (docs/performance.md).
+    theta: float = Field(gt=0, le=1)
     random_state: Seed
     # Threads of the t-SNE gradient and the BLAS/OpenMP pools; null: every core this process
     # may use (`common.available_cores`). The map's bytes do not depend on it.
@@ -158,7 +167,8 @@ def _fit_tsne(data: np.ndarray, cfg: MapConfig):
         tsne = TSNE(
             n_components=2,
             perplexity=cfg.perplexity,
-            max_iter=cfg.n_iter,
+            max_iter=SKLEARN_EXAGGERATION_ITER + cfg.n_iter,
+            angle=cfg.theta,
             random_state=cfg.random_state,
             init="pca",
         )
@@ -170,15 +180,16 @@ def _fit_tsne(data: np.ndarray, cfg: MapConfig):
     # otherwise change the map's bytes from one CPU to another; the optimisation itself does not.
     start = initialization.pca(data, random_state=cfg.random_state)
     start = np.round(start * 2.0**36) / 2.0**36 + 0.0
-    # The affinities on one thread, whatever `n_jobs`: Annoy's trees (openTSNE's neighbour index
-    # from 1,000 rows) come out different when built on more threads, and with them the map.
-    # The gradient (bh or fft) gives the same bits on any number of threads. These are the
-    # affinities `TSNE.fit(data)` computes itself with n_jobs=1.
+    # The affinities on one thread, whatever `n_jobs`: Annoy's trees come out different when
+    # built on more threads, and with them the map. The gradient (bh or fft) gives the same bits
+    # on any number of threads. Exact neighbours up to EXACT_NEIGHBOUR_ROWS fitted rows: at the
+    # default 3,000 they cost 0.1 s where Annoy's index (openTSNE's choice from 1,000) took 0.7.
+    method = "exact" if len(data) <= EXACT_NEIGHBOUR_ROWS else "annoy"
     with threadpool_limits(1):
         affinities = affinity.MultiscaleMixture(
             data,
             cfg.perplexity,
-            method="auto",
+            method=method,
             metric="euclidean",
             n_jobs=1,
             random_state=cfg.random_state,
@@ -188,6 +199,8 @@ def _fit_tsne(data: np.ndarray, cfg: MapConfig):
         n_components=2,
         perplexity=cfg.perplexity,
         n_iter=cfg.n_iter,
+        early_exaggeration_iter=cfg.early_exaggeration_iter,
+        theta=cfg.theta,
         random_state=cfg.random_state,
         n_jobs=cfg.threads,
         negative_gradient_method=cfg.gradient,
@@ -356,12 +369,9 @@ def hover_columns(table: pd.DataFrame) -> np.ndarray:
 
 def write_png_map(table: pd.DataFrame, target: str | Path, max_groups: int = 20) -> None:
     """Two panels, coloured by cluster and by hotel (the study's comparison): see `png_map`."""
-    import matplotlib.pyplot as plt
-
     fig = png_map(table, max_groups)
     with atomic_path(target) as tmp:
         fig.savefig(tmp, dpi=PNG_DPI, format="png")
-    plt.close(fig)
 
 
 PNG_DPI = 110
@@ -372,10 +382,11 @@ def png_map(table: pd.DataFrame, max_groups: int = 20):
     """The PNG map's figure: the panels stacked (side by side they were 1760 px wide, wider than
     a browser window, and the right legend was cut off), each with its legend below it in two
     columns; the figure grows with the legends' rows, so none is clipped."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A bare Figure (savefig draws it on Agg): no pyplot, whose import alone took 0.3 s, and
+    # no global figure registry to close it from.
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     panels = (("cluster_label", "by cluster"), ("hotel_name", "by hotel"))
     grouped = [
@@ -385,17 +396,13 @@ def png_map(table: pd.DataFrame, max_groups: int = 20):
     legend_rows = [-(-groups.nunique() // 2) for groups in grouped]
     # a square-ish map per panel, plus ~0.17 in per legend row (7 pt text)
     heights = [5.6 + 0.17 * rows for rows in legend_rows]
-    fig, axes = plt.subplots(
-        2,
-        1,
-        figsize=(PNG_WIDTH_IN, sum(heights)),
-        layout="constrained",
-        gridspec_kw={"height_ratios": heights},
-    )
+    fig = Figure(figsize=(PNG_WIDTH_IN, sum(heights)), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(2, 1, gridspec_kw={"height_ratios": heights})
     for ax, (_, title), groups in zip(axes, panels, grouped, strict=True):
         named = groups.nunique() - int(groups.astype(str).str.startswith(OTHER_PREFIX).any())
         # tab10's hues are distinct; tab20 pairs similar hues, so only use it when needed.
-        cmap = plt.get_cmap("tab10" if named <= 10 else "tab20")
+        cmap = colormaps["tab10" if named <= 10 else "tab20"]
         size = 14 if len(table) <= 2000 else 3  # dense maps need small points
         for i, (value, group) in enumerate(table.groupby(groups, sort=True)):
             lumped = str(value).startswith(OTHER_PREFIX)  # grey, under the named groups

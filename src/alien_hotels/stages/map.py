@@ -5,7 +5,14 @@ from __future__ import annotations
 import pandas as pd
 
 from alien_hotels import features, mapping
-from alien_hotels.common import read_csv, rounded, seeded_rows, write_json, write_report_csv
+from alien_hotels.common import (
+    beside,
+    read_csv,
+    rounded,
+    seeded_rows,
+    write_json,
+    write_report_csv,
+)
 from alien_hotels.config import Params
 from alien_hotels.stages.paths import StagePaths
 
@@ -23,7 +30,15 @@ def run(params: Params, paths: StagePaths = StagePaths()) -> pd.DataFrame:
     n_fit = len(embedding) if rows is None else len(rows)
     perplexity = mapping.perplexity_for(n_fit, params.map)  # warns once when lowered
     coords = mapping.embed_2d(embedding, params.map.updated(perplexity=perplexity))
-    trust = mapping.trustworthiness(embedding, coords, rows, params.map.random_state)
+    # beside the plots and the CSV: it is numpy and C, they are Python
+    trust = beside(
+        mapping.trustworthiness,
+        embedding,
+        coords,
+        rows,
+        params.map.random_state,
+        n_jobs=params.map.n_jobs,
+    )
     table = (
         pd.DataFrame({"image_id": image_ids, "x": coords[:, 0], "y": coords[:, 1]})
         .merge(labels[LABEL_COLUMNS], on="image_id")
@@ -45,7 +60,7 @@ def run(params: Params, paths: StagePaths = StagePaths()) -> pd.DataFrame:
                 "perplexity_used": perplexity,
                 "perplexity_clamped": perplexity < params.map.perplexity,
                 # of the fitted rows (at most mapping.TRUSTWORTHINESS_ROWS, seeded), 5 neighbours
-                "trustworthiness": trust,
+                "trustworthiness": trust.result(),
             }
         ),
         paths.cluster_metrics.parent / "map.json",

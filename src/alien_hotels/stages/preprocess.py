@@ -1,4 +1,5 @@
-"""Stage `preprocess`: truncate and lemmatize captions, assign room types (text.*, room_types.*)."""
+"""Stage `preprocess`: truncate and lemmatize captions (text.*). Room types are the room_types
+stage's: it owns the caption keyword rules."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from alien_hotels.common import StageError, read_csv, write_csv, write_json
 from alien_hotels.config import Params
 from alien_hotels.stages.paths import StagePaths
 
-TEXT_COLUMNS = ["image_id", "hotel_id", "hotel_name", "room_type", "caption", "text"]
+TEXT_COLUMNS = ["image_id", "hotel_id", "hotel_name", "caption", "text"]
 
 
 def run(params: Params, paths: StagePaths = StagePaths()) -> pd.DataFrame:
@@ -26,11 +27,7 @@ def run(params: Params, paths: StagePaths = StagePaths()) -> pd.DataFrame:
     if table.empty:
         raise StageError("preprocess: no captioned images (captions and sample share no image_id)")
     preprocessor = text.CaptionPreprocessor(params.text)
-    classify = text.RoomTypeClassifier(params.room_types)
-    captions_text = table["caption"].astype(str)
-    table = table.assign(
-        room_type=captions_text.map(classify), text=preprocessor.transform(captions_text)
-    )
+    table = table.assign(text=preprocessor.transform(table["caption"].astype(str)))
     empty = table["text"].str.strip() == ""
     out = table.loc[~empty, TEXT_COLUMNS].reset_index(drop=True)
     if out.empty:
