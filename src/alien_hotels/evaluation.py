@@ -142,11 +142,7 @@ def agreement(
 ) -> Agreement | None:
     """NMI, AMI and ARI of `labels` against `reference` (its labelled rows), NMI's permutation
     chance level and AMI's bootstrap interval; None below 2 labelled rows."""
-    from sklearn.metrics import (
-        adjusted_mutual_info_score,
-        adjusted_rand_score,
-        normalized_mutual_info_score,
-    )
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
     mask = known(reference)
     if mask.sum() < 2:
@@ -154,7 +150,7 @@ def agreement(
     ref = codes(np.asarray(list(reference), dtype=object)[mask])
     lab = codes(np.asarray(labels)[mask])
     nmi = float(normalized_mutual_info_score(ref, lab))
-    ami = float(adjusted_mutual_info_score(ref, lab))
+    ami = ami_from_codes(ref, lab)
     ari = float(adjusted_rand_score(ref, lab))
     rows = seeded_rows(len(ref), sample, random_state)
     if rows is not None:
@@ -342,8 +338,6 @@ def seed_spread(
     runs: list[np.ndarray], reference: Sequence, rows: np.ndarray | None
 ) -> tuple[float | None, float | None]:
     """(mean, sd) of AMI between each rerun's labels and `reference` (restricted to `rows`)."""
-    from sklearn.metrics import adjusted_mutual_info_score
-
     ref = np.asarray(list(reference), dtype=object)
     if rows is not None:
         ref = ref[rows]
@@ -351,7 +345,7 @@ def seed_spread(
     if mask.sum() < 2 or not runs:
         return None, None
     ref_codes = codes(ref[mask])
-    return spread([float(adjusted_mutual_info_score(ref_codes, run[mask])) for run in runs])
+    return spread([ami_from_codes(ref_codes, np.asarray(run)[mask]) for run in runs])
 
 
 # --- the cluster stage's measurements ----------------------------------------------------------

@@ -28,7 +28,9 @@ log = logging.getLogger("alien_hotels")
 def run(params: Params, paths: StagePaths = StagePaths()) -> dict:
     cfg = params.cluster
     embedding, image_ids = features.load_features(paths.features)
-    texts = read_csv(paths.texts, ["image_id", "hotel_id", "text"], what="texts")
+    texts = read_csv(
+        paths.texts, ["image_id", "hotel_id", "text"], what="texts", usecols=["hotel_name"]
+    )
     texts = texts.set_index("image_id").loc[image_ids].reset_index()
     texts, sources, chosen = with_room_types(texts, paths)
     # Each row's duplicate-group representative (itself when it has none): drop_duplicates
@@ -107,7 +109,7 @@ def run(params: Params, paths: StagePaths = StagePaths()) -> dict:
     elbow = clustering.elbow_table(sweep.inertia, k)
     report = clusters_markdown(assigned, top_terms, names, metrics)
     # read by `map` and `cards`: exact values; no texts (texts.csv has them, clusters.csv too)
-    write_csv(assigned.drop(columns=["text", "caption"], errors="ignore"), paths.labels)
+    write_csv(assigned.drop(columns=["text"]), paths.labels)
     write_csv(clustering.cluster_terms(assigned, top_terms, names), paths.cluster_terms)
     write_report_csv(elbow, paths.elbow_plot, plotted=True)
     write_text(report, paths.clusters_report)

@@ -23,13 +23,20 @@ MAP_COLUMNS = ["image_id", "hotel_id", "room_type", "cluster", "x", "y", "captio
 def run(params: Params, paths: StagePaths = StagePaths()) -> pd.DataFrame:
     embedding, image_ids = features.load_features(paths.features)
     labels = read_csv(paths.labels, LABEL_COLUMNS, what="cluster labels", usecols=[])
-    texts = read_csv(
-        paths.texts, ["image_id", "text", "caption", "hotel_name"], what="texts", usecols=[]
-    )
     rows = seeded_rows(len(embedding), params.map.fit_sample, params.map.random_state)
     n_fit = len(embedding) if rows is None else len(rows)
     perplexity = mapping.perplexity_for(n_fit, params.map)  # warns once when lowered
-    coords = mapping.embed_2d(embedding, params.map.updated(perplexity=perplexity))
+    # t-SNE (C++, its own threads) beside reading the texts (pandas)
+    embedded = beside(
+        mapping.embed_2d,
+        embedding,
+        params.map.updated(perplexity=perplexity),
+        n_jobs=params.map.n_jobs,
+    )
+    texts = read_csv(
+        paths.texts, ["image_id", "text", "caption", "hotel_name"], what="texts", usecols=[]
+    )
+    coords = embedded.result()
     # beside the plots and the CSV: it is numpy and C, they are Python
     trust = beside(
         mapping.trustworthiness,
