@@ -349,8 +349,8 @@ def beside(fn: Callable[..., T], *args: Any, n_jobs: int | None) -> Future[T]:
     so it overlaps the caller's single-threaded work (plots, CSV, Python loops); at once, on
     the caller's thread, otherwise. `.result()` gives its value or raises its error.
 
-    Only for work whose result does not depend on threads, and while the caller sets no
-    `threadpool_limits` of its own (they are process-wide)."""
+    Only for work whose result does not depend on the thread count. `threadpool_limits` are
+    process-wide: where `fn` sets them, the caller sets none of its own until `.result()`."""
     if resolve_n_jobs(n_jobs) < 2:
         done: Future[T] = Future()
         try:
