@@ -337,31 +337,26 @@ def test_stage_with_embeddings(tmp_path):
         tmp_path / "sample.csv", index=False
     )
     vectors = np.array([[1.0, 0.0], [0.999, 0.04], [0.0, 1.0]])
-    result = stage.find(
-        default_cfg(embedding=True),
-        manifest=tmp_path / "none.csv",
-        sample=tmp_path / "sample.csv",
-        captions=None,
-        out=tmp_path / "dup.csv",
-        metrics=tmp_path / "dup.json",
-        root=tmp_path,
-        embeddings=([3, 2, 1], vectors),
-    )
+
+    def find(cfg):
+        return stage.find(
+            cfg,
+            manifest=tmp_path / "none.csv",
+            sample=tmp_path / "sample.csv",
+            captions=None,
+            out=tmp_path / "dup.csv",
+            metrics=tmp_path / "dup.json",
+            root=tmp_path,
+            embeddings=([3, 2, 1], vectors),
+        )
+
+    result = find(default_cfg(embedding=True))
     table = pd.read_csv(tmp_path / "dup.csv")
     assert table["image_id"].tolist() == [2, 3] and table["group"].tolist() == [2, 2]
     assert result["kinds"] == "embedding"
     assert result["embedding"]["share_across_hotels"] == 0.0  # 2 and 3: both hotel 8
     # not asked for: no embedding kind even when vectors are given
-    off = stage.find(
-        default_cfg(),
-        manifest=tmp_path / "none.csv",
-        sample=tmp_path / "sample.csv",
-        captions=None,
-        out=tmp_path / "dup.csv",
-        metrics=tmp_path / "dup.json",
-        root=tmp_path,
-        embeddings=([3, 2, 1], vectors),
-    )
+    off = find(default_cfg())
     assert off["kinds"] == "" and pd.read_csv(tmp_path / "dup.csv").empty
 
 
