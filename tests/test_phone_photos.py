@@ -171,7 +171,8 @@ def test_the_report_is_spreadsheet_safe(tmp_path: Path):
     (root / "=1+1/notes.txt").write_text("")
     paths, _ = run_stages(root, tmp_path)
     text = paths.skipped_report.read_text(encoding="utf-8")
-    assert "\n'=1+1/notes.txt," in text and "\n=" not in text
+    assert "\n\"'=1+1/notes.txt\"," in text
+    assert "\n=" not in text and '\n"=' not in text
 
 
 def test_bundled_demo_report_is_empty(tmp_path: Path):
@@ -185,4 +186,5 @@ def test_bundled_demo_report_is_empty(tmp_path: Path):
     paths = StagePaths().under(tmp_path)
     sample_stage.run(params, paths)
     images_stage.run(params, paths)
-    assert paths.skipped_report.read_text() == "path,reason,detail,stage,image_id,url\n"
+    header = '"path","reason","detail","stage","image_id","url"\n'
+    assert paths.skipped_report.read_text() == header
