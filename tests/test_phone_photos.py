@@ -171,7 +171,7 @@ def test_the_report_is_spreadsheet_safe(tmp_path: Path):
     (root / "=1+1/notes.txt").write_text("")
     paths, _ = run_stages(root, tmp_path)
     text = paths.skipped_report.read_text(encoding="utf-8")
-    assert "\n\"'=1+1/notes.txt\"," in text
+    assert '\n"\'=1+1/notes.txt",' in text
     assert "\n=" not in text and '\n"=' not in text
 
 

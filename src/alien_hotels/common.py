@@ -149,10 +149,10 @@ def csv_table(df: pd.DataFrame):
     for _, column in df.items():
         kind = column.dtype.kind
         missing = column.isna().to_numpy(dtype=bool)
-        if not (single and missing.any()):
-            if kind in "iu" or isinstance(column.dtype, pd.StringDtype):
-                arrays.append(pa.array(column, from_pandas=True))
-                continue
+        as_is = kind in "iu" or isinstance(column.dtype, pd.StringDtype)
+        if as_is and not (single and missing.any()):
+            arrays.append(pa.array(column, from_pandas=True))
+            continue
         if kind == "f":
             values = column.to_numpy(dtype=getattr(column.dtype, "numpy_dtype", column.dtype))
             text = values.astype(str).astype(object)
