@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from alien_hotels.common import StageError
 from alien_hotels.config import ConfigError, validate_params
 from alien_hotels.editing import imaging, scores
-from alien_hotels.editing.runner import TABLE_COLUMNS
+from alien_hotels.editing.runner import TABLE_COLUMNS, recipe_metrics
 from alien_hotels.imageio import load_rgb
 from alien_hotels.stages import edit as edit_stage
 from alien_hotels.stages import edit_report as edit_report_stage
@@ -264,3 +264,18 @@ def test_missing_local_model_dir_is_named(tmp_path: Path):
 
     with pytest.raises(StageError, match="nowhere does not exist"):
         models.require_weights(str(tmp_path / "nowhere"), "edit.recipes.x.model_id")
+
+
+@pytest.mark.parametrize(
+    "resumed",
+    [
+        [True, False, True],
+        pd.Series([True, None, True], dtype=object),  # a failed row has no value
+        [1.0, np.nan, 1.0],  # read back from a CSV with a missing cell
+    ],
+)
+def test_resumed_rows_are_counted_whatever_the_column_type(resumed):
+    table = pd.DataFrame({column: [np.nan] * 3 for column in TABLE_COLUMNS})
+    table["status"] = ["edited", "failed", "unchanged"]
+    table["resumed"] = resumed
+    assert recipe_metrics(table)["n_resumed"] == 2

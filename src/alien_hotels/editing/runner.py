@@ -368,7 +368,9 @@ def recipe_metrics(table: pd.DataFrame) -> dict[str, Any]:
         "n_edited": int(status.get("edited", 0)),
         "n_unchanged": int(status.get("unchanged", 0)),
         "n_failed": int(status.get("failed", 0)),
-        "n_resumed": int(table["resumed"].fillna(False).astype(bool).sum()) if len(table) else 0,
+        # True, or 1.0 in a column that a missing value made float: `fillna(False)` there is
+        # deprecated in pandas 3 (Pandas4Warning) and will raise
+        "n_resumed": int(table["resumed"].eq(True).sum()) if len(table) else 0,
     }
     numeric = [c for c in TABLE_COLUMNS if c.endswith(("_before", "_after"))]
     numeric += ["ssim", "clip_similarity", "success", "mask_fraction", "seconds"]
