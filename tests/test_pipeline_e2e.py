@@ -159,6 +159,21 @@ def test_editing_a_stages_code_makes_exactly_that_stage_stale(project):
     assert json.loads(run(["dvc", "status", "--json"], project).stdout) == {}
 
 
+def test_bytecode_makes_no_stage_stale(project):
+    """`__pycache__` in a code folder (any interpreter writes one) changes no stage's deps."""
+    written = []
+    for folder in ("src/alien_hotels", "src/alien_hotels/datasets"):
+        cache = project / folder / "__pycache__"
+        cache.mkdir(exist_ok=True)
+        written.append(cache / "not_a_module.cpython-399.pyc")
+        written[-1].write_bytes(b"bytecode of another interpreter")
+    try:
+        assert json.loads(run(["dvc", "status", "--json"], project).stdout or "{}") == {}
+    finally:
+        for path in written:
+            path.unlink()
+
+
 def test_changing_the_downloader_makes_only_the_images_stage_stale(project):
     """The stages that read the images manifest take its format from `tables.py`: one changed
     line of the download code leaves them current; rerun, `images` writes the same outputs, so
