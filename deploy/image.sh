@@ -19,6 +19,9 @@
 #              may name paths (file:// indexes, find-links) that only exist on the host.
 #   BUILDER    docker or buildah (default: docker where its daemon answers; the check: buildah)
 #   REPO       the check's project: a git repository cloned afresh (default: this one's HEAD)
+#   CHECK_FREE_GB  GiB the check wants free where buildah stores images and writes its temporary
+#              files before it starts (default 30: it peaked at 27.5 GiB for a 7.59 GB image);
+#              0 skips the test
 #   KEEP_IMAGE 1: the check keeps its image (alien-hotels:check, ~7.5 GB); by default it removes
 #              it, so every check is a full build and leaves only the small base behind
 #
@@ -138,6 +141,26 @@ if git diff --exit-code -- metrics/; then echo "metrics: equal to HEAD"; else
     echo "metrics: differ from HEAD (above)"; exit 1; fi
 '
 
+# The check needs room for the image's layer twice over (the container's copy and the committed
+# one) plus the tarball buildah writes between them: 27.5 GiB at its peak for a 7.59 GB image
+# (2026-12-07, all on one filesystem). With less, the build dies after minutes with "no space
+# left on device" while committing the last layer; this says so before the first one.
+need_space() {
+    local need_gb="${CHECK_FREE_GB:-30}" path dir free_kb
+    case "$need_gb" in '' | *[!0-9]*) die "CHECK_FREE_GB=$need_gb: a whole number of GiB (0 skips the test)" ;; esac
+    [ "$need_gb" -gt 0 ] || return 0
+    for path in "$@"; do
+        dir="$path"  # the storage may not exist yet: its disk is the nearest folder's above
+        while [ ! -d "$dir" ]; do dir="$(dirname "$dir")"; done
+        free_kb="$(df -Pk "$dir" | awk 'NR == 2 {print $4}')"
+        [ "$free_kb" -ge $((need_gb * 1024 * 1024)) ] || die "$path has $((free_kb / 1024 / 1024)) GiB" \
+            "free; the check needs about $need_gb GiB there (it peaked at 27.5 GiB: the image's" \
+            "layers and the tarball buildah writes committing them). Free some (buildah rmi" \
+            "--prune; old clones and caches), set TMPDIR to a roomier disk, or CHECK_FREE_GB=0" \
+            "to try anyway"
+    done
+}
+
 WORK= CTR= RMI=
 cleanup() {
     [ -z "$CTR" ] || buildah rm "$CTR" >/dev/null 2>&1 || true
@@ -148,6 +171,10 @@ cleanup() {
 check() {
     [ "$(id -u)" = 0 ] || die "the check needs root (buildah storage, chroot isolation)"
     need_tools buildah mmdebstrap git
+    # buildah's image storage, and where it and the clone write temporary files
+    need_space "$(buildah info --format '{{.store.GraphRoot}}' 2>/dev/null \
+        || echo /var/lib/containers/storage)" \
+        "${TMPDIR:-/var/tmp}" "${TMPDIR:-/tmp}"
     local image="${IMAGE:-alien-hotels:check}" repo="${REPO:-$here}" work ctr t0 t1 build_s size
     local base_s=0
     trap cleanup EXIT

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import ROOT, subprocess_env
 
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
@@ -231,3 +233,70 @@ def test_builder_can_be_forced_to_buildah(tmp_path: Path):
     assert not (bin_dir / "docker.args").exists()
     args = (bin_dir / "buildah.args").read_text().splitlines()[1:]
     assert args[:4] == ["bud", "--isolation", "chroot", "--layers=false"]
+
+
+def _check(tmp_path: Path, free_gib: int, **env: str) -> tuple[subprocess.CompletedProcess, str]:
+    """`image.sh check` with a `df` that reports `free_gib` free everywhere, and buildah and
+    mmdebstrap that record their calls (buildah's storage: a folder under `tmp_path`). Returns
+    the result and the buildah calls, one per line."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "buildah.calls"
+    tools = {
+        "buildah": f'echo "$*" >> "{calls}"\n'
+        f'if [ "$1" = info ]; then echo "{tmp_path}/storage/overlay"; fi\n',
+        "mmdebstrap": "exit 0\n",
+        "df": "echo 'Filesystem 1024-blocks Used Available Capacity Mounted on'\n"
+        f"echo 'fake 1 1 {free_gib * 1024 * 1024} 1% /'\n",
+    }
+    for tool, body in tools.items():
+        (bin_dir / tool).write_text("#!/bin/sh\n" + body)
+        (bin_dir / tool).chmod(0o755)
+    repo = tmp_path / "repo"  # what the check clones: a repository of one commit
+    git = ["git", "-C", str(repo)]
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run(
+        [*git, "commit", "-q", "--allow-empty", "-m", "x"], check=True, env=subprocess_env()
+    )
+    result = subprocess.run(
+        ["bash", str(SCRIPT), "check"],
+        env=subprocess_env(
+            PATH=f"{bin_dir}:/usr/bin:/bin",
+            TMPDIR=str(tmp_path),
+            REPO=str(repo),
+            **{**SETTINGS, **env},
+        ),
+        capture_output=True,
+        text=True,
+    )
+    return result, calls.read_text() if calls.exists() else ""
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the check refuses to run unless root")
+
+
+@needs_root
+def test_check_refuses_early_without_room_for_the_image(tmp_path: Path):
+    """CI's check died after minutes, committing the last layer: "no space left on device"."""
+    result, calls = _check(tmp_path, free_gib=12)
+    assert result.returncode == 1
+    assert f"{tmp_path}/storage/overlay has 12 GiB free; the check needs about 30 GiB" in result.stderr
+    assert "CHECK_FREE_GB=0" in result.stderr  # and says how to go on anyway
+    assert calls.splitlines() == ["info --format {{.store.GraphRoot}}"]  # before any build
+
+
+@needs_root
+@pytest.mark.parametrize(("free_gib", "setting"), [(31, ""), (12, "10"), (1, "0")])
+def test_check_builds_with_room_or_when_told_to(tmp_path: Path, free_gib: int, setting: str):
+    result, calls = _check(tmp_path, free_gib=free_gib, CHECK_FREE_GB=setting)
+    assert result.returncode == 0, result.stderr
+    assert "bud --isolation chroot --layers=false" in calls
+    assert "=== image-check passed" in result.stdout
+
+
+@needs_root
+def test_check_names_a_bad_free_space_setting(tmp_path: Path):
+    result, calls = _check(tmp_path, free_gib=100, CHECK_FREE_GB="30G")
+    assert result.returncode == 1
+    assert "CHECK_FREE_GB=30G: a whole number of GiB" in result.stderr
+    assert "bud" not in calls

@@ -80,7 +80,9 @@ class Browser:
     browser and fd 4 back. Records each page's console errors, exceptions, error log entries
     and requests, whose URLs must stay on file: (or data:/blob:/about:)."""
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, screenshots: Path | None = None):
+        self.screenshots = screenshots or workdir / "screenshots"  # `screenshot` writes here
+        self.screenshots.mkdir(parents=True, exist_ok=True)
         to_browser, self._in = os.pipe()
         self._out, from_browser = os.pipe()
         # at fd 3 and 4 in the child; F_DUPFD (>= 10) first so neither overwrites the other
@@ -222,7 +224,9 @@ class Browser:
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    chrome = Browser(tmp_path_factory.mktemp("chromium"))
+    # $PLOTS_SCREENSHOTS keeps them to look at; else pytest's temporary folder (pytest prunes it)
+    shots = os.environ.get("PLOTS_SCREENSHOTS")
+    chrome = Browser(tmp_path_factory.mktemp("chromium"), Path(shots) if shots else None)
     yield chrome
     chrome.close()
 
@@ -267,7 +271,8 @@ def vega_state(ids) -> str:
 
 def show_page(browser: Browser, page: Path, shot: str | None = None):
     """Open a plots page and wait until each of its vega plots drew, failed or was left out
-    (no rows); with `shot`, screenshot the whole page and each drawn plot (`screenshots`).
+    (no rows); with `shot`, screenshot the whole page and each drawn plot
+    (`browser.screenshots`).
     Returns (plot states, images, problems, session)."""
     state = vega_state(page_specs(page))
     session = browser.open(page)
@@ -284,7 +289,7 @@ def show_page(browser: Browser, page: Path, shot: str | None = None):
 
 
 def screenshot(browser: Browser, session: str, name: str, selector: str | None = None) -> Path:
-    """A PNG of the page (all of it) or of one element, into `screenshots()`."""
+    """A PNG of the page (all of it) or of one element, into `browser.screenshots`."""
     box = browser.evaluate(
         session,
         f"(e => {{ const r = e.getBoundingClientRect(); return {{x: r.x + scrollX, y: r.y + "
@@ -295,23 +300,9 @@ def screenshot(browser: Browser, session: str, name: str, selector: str | None =
     data = browser.call(
         "Page.captureScreenshot", session, format="png", clip=box, captureBeyondViewport=True
     )["data"]
-    path = screenshots() / name
+    path = browser.screenshots / name
     path.write_bytes(base64.b64decode(data))
     return path
-
-
-def screenshots() -> Path:
-    """Where the screenshots go: $PLOTS_SCREENSHOTS (to look at them), else a temporary folder."""
-    global _SHOTS
-    if _SHOTS is None:
-        import tempfile
-
-        _SHOTS = Path(os.environ.get("PLOTS_SCREENSHOTS") or tempfile.mkdtemp(prefix="plots-"))
-        _SHOTS.mkdir(parents=True, exist_ok=True)
-    return _SHOTS
-
-
-_SHOTS: Path | None = None
 
 
 def rows(spec: dict) -> int:
