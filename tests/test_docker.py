@@ -280,7 +280,8 @@ def test_check_refuses_early_without_room_for_the_image(tmp_path: Path):
     """CI's check died after minutes, committing the last layer: "no space left on device"."""
     result, calls = _check(tmp_path, free_gib=12)
     assert result.returncode == 1
-    assert f"{tmp_path}/storage/overlay has 12 GiB free; the check needs about 30 GiB" in result.stderr
+    said = f"{tmp_path}/storage/overlay has 12 GiB free; the check needs about 30 GiB"
+    assert said in result.stderr
     assert "CHECK_FREE_GB=0" in result.stderr  # and says how to go on anyway
     assert calls.splitlines() == ["info --format {{.store.GraphRoot}}"]  # before any build
 

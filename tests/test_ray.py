@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -27,6 +28,7 @@ import yaml
 from PIL import Image
 
 from alien_hotels.common import StageError
+from alien_hotels.distributed.caption import SCRATCH_PREFIX
 from alien_hotels.stages import caption as caption_stage
 from alien_hotels.stages import edit as edit_stage
 from alien_hotels.stages.paths import StagePaths
@@ -267,6 +269,9 @@ def test_caption_on_ray_equals_local_with_bad_images_and_a_killed_worker(
     finally:
         killer.stop.set()
     assert killer.killed is not None, "no worker was killed mid-task"
+    # the killed worker's scratch folder (its images) was removed by a task after it
+    left = list(Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}{killer.killed}-*"))
+    assert left == []
     for name in ("captions.csv", "caption_failures.csv"):
         assert Path(f"ray/{name}").read_bytes() == Path(f"local/{name}").read_bytes(), name
     failures = pd.read_csv("ray/caption_failures.csv")

@@ -3,11 +3,15 @@ manifest."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import yaml
 
 from alien_hotels.config import ConfigError
-from alien_hotels.distributed.caption import scratch_path
+from alien_hotels.distributed.caption import SCRATCH_PREFIX, scratch_path, sweep_stale_scratch
 from conftest import ROOT, compose
 
 
@@ -48,6 +52,30 @@ def test_scratch_paths_stay_inside_the_scratch_folder():
     for outside in ("/etc/passwd", "../x.jpg", "a/../../b.png"):
         got = scratch_path(outside)
         assert got.startswith("_outside/") and ".." not in got.split("/"), got
+
+
+def test_scratch_of_dead_workers_is_swept_and_live_ones_kept(tmp_path):
+    """A worker SIGKILLed mid-task leaves its scratch folder (with the shipped images): the next
+    task on that node removes it, and only it."""
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    dead_pid = int(gone.stdout)  # exited: no such process now
+    dead = tmp_path / f"{SCRATCH_PREFIX}{dead_pid}-abc123"
+    (dead / "data/images").mkdir(parents=True)
+    (dead / "data/images/photo.jpg").write_bytes(b"jpeg")
+    alive = tmp_path / f"{SCRATCH_PREFIX}{os.getpid()}-def456"  # this process: running
+    alive.mkdir()
+    unnamed = tmp_path / f"{SCRATCH_PREFIX}x-ghi789"  # no pid in the name: not ours to judge
+    unnamed.mkdir()
+    other = tmp_path / f"other-{dead_pid}-jkl"
+    other.mkdir()
+    assert sweep_stale_scratch(tmp_path) == [dead]
+    assert not dead.exists() and alive.is_dir() and unnamed.is_dir() and other.is_dir()
+    assert sweep_stale_scratch(tmp_path) == []
 
 
 def test_kuberay_manifest_has_a_gpu_worker_group_and_the_model_cache():

@@ -11,6 +11,8 @@ checkpoint; the tables are then collected from it exactly as in a local run.
 from __future__ import annotations
 
 import dataclasses
+import os
+import shutil
 import tempfile
 from contextlib import ExitStack
 from pathlib import Path, PurePosixPath
@@ -33,6 +35,28 @@ def scratch_path(path: str) -> str:
         return path
     inside = [part.replace("..", "__") for part in pure.parts if part != "/"]
     return "/".join(["_outside", *inside])
+
+
+SCRATCH_PREFIX = "alien-hotels-caption-"
+
+
+def sweep_stale_scratch(parent: Path) -> list[Path]:
+    """Remove the scratch folders of this user's workers that died mid-task (SIGKILL, the OOM
+    killer: no `finally` ran, their images stayed). A folder's name carries its worker's pid;
+    those of live processes, and names without one, are left alone."""
+    removed = []
+    for folder in parent.glob(f"{SCRATCH_PREFIX}*-*"):
+        pid = folder.name.removeprefix(SCRATCH_PREFIX).split("-", 1)[0]
+        try:
+            if not pid.isdigit() or folder.stat().st_uid != os.getuid():
+                continue
+            os.kill(int(pid), 0)
+        except ProcessLookupError:  # no such process: its worker is gone
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+        except OSError:  # alive under another user, or the folder went meanwhile
+            continue
+    return removed
 
 
 def read_bytes(path: Path) -> bytes | None:
@@ -64,7 +88,9 @@ class CaptionWorker(Worker):
         cfg = self.cfg
         done = {tuple(pair) for pair in payload["done"]}
         rows: list[dict[str, Any]] = []
-        with tempfile.TemporaryDirectory(prefix="alien-hotels-caption-") as scratch:
+        # a worker killed mid-task on this node left its folder: the next task removes it
+        sweep_stale_scratch(Path(tempfile.gettempdir()))
+        with tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-") as scratch:
             root = Path(scratch)
             items, originals = [], []
             for batch in payload["batches"]:
