@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 from sklearn.datasets import make_blobs
+from sklearn.metrics import silhouette_score
 
 from alien_hotels import clustering
 from alien_hotels.common import StageError
@@ -67,17 +68,12 @@ def test_flat_curve_has_no_elbow():
         clustering.choose_k(inertia, compose().cluster.updated(k_max=7))
 
 
-def test_scores_separate_room_types_from_hotels(blobs):
+def test_silhouette_of_separated_blobs_and_of_one_cluster(blobs):
     X, y = blobs
-    rooms = np.array(["bath", "bed", "pool", "lobby"])[y]
-    hotels = np.arange(len(y)) % 3  # hotels independent of content
-    scores = clustering.score_clusters(X, y, hotels, rooms)
-    assert scores["nmi_room_type"] == pytest.approx(1.0)
-    assert scores["ari_room_type"] == pytest.approx(1.0)
-    assert scores["nmi_hotel"] < 0.05
-    assert scores["silhouette"] > 0.5
-    single = clustering.score_clusters(X, np.zeros(len(y), dtype=int), hotels, rooms)
-    assert single["silhouette"] is None
+    score = clustering.silhouette(X, y)
+    assert score == pytest.approx(silhouette_score(X, y)) and score > 0.5
+    assert clustering.silhouette(X, np.zeros(len(y), dtype=int)) is None  # one cluster
+    assert clustering.silhouette(X[:3], np.arange(3)) is None  # as many clusters as rows
 
 
 def test_class_tfidf_prefers_terms_specific_to_a_cluster():

@@ -16,7 +16,7 @@ import pytest
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from typer.testing import CliRunner
 
-from alien_hotels import clustering, roomtypes
+from alien_hotels import roomtypes
 from alien_hotels.common import StageError
 from alien_hotels.config import ConfigError, validate_params
 from alien_hotels.stages import cluster as cluster_stage
@@ -461,18 +461,43 @@ def test_cluster_stage_needs_the_room_types_table(project):
         cluster_stage.run(params)
 
 
-def test_agreement_leaves_unlabelled_rows_out():
-    labels = np.array([0, 0, 1, 1, 2, 2])
-    reference = ["a", "a", "b", "b", None, float("nan")]
-    ari, nmi, n = clustering.agreement(reference, labels)
-    assert (ari, nmi, n) == (pytest.approx(1.0), pytest.approx(1.0), 4)
-    assert clustering.agreement([None] * 6, labels) == (None, None, 0)
-    out = clustering.room_type_agreement(
-        labels, {"captions": list("aabbcc"), "image": reference}, "image"
-    )
+def test_headline_agreement_leaves_unlabelled_rows_out():
+    """`ari_room_type`/`nmi_room_type` are the chosen source's, over the rows it labelled (None,
+    NaN and blanks are unlabelled); `n_room_type_<source>` says how many when not all."""
+    from alien_hotels import evaluation
+
+    labels = np.repeat([0, 1, 2], 4)
+    embedding = np.random.default_rng(0).normal(size=(12, 5)) + labels[:, None] * 5
+    yardsticks = {
+        "hotel": list(np.arange(12) % 3),  # independent of the clusters
+        "chain": [None] * 12,
+        "room_type_captions": list(np.repeat(list("abc"), 4)),
+        "room_type_image": ["a"] * 4 + ["b"] * 4 + [None, float("nan"), "", " "],
+        "room_type_folder": [None] * 11 + ["a"],  # one labelled row: nothing to score
+    }
+    scored = np.ones(12, dtype=bool)
+    cfg = compose().cluster.updated(n_permutations=0, n_bootstrap=0, n_seeds=0)
+    finding = evaluation.measure(embedding, labels, scored, 3, yardsticks, "image", cfg)
+    out = evaluation.headline(finding, yardsticks, scored, "image")
+    assert list(out)[:5] == [
+        "ari_hotel",
+        "nmi_hotel",
+        "ari_room_type",
+        "nmi_room_type",
+        "room_type_source",
+    ]
     assert out["room_type_source"] == "image"
-    assert out["n_room_type_image"] == 4 and "n_room_type_captions" not in out
+    assert out["nmi_room_type"] == out["nmi_room_type_image"] == pytest.approx(1.0)
+    assert out["ari_room_type"] == out["ari_room_type_image"] == pytest.approx(1.0)
+    assert out["n_room_type_image"] == 8 and "n_room_type_captions" not in out
     assert out["nmi_room_type_captions"] == pytest.approx(1.0)
+    assert out["nmi_hotel"] < 0.1 and out["ari_hotel"] < 0
+    assert out["ari_room_type_folder"] is None and out["nmi_room_type_folder"] is None
+    assert out["n_room_type_folder"] == 1
+    # leaving a scored row out (a dropped duplicate) changes the count
+    scored[0] = False
+    finding = evaluation.measure(embedding, labels, scored, 3, yardsticks, "image", cfg)
+    assert evaluation.headline(finding, yardsticks, scored, "image")["n_room_type_image"] == 7
 
 
 def test_headline_says_how_few_images_the_chosen_source_labelled():

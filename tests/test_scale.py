@@ -121,21 +121,15 @@ def test_given_k_outside_the_sampled_sweep_is_fitted_on_the_sample(blobs):
 
 
 def test_silhouette_on_a_seeded_sample(blobs):
-    x, y = blobs
+    x, _ = blobs
     labels = KMeans(n_clusters=6, random_state=0, n_init=1).fit_predict(x)
-    hotels = np.arange(len(x)) % 7
-    full = clustering.score_clusters(x, labels, hotels, y.astype(str))
-    sampled = clustering.score_clusters(
-        x, labels, hotels, y.astype(str), silhouette_sample=600, random_state=1
-    )
-    again = clustering.score_clusters(
-        x, labels, hotels, y.astype(str), silhouette_sample=600, random_state=1
-    )
-    assert full["silhouette"] == pytest.approx(silhouette_score(x, labels))
-    assert sampled["silhouette"] != full["silhouette"]  # really a sample...
-    assert sampled["silhouette"] == again["silhouette"]  # ...a seeded one
-    assert sampled["silhouette"] == pytest.approx(full["silhouette"], abs=0.05)
-    assert sampled["nmi_room_type"] == full["nmi_room_type"]  # agreement scores use all rows
+    full = clustering.silhouette(x, labels)
+    sampled = clustering.silhouette(x, labels, sample=600, random_state=1)
+    again = clustering.silhouette(x, labels, sample=600, random_state=1)
+    assert full == pytest.approx(silhouette_score(x, labels))
+    assert sampled != full  # really a sample...
+    assert sampled == again  # ...a seeded one
+    assert sampled == pytest.approx(full, abs=0.05)
 
 
 def test_class_tfidf_terms_sampled_agree_with_all_rows():

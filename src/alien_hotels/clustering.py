@@ -1,8 +1,9 @@
 """Stage 5, `cluster`: the k-means elbow sweep, the chosen k, and what the clusters mean.
 
 The study fitted `KMeans(n_clusters=k, random_state=42)` for k = 1..29, read the elbow off the
-inertia plot (9-10) and kept k = 10. Here the knee is found by Kneedle (`kneed`), and the result
-is scored against the two explanations the study weighed: hotel identity and room type.
+inertia plot (9-10) and kept k = 10. Here the knee is found by Kneedle (`kneed`); the clusters'
+silhouette is here, their agreement with the two explanations the study weighed (hotel identity
+and room type), with its uncertainty, is `evaluation`'s.
 
 Scale (docs/design/performance.md): with more than `cluster.sweep_sample` documents, each k of the
 sweep is fitted on a seeded sample of that many rows and its centers are then scored on every row
@@ -325,72 +326,22 @@ def _final_clustering(
     return FinalClustering(model.labels_, float(model.inertia_), refined=True)
 
 
-def score_clusters(
-    embedding: np.ndarray,
-    labels: np.ndarray,
-    hotel_ids: Sequence,
-    room_types: Sequence[str],
-    silhouette_sample: int | None = None,
-    random_state: int = 0,
-) -> dict[str, float | None]:
-    """Silhouette (on a seeded sample above `silhouette_sample` rows), and agreement (ARI, NMI)
-    of clusters with hotels and with room types."""
-    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, silhouette_score
+def silhouette(
+    embedding: np.ndarray, labels: np.ndarray, sample: int | None = None, random_state: int = 0
+) -> float | None:
+    """The clusters' silhouette, on a seeded sample of `sample` rows when there are more; None
+    unless there are 2 to n-1 clusters. (Their agreement with hotels and room types, with its
+    uncertainty, is `evaluation.measure`'s.)"""
+    from sklearn.metrics import silhouette_score
 
-    n_clusters = len(np.unique(labels))
-    silhouette = None
-    if 2 <= n_clusters <= len(labels) - 1:
-        rows = seeded_rows(len(labels), silhouette_sample, random_state)
-        x, y = (embedding, labels) if rows is None else (embedding[rows], labels[rows])
-        if 2 <= len(np.unique(y)) <= len(y) - 1:
-            with threadpool_limits(1):  # the same bits for any thread count
-                silhouette = float(silhouette_score(x, y))
-    ari_room_type, nmi_room_type, _ = agreement(room_types, labels)
-    return {
-        "silhouette": silhouette,
-        "ari_hotel": float(adjusted_rand_score(hotel_ids, labels)),
-        "nmi_hotel": float(normalized_mutual_info_score(hotel_ids, labels)),
-        "ari_room_type": ari_room_type,
-        "nmi_room_type": nmi_room_type,
-    }
-
-
-def agreement(reference: Sequence, labels: np.ndarray) -> tuple[float | None, float | None, int]:
-    """(ARI, NMI, rows scored) of `labels` against `reference`, over the rows that have a
-    reference label (None/NaN/empty mean none: an image a room-type source could not label).
-    Scores are None below 2 labelled rows."""
-    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
-
-    ref = pd.Series(list(reference), dtype=object)
-    known = (ref.notna() & (ref.astype(str).str.strip() != "")).to_numpy()
-    n = int(known.sum())
-    if n < 2:
-        return None, None, n
-    # Integer codes in the labels' sorted order: scikit-learn's own label order (so the same
-    # sums, the same bits), without sorting 100k strings once per score.
-    ref, labels = pd.factorize(ref[known].astype(str), sort=True)[0], np.asarray(labels)[known]
-    return (
-        float(adjusted_rand_score(ref, labels)),
-        float(normalized_mutual_info_score(ref, labels)),
-        n,
-    )
-
-
-def room_type_agreement(
-    labels: np.ndarray, sources: dict[str, Sequence], chosen: str
-) -> dict[str, float | int | str | None]:
-    """Side by side, the agreement of the clusters with each room-type source of the run:
-    `ari_room_type_<source>`, `nmi_room_type_<source>` (and `n_room_type_<source>` where the
-    source labelled fewer rows than there are), after `room_type_source`: the one behind
-    `ari_room_type` / `nmi_room_type`."""
-    out: dict[str, float | int | str | None] = {"room_type_source": chosen}
-    for source, reference in sources.items():
-        ari, nmi, n = agreement(reference, labels)
-        out[f"ari_room_type_{source}"] = ari
-        out[f"nmi_room_type_{source}"] = nmi
-        if n < len(labels):
-            out[f"n_room_type_{source}"] = n
-    return out
+    if not 2 <= len(np.unique(labels)) <= len(labels) - 1:
+        return None
+    rows = seeded_rows(len(labels), sample, random_state)
+    x, y = (embedding, labels) if rows is None else (embedding[rows], labels[rows])
+    if not 2 <= len(np.unique(y)) <= len(y) - 1:
+        return None
+    with threadpool_limits(1):  # the same bits for any thread count
+        return float(silhouette_score(x, y))
 
 
 def class_tfidf_terms(

@@ -413,6 +413,28 @@ def measure(
     }
 
 
+def headline(
+    finding: dict, yardsticks: dict[str, list], scored: np.ndarray, chosen: str
+) -> dict[str, float | int | str | None]:
+    """The agreement keys the cluster metrics lead with, from `measure`'s `finding`: ARI and NMI
+    with hotels and with the `chosen` room-type source (`ari_room_type`, `nmi_room_type`), then
+    `room_type_source` and each room-type source's ARI and NMI side by side, with
+    `n_room_type_<source>` where a source labelled fewer of the `scored` rows. None where a
+    yardstick labelled fewer than 2 rows."""
+    out = {key: finding.get(key) for key in ("ari_hotel", "nmi_hotel")}
+    out["ari_room_type"] = finding.get(f"ari_room_type_{chosen}")
+    out["nmi_room_type"] = finding.get(f"nmi_room_type_{chosen}")
+    out["room_type_source"] = chosen
+    for name, values in yardsticks.items():
+        if name.startswith("room_type_"):
+            out[f"ari_{name}"] = finding.get(f"ari_{name}")
+            out[f"nmi_{name}"] = finding.get(f"nmi_{name}")
+            labelled = int(known(pd.Series(values)[scored].tolist()).sum())
+            if labelled < scored.sum():
+                out[f"n_{name}"] = labelled
+    return out
+
+
 def _retrievals(
     embedding: np.ndarray, yardsticks: dict[str, list], scored: np.ndarray, cluster: ClusterConfig
 ) -> dict[str, dict]:

@@ -45,14 +45,8 @@ def run(params: Params, paths: StagePaths = StagePaths()) -> dict:
     if cfg.drop_duplicates:
         labels = labels[np.cumsum(kept) - 1][representative]
     scored = kept if cfg.drop_duplicates else np.ones(len(texts), dtype=bool)
-    scores = clustering.score_clusters(
-        embedding[scored],
-        labels[scored],
-        texts["hotel_id"][scored],
-        # unlabelled rows are not scored
-        pd.Series(sources.get(chosen, [None] * len(texts)))[scored],
-        silhouette_sample=cfg.silhouette_sample,
-        random_state=cfg.random_state,
+    silhouette = clustering.silhouette(
+        embedding[scored], labels[scored], cfg.silhouette_sample, cfg.random_state
     )
     yardsticks = {"hotel": texts["hotel_id"].tolist(), "chain": chain_ids(texts, paths)}
     yardsticks |= {f"room_type_{s}": v for s, v in sources.items()}
@@ -83,7 +77,6 @@ def run(params: Params, paths: StagePaths = StagePaths()) -> dict:
     assigned = texts.assign(cluster=labels, cluster_label=[names[int(c)] for c in labels])
 
     swept = sorted(sweep.inertia)
-    scored_sources = {s: pd.Series(v)[scored].tolist() for s, v in sources.items()}
     # Headline numbers only: the inertia of every k is the elbow plot (plots/elbow.csv), not 29
     # metric columns in `dvc exp show`.
     metrics = rounded(
@@ -92,10 +85,10 @@ def run(params: Params, paths: StagePaths = StagePaths()) -> dict:
             "k": k,
             # given, elbow, or the fallback when the curve has no knee: silhouette (k_min)
             "k_source": k_source,
-            **scores,
-            # Which source `ari/nmi_room_type` used, and the agreement with every source of
-            # the run side by side (captions ones are circular: same words as the clusters).
-            **clustering.room_type_agreement(labels[scored], scored_sources, chosen),
+            "silhouette": silhouette,
+            # ARI and NMI with hotels and room types (`room_type_source`: which source), then
+            # every source of the run side by side (captions' are circular: the clusters' words)
+            **evaluation.headline(finding, yardsticks, scored, chosen),
             # The final model's inertia on all rows (below the sweep's value when refined).
             "inertia_at_k": final.inertia,
             "k_swept": f"{swept[0]}..{swept[-1]}",
@@ -114,14 +107,14 @@ def run(params: Params, paths: StagePaths = StagePaths()) -> dict:
     write_report_csv(elbow, paths.elbow_plot, plotted=True)
     write_text(report, paths.clusters_report)
     write_json(metrics, paths.cluster_metrics)
-    nmi_room = scores["nmi_room_type"]
+    nmi_room = metrics["nmi_room_type"]
     log.info(
         "k=%d (%s), nmi room type (%s) %s vs hotel %.3f",
         k,
         metrics["k_source"],
         metrics["room_type_source"],
         "n/a" if nmi_room is None else f"{nmi_room:.3f}",
-        scores["nmi_hotel"],
+        metrics["nmi_hotel"],
     )
     return metrics
 
