@@ -19,9 +19,9 @@
 #              may name paths (file:// indexes, find-links) that only exist on the host.
 #   BUILDER    docker or buildah (default: docker where its daemon answers; the check: buildah)
 #   REPO       the check's project: a git repository cloned afresh (default: this one's HEAD)
-#   CHECK_FREE_GB  GiB the check wants free where buildah stores images and writes its temporary
-#              files before it starts (default 30: it peaked at 27.5 GiB for a 7.59 GB image);
-#              0 skips the test
+#   CHECK_FREE_GB  GiB the check wants free where buildah stores images, and in TMPDIR (the
+#              clone, buildah's temporary files), before it starts (default 30: it peaked at
+#              27.5 GiB for a 7.59 GB image); 0 skips the test
 #   KEEP_IMAGE 1: the check keeps its image (alien-hotels:check, ~7.5 GB); by default it removes
 #              it, so every check is a full build and leaves only the small base behind
 #
@@ -155,9 +155,9 @@ need_space() {
         free_kb="$(df -Pk "$dir" | awk 'NR == 2 {print $4}')"
         [ "$free_kb" -ge $((need_gb * 1024 * 1024)) ] || die "$path has $((free_kb / 1024 / 1024)) GiB" \
             "free; the check needs about $need_gb GiB there (it peaked at 27.5 GiB: the image's" \
-            "layers and the tarball buildah writes committing them). Free some (buildah rmi" \
-            "--prune; old clones and caches), set TMPDIR to a roomier disk, or CHECK_FREE_GB=0" \
-            "to try anyway"
+            "layers and the tarball buildah writes committing them). Free some (what stopped" \
+            "builds left: buildah containers, buildah rm, buildah rmi --prune; old clones and" \
+            "caches), set TMPDIR to a roomier disk, or CHECK_FREE_GB=0 to try anyway"
     done
 }
 
@@ -171,13 +171,20 @@ cleanup() {
 check() {
     [ "$(id -u)" = 0 ] || die "the check needs root (buildah storage, chroot isolation)"
     need_tools buildah mmdebstrap git
-    # buildah's image storage, and where it and the clone write temporary files
+    # buildah's image storage, and the folder for the clone and buildah's temporary files
     need_space "$(buildah info --format '{{.store.GraphRoot}}' 2>/dev/null \
-        || echo /var/lib/containers/storage)" \
-        "${TMPDIR:-/var/tmp}" "${TMPDIR:-/tmp}"
+        || echo /var/lib/containers/storage)" "${TMPDIR:-/tmp}"
     local image="${IMAGE:-alien-hotels:check}" repo="${REPO:-$here}" work ctr t0 t1 build_s size
     local base_s=0
     trap cleanup EXIT
+    trap 'exit 130' INT  # stopped: the EXIT trap still cleans up
+    trap 'exit 143' TERM
+    work="$(mktemp -d "${TMPDIR:-/tmp}/alien-hotels-image-check.XXXXXX")"
+    WORK="$work"
+    # buildah's temporary files (the layer tarballs, as large as the image) go in it too, so they
+    # go with it when a check is stopped: in /var/tmp, a stopped CI run left 14 GB behind
+    mkdir "$work/tmp"
+    export TMPDIR="$work/tmp"
     if [ -z "$BASE" ]; then
         t0=$(date +%s)
         debian_base
@@ -193,8 +200,6 @@ check() {
     build_s=$((t1 - t0))
     size="$(buildah images --format '{{.Size}}' "$image" | head -n 1)"
 
-    work="$(mktemp -d "${TMPDIR:-/tmp}/alien-hotels-image-check.XXXXXX")"
-    WORK="$work"
     git clone -q "$repo" "$work/project"
     ctr="$(buildah from --quiet "$image")"
     CTR="$ctr"

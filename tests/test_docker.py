@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -235,16 +237,21 @@ def test_builder_can_be_forced_to_buildah(tmp_path: Path):
     assert args[:4] == ["bud", "--isolation", "chroot", "--layers=false"]
 
 
-def _check(tmp_path: Path, free_gib: int, **env: str) -> tuple[subprocess.CompletedProcess, str]:
-    """`image.sh check` with a `df` that reports `free_gib` free everywhere, and buildah and
-    mmdebstrap that record their calls (buildah's storage: a folder under `tmp_path`). Returns
-    the result and the buildah calls, one per line."""
+def _check_env(tmp_path: Path, free_gib: int, **env: str) -> dict[str, str]:
+    """The environment for `image.sh check` with a `df` that reports `free_gib` free everywhere,
+    and buildah and mmdebstrap that record their calls in `tmp_path/buildah.calls` (buildah's
+    storage: a folder under `tmp_path`; `bud` also records its TMPDIR, leaves a file there and
+    sleeps `BUD_SECONDS`). The check clones a repository of one commit."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     calls = tmp_path / "buildah.calls"
     tools = {
         "buildah": f'echo "$*" >> "{calls}"\n'
-        f'if [ "$1" = info ]; then echo "{tmp_path}/storage/overlay"; fi\n',
+        f'if [ "$1" = info ]; then echo "{tmp_path}/storage/overlay"; fi\n'
+        'if [ "$1" = bud ]; then\n'
+        f'  echo "TMPDIR=$TMPDIR" >> "{calls}"; echo layer > "$TMPDIR/layer.tar"\n'
+        '  sleep "${BUD_SECONDS:-0}"\n'
+        "fi\n",
         "mmdebstrap": "exit 0\n",
         "df": "echo 'Filesystem 1024-blocks Used Available Capacity Mounted on'\n"
         f"echo 'fake 1 1 {free_gib * 1024 * 1024} 1% /'\n",
@@ -252,23 +259,30 @@ def _check(tmp_path: Path, free_gib: int, **env: str) -> tuple[subprocess.Comple
     for tool, body in tools.items():
         (bin_dir / tool).write_text("#!/bin/sh\n" + body)
         (bin_dir / tool).chmod(0o755)
-    repo = tmp_path / "repo"  # what the check clones: a repository of one commit
-    git = ["git", "-C", str(repo)]
+    repo = tmp_path / "repo"
     subprocess.run(["git", "init", "-q", str(repo)], check=True)
     subprocess.run(
-        [*git, "commit", "-q", "--allow-empty", "-m", "x"], check=True, env=subprocess_env()
+        ["git", "-C", str(repo), "commit", "-q", "--allow-empty", "-m", "x"],
+        check=True,
+        env=subprocess_env(),
     )
+    return subprocess_env(
+        PATH=f"{bin_dir}:/usr/bin:/bin",
+        TMPDIR=str(tmp_path),
+        REPO=str(repo),
+        **{**SETTINGS, **env},
+    )
+
+
+def _check(tmp_path: Path, free_gib: int, **env: str) -> tuple[subprocess.CompletedProcess, str]:
+    """`image.sh check` under `_check_env`: the result and the buildah calls, one per line."""
     result = subprocess.run(
         ["bash", str(SCRIPT), "check"],
-        env=subprocess_env(
-            PATH=f"{bin_dir}:/usr/bin:/bin",
-            TMPDIR=str(tmp_path),
-            REPO=str(repo),
-            **{**SETTINGS, **env},
-        ),
+        env=_check_env(tmp_path, free_gib, **env),
         capture_output=True,
         text=True,
     )
+    calls = tmp_path / "buildah.calls"
     return result, calls.read_text() if calls.exists() else ""
 
 
@@ -301,3 +315,36 @@ def test_check_names_a_bad_free_space_setting(tmp_path: Path):
     assert result.returncode == 1
     assert "CHECK_FREE_GB=30G: a whole number of GiB" in result.stderr
     assert "bud" not in calls
+
+
+@needs_root
+def test_check_keeps_buildahs_temporary_files_in_its_folder_and_removes_it(tmp_path: Path):
+    result, calls = _check(tmp_path, free_gib=31)
+    assert result.returncode == 0, result.stderr
+    # not /var/tmp, where a stopped check's layer tarballs would stay
+    used = [line.removeprefix("TMPDIR=") for line in calls.splitlines() if "TMPDIR=" in line]
+    assert len(used) == 1 and used[0].startswith(f"{tmp_path}/alien-hotels-image-check.")
+    assert not list(tmp_path.glob("alien-hotels-image-check.*"))
+
+
+@needs_root
+def test_a_stopped_check_removes_its_temporary_files(tmp_path: Path):
+    """A CI run stopped mid-build left buildah's tarballs behind (14 GB in /var/tmp)."""
+    check = subprocess.Popen(
+        ["bash", str(SCRIPT), "check"],
+        env=_check_env(tmp_path, free_gib=31, BUD_SECONDS="60"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not list(tmp_path.glob("alien-hotels-image-check.*/tmp/layer.tar")):
+            assert check.poll() is None and time.monotonic() < deadline, "no build started"
+            time.sleep(0.05)
+        os.killpg(check.pid, signal.SIGTERM)  # as a CI timeout or Ctrl-C stops the whole group
+        assert check.wait(timeout=30) == 143
+    finally:
+        if check.poll() is None:
+            os.killpg(check.pid, signal.SIGKILL)
+    assert not list(tmp_path.glob("alien-hotels-image-check.*"))
