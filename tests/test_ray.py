@@ -61,6 +61,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def worker_tmp(tmp_path_factory):
+    """TMPDIR of the module's Ray nodes, so of their workers: the caption scratch folder that a
+    killed worker leaves (removed only by a later task on the node) lands in pytest's tmp, not
+    in the machine's /tmp. Ray's own session folder stays where it was (RAY_TMPDIR, which Ray
+    prefers to TMPDIR): its socket paths must stay short."""
+    folder = tmp_path_factory.mktemp("worker_tmp")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("RAY_TMPDIR", os.environ.get("RAY_TMPDIR") or tempfile.gettempdir())
+        env.setenv("TMPDIR", str(folder))
+        yield folder
+
+
 @pytest.fixture(scope="module")
 def ray_token(tmp_path_factory):
     """A cluster token in a temporary file, set for this process and every subprocess (the heads,
@@ -148,6 +161,7 @@ class WorkerKiller(threading.Thread):
         super().__init__(daemon=True)
         self.title = f"ray::{actor}.run"
         self.killed: int | None = None
+        self.environ: dict[str, str] = {}  # the killed worker's environment
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -157,6 +171,7 @@ class WorkerKiller(threading.Thread):
             for proc in psutil.process_iter(["pid", "cmdline"]):
                 cmdline = proc.info["cmdline"] or []
                 if cmdline and cmdline[0].startswith(self.title):
+                    self.environ = proc.environ()
                     os.kill(proc.info["pid"], signal.SIGKILL)
                     self.killed = proc.info["pid"]
                     return
@@ -252,7 +267,7 @@ def checkpoint_rows(directory: Path) -> list[dict]:
 
 
 def test_caption_on_ray_equals_local_with_bad_images_and_a_killed_worker(
-    ray_address, caption_models, caption_project, monkeypatch
+    ray_address, caption_models, caption_project, worker_tmp, monkeypatch
 ):
     monkeypatch.chdir(caption_project)
     on_ray = compose(
@@ -270,8 +285,8 @@ def test_caption_on_ray_equals_local_with_bad_images_and_a_killed_worker(
         killer.stop.set()
     assert killer.killed is not None, "no worker was killed mid-task"
     # the killed worker's scratch folder (its images) was removed by a task after it
-    left = list(Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}{killer.killed}-*"))
-    assert left == []
+    assert killer.environ.get("TMPDIR") == str(worker_tmp)
+    assert list(worker_tmp.glob(f"{SCRATCH_PREFIX}{killer.killed}-*")) == []
     for name in ("captions.csv", "caption_failures.csv"):
         assert Path(f"ray/{name}").read_bytes() == Path(f"local/{name}").read_bytes(), name
     failures = pd.read_csv("ray/caption_failures.csv")
